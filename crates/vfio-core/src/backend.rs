@@ -1,0 +1,48 @@
+//! The seam between a device and whoever answers its ioctls.
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+/// What a device answers. Implemented by the kernel device (an fd from
+/// `VFIO_GROUP_GET_DEVICE_FD`, every call an ioctl) and by the emulated
+/// device (every call checked against the kernel's rules in userspace).
+///
+/// Errors are `io::Error`s carrying the errno the kernel would return.
+/// Calls may block (a real device can take seconds to change state); callers
+/// never make them on the JavaScript thread.
+pub trait DeviceBackend: Send + Sync {
+    /// `VFIO_DEVICE_FEATURE`: `buf` is a whole `struct vfio_device_feature`
+    /// (argsz, flags, payload) that the callee may read and write, exactly
+    /// as the kernel's copy_from_user/copy_to_user would. Returns the
+    /// ioctl's non-negative result. For MIG_DEVICE_STATE SET the new data fd
+    /// (or -1) is written into the payload's `data_fd`, and ownership of that
+    /// fd passes to the caller, as with the kernel.
+    fn device_feature(&self, buf: &mut [u8]) -> io::Result<i32>;
+
+    /// `VFIO_DEVICE_GET_INFO` into a `struct vfio_device_info` buffer.
+    fn get_info(&self, buf: &mut [u8]) -> io::Result<()>;
+
+    /// `VFIO_DEVICE_RESET`.
+    fn reset(&self) -> io::Result<()>;
+
+    /// `VFIO_MIG_GET_PRECOPY_INFO` on a data fd this device handed out
+    /// (`fd` is its raw number, `buf` a `struct vfio_precopy_info`).
+    fn precopy_info(&self, fd: i32, buf: &mut [u8]) -> io::Result<()>;
+
+    /// `read()` on a data fd this device handed out. The kernel device reads
+    /// the fd; the emulated device may answer ENOMSG at a temporary end of
+    /// PRE_COPY data, as a driver does.
+    fn data_read(&self, fd: i32, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// `write()` on a data fd this device handed out.
+    fn data_write(&self, fd: i32, buf: &[u8]) -> io::Result<usize>;
+
+    /// A name for messages ("0000:65:00.1", "emulated:nic0").
+    fn name(&self) -> &str;
+}
+
+/// A data fd as handed out by [`DeviceBackend::device_feature`]. It is a real
+/// file descriptor in both backends (the kernel's anon inode, or the
+/// emulated device's pipe end served by its thread), so splice, poll and
+/// close behave the same way.
+pub type DataFdHandle = OwnedFd;
