@@ -10,5 +10,9 @@
 //! driver and the emulated device are driven by exactly the same code.
 
 pub mod backend;
+pub mod emu; // the emulated migration device
+pub mod kernel; // Container, Group, KernelDevice: the kernel objects
+pub mod device; // Device: typed helpers over any backend
+pub mod datafd; // DataFd: read/write/precopy info/poll/transfer
 
 pub use vfio_uapi;

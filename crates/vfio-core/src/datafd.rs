@@ -1,0 +1,1 @@
+//! The migration data fd.

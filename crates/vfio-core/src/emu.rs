@@ -1,0 +1,1 @@
+//! The emulated migration device.

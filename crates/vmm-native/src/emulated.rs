@@ -1,0 +1,1 @@
+// Owned by the emulated-device work (issue 2).

@@ -1,0 +1,1 @@
+// Owned by the kernel-path/napi work (issue 2).

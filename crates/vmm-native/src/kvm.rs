@@ -1,0 +1,1 @@
+// Owned by the KVM work (issue 6).
