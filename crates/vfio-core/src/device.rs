@@ -1,1 +1,293 @@
-//! Typed device helpers.
+//! Typed device helpers, written once over [`DeviceBackend`]: each one
+//! encodes a raw `struct vfio_device_feature` (or device_info) buffer, hands
+//! it to the backend and decodes the answer, so the kernel device and the
+//! emulated device are driven by the same bytes.
+//!
+//! [`Device::set_state`] is the one place state changes go through: it
+//! checks the move against the kernel's own walk first, because kernels
+//! without the "terminate the skip loop on the ERROR sentinel" fix never
+//! return from STOP_COPY -> PRE_COPY.
+
+use crate::backend::DeviceBackend;
+use crate::datafd::DataFd;
+use crate::kernel::error::{Result, VfioError};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
+use vfio_uapi::abi::*;
+use vfio_uapi::ioctl::*;
+use vfio_uapi::{DeviceState, MigrationFlags};
+
+/// The kernel's cap on DMA logging ranges (one page of range structs).
+pub const DMA_LOGGING_MAX_RANGES: usize = 4096 / std::mem::size_of::<vfio_device_feature_dma_logging_range>();
+
+const MIG_STATE_CALL: &str = "VFIO_DEVICE_FEATURE(MIG_DEVICE_STATE)";
+
+pub struct Device {
+    backend: Arc<dyn DeviceBackend>,
+    flags: OnceLock<MigrationFlags>,
+    // One state change at a time: the check and the SET must see the same state.
+    state_lock: Mutex<()>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceInfo {
+    pub flags: u32,
+    pub num_regions: u32,
+    pub num_irqs: u32,
+}
+
+/// Answer of a raw feature call.
+pub struct RawFeature {
+    pub ret: i32,
+    /// A SET MIG_DEVICE_STATE that produced a data fd hands it over here.
+    pub data_fd: Option<DataFd>,
+}
+
+fn syscall_for(index: u32) -> String {
+    format!("VFIO_DEVICE_FEATURE({})", feature_name(index))
+}
+
+/// Bytes of a DMA logging bitmap for `length` bytes at `page_size`: one bit
+/// per page, in whole u64 words (the kernel's iova_bitmap works in u64s).
+pub fn dma_bitmap_bytes(length: u64, page_size: u64) -> u64 {
+    length.div_ceil(page_size).div_ceil(64) * 8
+}
+
+impl Device {
+    pub fn new(backend: Arc<dyn DeviceBackend>) -> Device {
+        Device { backend, flags: OnceLock::new(), state_lock: Mutex::new(()) }
+    }
+
+    pub fn name(&self) -> &str {
+        self.backend.name()
+    }
+
+    pub fn backend(&self) -> &Arc<dyn DeviceBackend> {
+        &self.backend
+    }
+
+    /// Sends one VFIO_DEVICE_FEATURE with `payload`, which receives the
+    /// answer. `what` completes the message ("GET MIGRATION").
+    fn call(&self, flags: u32, payload: &mut [u8], what: &str) -> Result<i32> {
+        let index = flags & VFIO_DEVICE_FEATURE_MASK;
+        let head = std::mem::size_of::<vfio_device_feature>();
+        let argsz = u32::try_from(head + payload.len())
+            .map_err(|_| VfioError::invalid(syscall_for(index), format!("{}: VFIO_DEVICE_FEATURE {what}", self.name()), "payload too large"))?;
+        let mut buf = vec![0u8; head + payload.len()];
+        vfio_device_feature { argsz, flags }.write_to(&mut buf);
+        buf[head..].copy_from_slice(payload);
+        let r = self
+            .backend
+            .device_feature(&mut buf)
+            .map_err(|e| VfioError::from_io(&e, syscall_for(index), format!("{}: VFIO_DEVICE_FEATURE {what}", self.name())))?;
+        payload.copy_from_slice(&buf[head..]);
+        Ok(r)
+    }
+
+    fn get<T: Pod>(&self, index: u32) -> Result<T> {
+        let mut p = T::default();
+        let mut bytes = p.as_bytes().to_vec();
+        self.call(VFIO_DEVICE_FEATURE_GET | index, &mut bytes, &format!("GET {}", feature_name(index)))?;
+        p = T::read_from(&bytes).expect("payload has the struct's size");
+        Ok(p)
+    }
+
+    pub fn info(&self) -> Result<DeviceInfo> {
+        let mut buf = [0u8; std::mem::size_of::<vfio_device_info>()];
+        vfio_device_info { argsz: buf.len() as u32, ..Default::default() }.write_to(&mut buf);
+        self.backend
+            .get_info(&mut buf)
+            .map_err(|e| VfioError::from_io(&e, "VFIO_DEVICE_GET_INFO", format!("{}: VFIO_DEVICE_GET_INFO", self.name())))?;
+        let i = vfio_device_info::read_from(&buf).expect("buffer has the struct's size");
+        Ok(DeviceInfo { flags: i.flags, num_regions: i.num_regions, num_irqs: i.num_irqs })
+    }
+
+    /// The raw call: `index` | `op` (GET/SET/PROBE bits) with `payload` in
+    /// and out, no userspace checks of the state machine. Features whose
+    /// payload carries a user pointer (DMA logging START and REPORT) are
+    /// refused: a wrong pointer there would let the device write anywhere
+    /// in this process; use the typed helpers.
+    pub fn feature(&self, index: u32, op: u32, payload: &mut [u8]) -> Result<RawFeature> {
+        let what = format!("{} {}", feature_op(op), feature_name(index));
+        let ctx = || format!("{}: VFIO_DEVICE_FEATURE {what}", self.name());
+        if index > VFIO_DEVICE_FEATURE_MASK {
+            return Err(VfioError::invalid(syscall_for(index), ctx(), "feature index must fit in 16 bits"));
+        }
+        if op & VFIO_DEVICE_FEATURE_MASK != 0 {
+            return Err(VfioError::invalid(syscall_for(index), ctx(), "op must hold only the GET/SET/PROBE bits"));
+        }
+        let carries_pointer = op & VFIO_DEVICE_FEATURE_PROBE == 0
+            && matches!(index, VFIO_DEVICE_FEATURE_DMA_LOGGING_START | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT);
+        if carries_pointer {
+            return Err(VfioError::invalid(syscall_for(index), ctx(), "the payload carries a user pointer; use the typed DMA logging helpers"));
+        }
+        let ret = self.call(index | op, payload, &what)?;
+        let mut data_fd = None;
+        if index == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE && op & (VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE) == VFIO_DEVICE_FEATURE_SET {
+            if let Some(st) = vfio_device_feature_mig_state::read_from(payload) {
+                if st.data_fd >= 0 {
+                    let state = DeviceState::from_u32(st.device_state).unwrap_or(DeviceState::Error);
+                    // SAFETY: the backend passed ownership of this new fd to us.
+                    data_fd = Some(DataFd::new(unsafe { OwnedFd::from_raw_fd(st.data_fd) }, self.backend.clone(), state));
+                }
+            }
+        }
+        Ok(RawFeature { ret, data_fd })
+    }
+
+    /// Whether the device supports `index` with the `op` bits (GET/SET),
+    /// by PROBE; ENOTTY means no.
+    pub fn supports(&self, index: u32, op: u32) -> Result<bool> {
+        match self.feature(index, op | VFIO_DEVICE_FEATURE_PROBE, &mut []) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno == libc::ENOTTY => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The device's migration flags (cached: they never change).
+    pub fn migration_flags(&self) -> Result<MigrationFlags> {
+        if let Some(f) = self.flags.get() {
+            return Ok(*f);
+        }
+        let m: vfio_device_feature_migration = self.get(VFIO_DEVICE_FEATURE_MIGRATION)?;
+        let f = MigrationFlags(m.flags);
+        if !f.is_valid() {
+            return Err(VfioError::new(
+                libc::EPROTO,
+                syscall_for(VFIO_DEVICE_FEATURE_MIGRATION),
+                format!("{}: VFIO_DEVICE_FEATURE GET MIGRATION", self.name()),
+                Some(&format!("flags {:#x} lack STOP_COPY or have unknown bits", m.flags)),
+            ));
+        }
+        Ok(*self.flags.get_or_init(|| f))
+    }
+
+    pub fn state(&self) -> Result<DeviceState> {
+        let s: vfio_device_feature_mig_state = self.get(VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE)?;
+        DeviceState::from_u32(s.device_state).ok_or_else(|| {
+            VfioError::new(
+                libc::EPROTO,
+                MIG_STATE_CALL,
+                format!("{}: VFIO_DEVICE_FEATURE GET MIG_DEVICE_STATE", self.name()),
+                Some(&format!("unknown state {}", s.device_state)),
+            )
+        })
+    }
+
+    /// Moves the device to `target`. Refuses in userspace, with EINVAL, any
+    /// move the kernel has no walk for. Returns the data fd the move
+    /// produced (entering STOP_COPY, PRE_COPY, PRE_COPY_P2P or RESUMING
+    /// from outside the saving group), else None.
+    pub fn set_state(&self, target: DeviceState) -> Result<Option<DataFd>> {
+        let _g = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let flags = self.migration_flags()?;
+        let cur = self.state()?;
+        let ctx = format!("{}: VFIO_DEVICE_FEATURE SET MIG_DEVICE_STATE {cur} -> {target}", self.name());
+        let refuse = |why: String| Err(VfioError::invalid(MIG_STATE_CALL, &ctx, &format!("refused in userspace: {why}")));
+        if target == DeviceState::Error {
+            return refuse("ERROR cannot be requested".into());
+        }
+        if cur == DeviceState::Error {
+            return refuse("the device is in ERROR; only a reset leaves it".into());
+        }
+        if !target.supported_by(flags) {
+            return refuse(format!("the device does not support {target} (migration flags {:#x})", flags.bits()));
+        }
+        if vfio_uapi::path(flags, cur, target).is_none() {
+            return refuse("the kernel has no arc".into());
+        }
+        let mut payload = vfio_device_feature_mig_state { device_state: target as u32, data_fd: -1 }.as_bytes().to_vec();
+        let sent = self.call(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, &mut payload, "");
+        if let Err(mut e) = sent {
+            // A failed multi-arc move may stop anywhere on the way: say where.
+            let now = match self.state() {
+                Ok(s) => format!("device now in {s}"),
+                Err(_) => "device state unreadable".to_string(),
+            };
+            e.syscall = MIG_STATE_CALL.to_string();
+            e.message = format!("{ctx}: {} ({}); {now}", e.code(), crate::kernel::error::strerror(e.errno));
+            return Err(e);
+        }
+        let st = vfio_device_feature_mig_state::read_from(&payload).expect("payload has the struct's size");
+        if st.data_fd < 0 {
+            return Ok(None);
+        }
+        // SAFETY: the backend passed ownership of this new fd to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(st.data_fd) };
+        Ok(Some(DataFd::new(fd, self.backend.clone(), target)))
+    }
+
+    /// MIG_DATA_SIZE: the device's estimate of its STOP_COPY data.
+    pub fn mig_data_size(&self) -> Result<u64> {
+        let s: vfio_device_feature_mig_data_size = self.get(VFIO_DEVICE_FEATURE_MIG_DATA_SIZE)?;
+        Ok(s.stop_copy_length)
+    }
+
+    /// Starts device DMA logging over `ranges` (iova, length); returns the
+    /// page size the device chose (it may differ from the hint).
+    pub fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64> {
+        let syscall = syscall_for(VFIO_DEVICE_FEATURE_DMA_LOGGING_START);
+        let ctx = format!("{}: VFIO_DEVICE_FEATURE SET DMA_LOGGING_START", self.name());
+        if page_size == 0 || !page_size.is_power_of_two() {
+            return Err(VfioError::invalid(syscall, ctx, "page size must be a power of two"));
+        }
+        if ranges.is_empty() || ranges.len() > DMA_LOGGING_MAX_RANGES {
+            return Err(VfioError::invalid(syscall, ctx, &format!("1..{DMA_LOGGING_MAX_RANGES} ranges are allowed, got {}", ranges.len())));
+        }
+        if let Some((i, _)) = ranges.iter().enumerate().find(|(_, (iova, len))| *len == 0 || iova.checked_add(*len).is_none()) {
+            return Err(VfioError::invalid(syscall, ctx, &format!("range {i} is empty or wraps")));
+        }
+        let rs: Vec<vfio_device_feature_dma_logging_range> =
+            ranges.iter().map(|&(iova, length)| vfio_device_feature_dma_logging_range { iova, length }).collect();
+        let ctl = vfio_device_feature_dma_logging_control {
+            page_size,
+            num_ranges: rs.len() as u32,
+            reserved: 0,
+            ranges: rs.as_ptr() as u64,
+        };
+        let mut payload = ctl.as_bytes().to_vec();
+        self.call(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, &mut payload, "SET DMA_LOGGING_START")?;
+        let out = vfio_device_feature_dma_logging_control::read_from(&payload).expect("payload has the struct's size");
+        drop(rs); // the ranges had to outlive the call
+        Ok(out.page_size)
+    }
+
+    pub fn dma_logging_stop(&self) -> Result<()> {
+        self.call(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP, &mut [], "SET DMA_LOGGING_STOP").map(|_| ())
+    }
+
+    /// Reads and clears the dirty log of `iova..iova+length` into `bitmap`
+    /// (bit n = page n, little-endian u64 words). Any error means the log
+    /// is lost: treat every page as dirty.
+    pub fn dma_logging_report(&self, iova: u64, length: u64, page_size: u64, bitmap: &mut [u8]) -> Result<()> {
+        let syscall = syscall_for(VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT);
+        let ctx = format!("{}: VFIO_DEVICE_FEATURE GET DMA_LOGGING_REPORT iova {iova:#x} length {length:#x}", self.name());
+        if page_size == 0 || !page_size.is_power_of_two() {
+            return Err(VfioError::invalid(syscall, ctx, "page size must be a power of two"));
+        }
+        if length == 0 || iova.checked_add(length).is_none() {
+            return Err(VfioError::invalid(syscall, ctx, "range is empty or wraps"));
+        }
+        let need = dma_bitmap_bytes(length, page_size);
+        if (bitmap.len() as u64) < need {
+            return Err(VfioError::invalid(syscall, ctx, &format!("bitmap of {} bytes is too small, {need} needed", bitmap.len())));
+        }
+        // u64-aligned scratch: a Node Buffer may start at any byte.
+        let mut words = vec![0u64; (need / 8) as usize];
+        let rep = vfio_device_feature_dma_logging_report { iova, length, page_size, bitmap: words.as_mut_ptr() as u64 };
+        let mut payload = rep.as_bytes().to_vec();
+        self.call(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, &mut payload, "GET DMA_LOGGING_REPORT")?;
+        for (chunk, w) in bitmap[..need as usize].chunks_exact_mut(8).zip(&words) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    pub fn reset(&self) -> Result<()> {
+        let _g = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.backend
+            .reset()
+            .map_err(|e| VfioError::from_io(&e, "VFIO_DEVICE_RESET", format!("{}: VFIO_DEVICE_RESET", self.name())))
+    }
+}

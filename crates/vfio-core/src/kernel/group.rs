@@ -1,0 +1,69 @@
+//! `/dev/vfio/<N>`: an IOMMU group, the unit the kernel attaches to a
+//! container and the place device fds come from.
+
+use super::container::Container;
+use super::device::KernelDevice;
+use super::error::{Result, VfioError};
+use super::sys;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use vfio_uapi::abi::*;
+use vfio_uapi::ioctl::*;
+
+pub struct Group {
+    fd: OwnedFd,
+    path: String,
+}
+
+impl Group {
+    /// Opens `/dev/vfio/<number>`, or `path` when given (tests, noiommu-N).
+    pub fn open(number: u32, path: Option<&str>) -> Result<Group> {
+        let path = path.map(str::to_string).unwrap_or_else(|| format!("/dev/vfio/{number}"));
+        let fd = sys::open_rw(&path).map_err(|e| VfioError::from_io(&e, "open", format!("{path}: open")))?;
+        Ok(Group { fd, path })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// `VFIO_GROUP_FLAGS_*`: VIABLE (all devices bound to vfio) and CONTAINER_SET.
+    pub fn status(&self) -> Result<u32> {
+        let mut s = vfio_group_status { argsz: std::mem::size_of::<vfio_group_status>() as u32, flags: 0 };
+        sys::ioctl_ref(self.raw_fd(), VFIO_GROUP_GET_STATUS, &mut s)
+            .map_err(|e| VfioError::from_io(&e, "VFIO_GROUP_GET_STATUS", format!("{}: VFIO_GROUP_GET_STATUS", self.path)))?;
+        Ok(s.flags)
+    }
+
+    pub fn set_container(&self, container: &Container) -> Result<()> {
+        let mut cfd: i32 = container.raw_fd();
+        sys::ioctl_ref(self.raw_fd(), VFIO_GROUP_SET_CONTAINER, &mut cfd).map(|_| ()).map_err(|e| {
+            VfioError::from_io(&e, "VFIO_GROUP_SET_CONTAINER", format!("{}: VFIO_GROUP_SET_CONTAINER {}", self.path, container.path()))
+        })
+    }
+
+    pub fn unset_container(&self) -> Result<()> {
+        sys::ioctl_val(self.raw_fd(), VFIO_GROUP_UNSET_CONTAINER, 0)
+            .map(|_| ())
+            .map_err(|e| VfioError::from_io(&e, "VFIO_GROUP_UNSET_CONTAINER", format!("{}: VFIO_GROUP_UNSET_CONTAINER", self.path)))
+    }
+
+    /// Opens a device of this group by its name ("0000:65:00.1", an mdev UUID).
+    pub fn device(&self, name: &str) -> Result<KernelDevice> {
+        let ctx = || format!("{}: VFIO_GROUP_GET_DEVICE_FD {name:?}", self.path);
+        // The kernel copies at most PATH_MAX; an empty name matches nothing.
+        if name.is_empty() || name.len() >= libc::PATH_MAX as usize {
+            return Err(VfioError::invalid("VFIO_GROUP_GET_DEVICE_FD", ctx(), "device name must be 1..4095 bytes"));
+        }
+        let c = CString::new(name)
+            .map_err(|_| VfioError::invalid("VFIO_GROUP_GET_DEVICE_FD", ctx(), "device name contains a NUL byte"))?;
+        let fd = sys::ioctl_val(self.raw_fd(), VFIO_GROUP_GET_DEVICE_FD, c.as_ptr() as libc::c_ulong)
+            .map_err(|e| VfioError::from_io(&e, "VFIO_GROUP_GET_DEVICE_FD", ctx()))?;
+        // SAFETY: the ioctl returned a fresh device fd that nothing else owns.
+        Ok(KernelDevice::new(unsafe { OwnedFd::from_raw_fd(fd) }, name.to_string()))
+    }
+}
