@@ -1,0 +1,212 @@
+//! The microVM's fixed guest-physical layout and the workload's control block.
+//! vmm/machine/workload.ts mirrors these numbers for the software vCPU; the
+//! tests compare the two through `layout_facts()`.
+use crate::error::{Error, Result};
+use crate::ram::GuestRam;
+
+pub const PAGE_SIZE: u64 = 4096;
+/// One 2 MiB guest page per page-directory entry keeps the page tables at three
+/// fixed pages; KVM still dirty-logs at 4 KiB because logging splits host mappings.
+pub const RAM_ALIGN: u64 = 2 << 20;
+/// One page directory maps 1 GiB; its last 2 MiB entry is the exit MMIO page.
+pub const MAX_RAM: u64 = (1 << 30) - RAM_ALIGN;
+
+pub const GDT_ADDR: u64 = 0x1000;
+pub const TSS_ADDR: u64 = 0x1080;
+pub const TSS_LIMIT: u32 = 103;
+pub const PML4_ADDR: u64 = 0x2000;
+pub const PDPT_ADDR: u64 = 0x3000;
+pub const PD_ADDR: u64 = 0x4000;
+pub const CODE_ADDR: u64 = 0x8000;
+pub const CTL_ADDR: u64 = 0x9000;
+/// First page the data region may use: everything below is the layout above.
+pub const FIRST_DATA_PAGE: u32 = 16;
+/// The workload stores here to leave the run loop: no memory slot covers it,
+/// so KVM exits with KVM_EXIT_MMIO (I/O ports fault at CPL3 under PVM).
+pub const EXIT_MMIO: u64 = 0x3fe0_0000;
+
+pub const SEL_USER_CS: u16 = 0x18 | 3;
+pub const SEL_USER_DS: u16 = 0x20 | 3;
+pub const SEL_TSS: u16 = 0x28;
+
+// Control block offsets (see guest/workload.S).
+pub const CTL_COUNTER: u64 = 0x08;
+pub const CTL_CHECKSUM: u64 = 0x10;
+pub const CTL_RNG: u64 = 0x14;
+pub const CTL_CURSOR: u64 = 0x18;
+pub const CTL_REGION_START: u64 = 0x20;
+pub const CTL_REGION_PAGES: u64 = 0x24;
+pub const CTL_PAGES_PER_ITER: u64 = 0x28;
+pub const CTL_SPIN: u64 = 0x2c;
+pub const CTL_STOP: u64 = 0x30;
+
+pub static WORKLOAD_CODE: &[u8] = include_bytes!("../guest/workload.bin");
+
+/// The workload's knobs. `seed` must be non-zero: xorshift32 stays at zero forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkloadParams {
+    pub region_start: u32,
+    pub region_pages: u32,
+    pub pages_per_iter: u32,
+    pub spin: u32,
+    pub seed: u32,
+}
+
+impl WorkloadParams {
+    /// Default for a RAM size: the whole RAM after the fixed layout, 8 pages per iteration.
+    pub fn default_for(ram_size: u64) -> Self {
+        let pages = (ram_size / PAGE_SIZE) as u32;
+        WorkloadParams {
+            region_start: FIRST_DATA_PAGE,
+            region_pages: pages.saturating_sub(FIRST_DATA_PAGE).max(1),
+            pages_per_iter: 8,
+            spin: 0,
+            seed: 0x1234_5678,
+        }
+    }
+
+    pub fn validate(&self, ram_size: u64) -> Result<()> {
+        let ram_pages = ram_size / PAGE_SIZE;
+        if self.region_start < FIRST_DATA_PAGE {
+            return Err(Error::invalid(format!(
+                "workload region_start {} overlaps the fixed layout (first data page is {FIRST_DATA_PAGE})",
+                self.region_start
+            )));
+        }
+        if self.region_pages == 0 {
+            return Err(Error::invalid("workload region_pages must be at least 1"));
+        }
+        if self.region_start as u64 + self.region_pages as u64 > ram_pages {
+            return Err(Error::invalid(format!(
+                "workload region {}+{} pages runs past guest RAM of {ram_pages} pages",
+                self.region_start, self.region_pages
+            )));
+        }
+        if self.seed == 0 {
+            return Err(Error::invalid("workload seed must be non-zero (xorshift32 would stay at 0)"));
+        }
+        Ok(())
+    }
+}
+
+pub fn validate_ram_size(ram_size: u64) -> Result<()> {
+    if ram_size == 0 || ram_size % RAM_ALIGN != 0 || ram_size > MAX_RAM {
+        return Err(Error::invalid(format!(
+            "guest RAM size {ram_size} must be a non-zero multiple of 2 MiB and at most 1 GiB - 2 MiB"
+        )));
+    }
+    Ok(())
+}
+
+fn gdt_entries() -> [u64; 7] {
+    let tss_lo = (TSS_LIMIT as u64 & 0xffff)
+        | ((TSS_ADDR & 0xff_ffff) << 16)
+        | (0x8b << 40) // present, type 11: busy 64-bit TSS (what TR must hold)
+        | (((TSS_ADDR >> 24) & 0xff) << 56);
+    let tss_hi = TSS_ADDR >> 32;
+    [
+        0,
+        0x00af_9b00_0000_ffff, // kernel code, long mode (unused, present for completeness)
+        0x00cf_9300_0000_ffff, // kernel data
+        0x00af_fb00_0000_ffff, // user code, DPL3, long mode
+        0x00cf_f300_0000_ffff, // user data, DPL3
+        tss_lo,
+        tss_hi,
+    ]
+}
+
+pub const GDT_LIMIT: u16 = 7 * 8 - 1;
+
+/// Writes the page tables, GDT, TSS, guest program and control block. The
+/// page-table entries carry Accessed/Dirty already so the CPU never writes them,
+/// which keeps the dirty log down to the pages the program itself stores to.
+pub fn install(ram: &GuestRam, params: &WorkloadParams) -> Result<()> {
+    let size = ram.len() as u64;
+    validate_ram_size(size)?;
+    params.validate(size)?;
+    const P: u64 = 1;
+    const RW: u64 = 2;
+    const US: u64 = 4;
+    const A: u64 = 1 << 5;
+    const D: u64 = 1 << 6;
+    const PS: u64 = 1 << 7;
+    ram.write_u64(PML4_ADDR, PDPT_ADDR | P | RW | US | A)?;
+    ram.write_u64(PDPT_ADDR, PD_ADDR | P | RW | US | A)?;
+    for i in 0..size / RAM_ALIGN {
+        ram.write_u64(PD_ADDR + i * 8, (i * RAM_ALIGN) | P | RW | US | A | D | PS)?;
+    }
+    ram.write_u64(PD_ADDR + (EXIT_MMIO / RAM_ALIGN) * 8, EXIT_MMIO | P | RW | US | A | D | PS)?;
+    for (i, e) in gdt_entries().iter().enumerate() {
+        ram.write_u64(GDT_ADDR + i as u64 * 8, *e)?;
+    }
+    // TSS: no I/O bitmap (offset past the limit).
+    ram.write(TSS_ADDR, &[0u8; 104])?;
+    ram.write(TSS_ADDR + 102, &(104u16).to_le_bytes())?;
+    ram.write(CODE_ADDR, WORKLOAD_CODE)?;
+    write_params(ram, params)?;
+    ram.write_u64(CTL_ADDR + CTL_COUNTER, 0)?;
+    ram.write_u32(CTL_ADDR + CTL_CHECKSUM, region_sum(ram, params)?)?;
+    ram.write_u32(CTL_ADDR + CTL_RNG, params.seed)?;
+    ram.write_u32(CTL_ADDR + CTL_CURSOR, 0)?;
+    ram.write_u32(CTL_ADDR + CTL_STOP, 0)?;
+    Ok(())
+}
+
+/// Rewrites the knobs only (the running state — counter, checksum, rng, cursor — stays).
+pub fn write_params(ram: &GuestRam, params: &WorkloadParams) -> Result<()> {
+    params.validate(ram.len() as u64)?;
+    ram.write_u32(CTL_ADDR + CTL_REGION_START, params.region_start)?;
+    ram.write_u32(CTL_ADDR + CTL_REGION_PAGES, params.region_pages)?;
+    ram.write_u32(CTL_ADDR + CTL_PAGES_PER_ITER, params.pages_per_iter)?;
+    ram.write_u32(CTL_ADDR + CTL_SPIN, params.spin)?;
+    Ok(())
+}
+
+/// The checksum invariant: the sum mod 2^32 of every u32 in the data region.
+pub fn region_sum(ram: &GuestRam, params: &WorkloadParams) -> Result<u32> {
+    let start = params.region_start as u64 * PAGE_SIZE;
+    let len = params.region_pages as u64 * PAGE_SIZE;
+    let mut buf = vec![0u8; PAGE_SIZE as usize];
+    let mut sum = 0u32;
+    let mut off = 0;
+    while off < len {
+        ram.read(start + off, &mut buf)?;
+        for w in buf.chunks_exact(4) {
+            sum = sum.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+        }
+        off += PAGE_SIZE;
+    }
+    Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_sizes_and_params() {
+        assert!(validate_ram_size(3 << 20).is_err());
+        assert!(validate_ram_size(1 << 30).is_err());
+        validate_ram_size(4 << 20).unwrap();
+        let p = WorkloadParams::default_for(4 << 20);
+        p.validate(4 << 20).unwrap();
+        assert!(WorkloadParams { seed: 0, ..p }.validate(4 << 20).is_err());
+        assert!(WorkloadParams { region_start: 8, ..p }.validate(4 << 20).is_err());
+        assert!(WorkloadParams { region_pages: 0, ..p }.validate(4 << 20).is_err());
+        assert!(WorkloadParams { region_pages: p.region_pages + 1, ..p }.validate(4 << 20).is_err());
+    }
+
+    #[test]
+    fn install_writes_code_and_consistent_checksum() {
+        let ram = GuestRam::new(2 << 20).unwrap();
+        ram.write_u32(FIRST_DATA_PAGE as u64 * PAGE_SIZE, 7).unwrap();
+        let p = WorkloadParams::default_for(2 << 20);
+        install(&ram, &p).unwrap();
+        assert_eq!(ram.read_u32(CTL_ADDR + CTL_CHECKSUM).unwrap(), 7);
+        let mut code = vec![0u8; WORKLOAD_CODE.len()];
+        ram.read(CODE_ADDR, &mut code).unwrap();
+        assert_eq!(code, WORKLOAD_CODE);
+        // The program hard-codes the control block and exit port.
+        assert_eq!(&WORKLOAD_CODE[0..5], &[0xbb, 0x00, 0x90, 0x00, 0x00]);
+    }
+}
