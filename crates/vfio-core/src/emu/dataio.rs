@@ -1,0 +1,178 @@
+//! read/write/PRECOPY_INFO on the data fds, through the backend seam.
+//! The fd is identified by its open file (pipe inode), never by number.
+
+use std::io;
+
+use vfio_uapi::DeviceState;
+
+use super::device::{EmuDevice, State};
+use super::sys::{self, errno};
+
+enum Which {
+    Saving,
+    Resuming,
+}
+
+fn identify(st: &mut State, fd: i32, op: &str) -> io::Result<Which> {
+    let ino = sys::inode(fd).map_err(|e| {
+        let n = e.raw_os_error().unwrap_or(libc::EBADF);
+        st.fail(n, format!("{op}: fd {fd} is not open"))
+    })?;
+    if st.saving.as_ref().is_some_and(|s| s.ino == ino) {
+        return Ok(Which::Saving);
+    }
+    if st.resuming.as_ref().is_some_and(|s| s.ino == ino) {
+        return Ok(Which::Resuming);
+    }
+    if st.stale.contains(&ino) {
+        return Err(st.fail(libc::ENODEV, format!("{op}: fd {fd} belongs to a closed migration session")));
+    }
+    Err(st.fail(libc::EBADF, format!("{op}: fd {fd} is not a data fd of this device")))
+}
+
+fn in_precopy(s: DeviceState) -> bool {
+    matches!(s, DeviceState::PreCopy | DeviceState::PreCopyP2p)
+}
+
+impl EmuDevice {
+    pub(crate) fn read_data(&self, fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let step = self.with(|st| -> io::Result<Option<usize>> {
+                match identify(st, fd, "read")? {
+                    Which::Resuming => return Err(st.fail(libc::EBADF, format!("read: fd {fd} is the resume fd (write-only)"))),
+                    Which::Saving => {}
+                }
+                let cap = st.faults.take_io(buf.len()).map_err(|e| st.fail(e, "read: injected EAGAIN".into()))?;
+                if cap == 0 {
+                    return Ok(Some(0));
+                }
+                let layout = st.content.layout;
+                let state = st.state;
+                let s = st.saving.as_mut().unwrap();
+                let rem = s.remaining(layout);
+                if rem.queued > 0 {
+                    // Data is queued, so this read cannot block.
+                    let n = sys::read(fd, &mut buf[..cap.min(rem.queued)])?;
+                    return Ok(Some(n));
+                }
+                if s.w.is_none() && s.finished() {
+                    return Ok(Some(0));
+                }
+                if s.broken {
+                    return Err(st.fail(libc::EIO, "read: saving session failed".into()));
+                }
+                if in_precopy(state) && rem.initial == 0 && rem.dirty == 0 {
+                    return Err(st.fail(libc::ENOMSG, "read: no pre-copy data right now".into()));
+                }
+                Ok(None)
+            })?;
+            if let Some(n) = step {
+                return Ok(n);
+            }
+            // The producer is behind: wait for it outside the lock.
+            let _ = sys::poll(&[(fd, libc::POLLIN)], 50);
+        }
+    }
+
+    pub(crate) fn write_data(&self, fd: i32, buf: &[u8]) -> io::Result<usize> {
+        let cap = self.with(|st| -> io::Result<usize> {
+            match identify(st, fd, "write")? {
+                Which::Saving => return Err(st.fail(libc::EBADF, format!("write: fd {fd} is a saving fd (read-only)"))),
+                Which::Resuming => {}
+            }
+            let s = st.resuming.as_ref().unwrap();
+            if let Some(r) = s.loader.header_error() {
+                // mtty fails the write that carries a bad header with EFAULT.
+                let m = format!("write: {}", r.message());
+                return Err(st.fail(libc::EFAULT, m));
+            }
+            st.faults.take_io(buf.len()).map_err(|e| st.fail(e, "write: injected EAGAIN".into()))
+        })?;
+        if cap == 0 {
+            return Ok(0);
+        }
+        write_nosigpipe(fd, &buf[..cap])
+    }
+
+    pub(crate) fn precopy(&self, fd: i32, buf: &mut [u8]) -> io::Result<()> {
+        self.with(|st| {
+            if buf.len() < 24 {
+                return Err(st.fail(libc::EFAULT, format!("precopy_info buffer of {} bytes", buf.len())));
+            }
+            let argsz = u32::from_le_bytes(buf[0..4].try_into().unwrap());
+            let ino = sys::inode(fd).map_err(|e| e.raw_os_error().map(errno).unwrap_or_else(|| errno(libc::EBADF)))?;
+            let saving = st.saving.as_ref().is_some_and(|s| s.ino == ino);
+            let stale = st.stale.contains(&ino);
+            if !saving && !stale {
+                // Not a saving migration file: the ioctl is unknown to it.
+                return Err(st.fail(libc::ENOTTY, format!("precopy_info: fd {fd} is not a saving data fd")));
+            }
+            if argsz < 24 {
+                return Err(st.fail(libc::EINVAL, format!("precopy_info argsz {argsz} < 24")));
+            }
+            if !in_precopy(st.state) {
+                return Err(st.fail(libc::EINVAL, format!("precopy_info in {}", st.state)));
+            }
+            if !saving {
+                return Err(st.fail(libc::ENODEV, "precopy_info: session closed".into()));
+            }
+            let rem = st.saving.as_ref().unwrap().remaining(st.content.layout);
+            buf[8..16].copy_from_slice(&rem.initial.to_le_bytes());
+            buf[16..24].copy_from_slice(&rem.dirty.to_le_bytes());
+            Ok(())
+        })
+    }
+}
+
+/// write() that turns a vanished reader into EPIPE even when the host
+/// process has not ignored SIGPIPE.
+fn write_nosigpipe(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        let r = sys::write(fd, buf);
+        if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EPIPE)) {
+            // Consume the SIGPIPE we raised before unblocking it.
+            let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r
+    }
+}
+
+impl crate::backend::DeviceBackend for EmuDevice {
+    fn device_feature(&self, buf: &mut [u8]) -> io::Result<i32> {
+        let shared = self.shared.clone();
+        self.with(|st| super::feature::device_feature(&shared, st, buf))
+    }
+
+    fn get_info(&self, buf: &mut [u8]) -> io::Result<()> {
+        self.with(|st| super::feature::get_info(st, buf))
+    }
+
+    fn reset(&self) -> io::Result<()> {
+        self.with(|st| st.do_reset());
+        Ok(())
+    }
+
+    fn precopy_info(&self, fd: i32, buf: &mut [u8]) -> io::Result<()> {
+        self.precopy(fd, buf)
+    }
+
+    fn data_read(&self, fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_data(fd, buf)
+    }
+
+    fn data_write(&self, fd: i32, buf: &[u8]) -> io::Result<usize> {
+        self.write_data(fd, buf)
+    }
+
+    fn name(&self) -> &str {
+        self.device_name()
+    }
+}
+

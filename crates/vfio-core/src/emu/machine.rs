@@ -1,0 +1,132 @@
+//! MIG_DEVICE_STATE SET: the kernel's walk (vfio_uapi::next_step), one arc
+//! at a time, each doing a driver's work. A failing arc leaves the device
+//! in the state it had reached, as mtty does; leaving RESUMING with a bad
+//! image puts it in ERROR.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use vfio_uapi::{next_step, DeviceState};
+
+use super::device::{Shared, State};
+use super::session::{spawn_loader, spawn_saver, LoadSession, SaveSession};
+
+use DeviceState::{
+    Error, PreCopy as PC, PreCopyP2p as PCP, Resuming as RS, Running as R, RunningP2p as RP, Stop as S,
+    StopCopy as SC,
+};
+
+/// Walks to `target`; `Ok(Some(fd))` when the last arc opened a data fd.
+pub fn set_state(shared: &Arc<Shared>, st: &mut State, raw_target: u32) -> io::Result<Option<OwnedFd>> {
+    let Some(target) = DeviceState::from_u32(raw_target) else {
+        return Err(st.fail(libc::EINVAL, format!("device_state {raw_target} is not a migration state")));
+    };
+    let mut recovering = st.faults.fail_recovery.take();
+    let mut out = None;
+    while st.state != target {
+        let cur = st.state;
+        let Some(next) = next_step(st.cfg.flags, cur, target) else {
+            return Err(st.fail(
+                libc::EINVAL,
+                format!("{cur} -> {target} is not a move this device (flags {:#x}) can make", st.cfg.flags.bits()),
+            ));
+        };
+        if let Some(e) = recovering.take() {
+            st.close_sessions();
+            st.state = Error;
+            st.poke();
+            return Err(st.fail(e, format!("{cur} -> {next} failed (injected: recovery fails too), device in ERROR")));
+        }
+        if let Some((to, e, rec)) = st.faults.fail_move {
+            if to == next {
+                st.faults.fail_move = None;
+                if rec {
+                    st.faults.fail_recovery = Some(e);
+                }
+                return Err(st.fail(e, format!("{cur} -> {next} failed (injected), device stays in {cur}")));
+            }
+        }
+        let fd = arc(shared, st, cur, next)?;
+        st.state = next;
+        st.stats.arcs += 1;
+        st.poke();
+        if fd.is_some() && next != target {
+            // The table never opens a file mid-walk; mtty WARNs here too.
+            return Err(st.fail(libc::EINVAL, format!("{cur} -> {next} opened a data fd mid-walk")));
+        }
+        out = fd;
+    }
+    Ok(out)
+}
+
+fn arc(shared: &Arc<Shared>, st: &mut State, cur: DeviceState, next: DeviceState) -> io::Result<Option<OwnedFd>> {
+    match (cur, next) {
+        // Nothing to do: running or quiescing changes no files (the ticker
+        // starts/stops dirtying and DMA from the state itself).
+        (R, RP) | (RP, R) | (RP, S) | (S, RP) | (R, S) | (S, R) | (PC, PCP) | (PCP, PC) => Ok(None),
+        (R, PC) | (RP, PCP) | (S, SC) => open_saving(shared, st, next == SC).map(Some),
+        (PCP, SC) | (PC, SC) => {
+            // Same file, now also carrying what only a stopped device can give.
+            if let Some(s) = st.saving.as_mut() {
+                s.stop_copy = true;
+                super::sys::eventfd_signal(&s.wake);
+                Ok(None)
+            } else {
+                open_saving(shared, st, true).map(Some)
+            }
+        }
+        (PC, R) | (PCP, RP) | (SC, S) => {
+            st.close_sessions();
+            Ok(None)
+        }
+        (S, RS) => open_resuming(shared, st).map(Some),
+        (RS, S) => finish_resuming(st).map(|_| None),
+        _ => Err(st.fail(libc::EINVAL, format!("no driver arc {cur} -> {next}"))),
+    }
+}
+
+fn open_saving(shared: &Arc<Shared>, st: &mut State, stop_copy: bool) -> io::Result<OwnedFd> {
+    let id = st.new_session_id();
+    let corrupt = std::mem::take(&mut st.faults.corrupt);
+    let (mut s, fd) = SaveSession::new(id, st.content.layout, st.cfg.initial_bytes, corrupt, stop_copy)?;
+    s.thread = Some(spawn_saver(shared.clone(), id)?);
+    st.saving = Some(s);
+    Ok(fd)
+}
+
+fn open_resuming(shared: &Arc<Shared>, st: &mut State) -> io::Result<OwnedFd> {
+    let id = st.new_session_id();
+    let (mut s, fd) = LoadSession::new(id, st.content.layout)?;
+    s.thread = Some(spawn_loader(shared.clone(), id)?);
+    st.resuming = Some(s);
+    Ok(fd)
+}
+
+/// Leaving RESUMING: everything userspace wrote before this ioctl is in the
+/// pipe; parse it all, then accept the image whole or refuse it.
+fn finish_resuming(st: &mut State) -> io::Result<()> {
+    let Some(s) = st.resuming.as_mut() else {
+        return Err(st.fail(libc::EINVAL, "RESUMING without a resume file".into()));
+    };
+    s.drain(usize::MAX);
+    let verdict = s.loader.finish();
+    match verdict {
+        Ok(()) => {
+            let l = &s.loader;
+            st.content.seed = l.seed;
+            st.content.gens.clone_from(&l.gens);
+            for (slot, (g, h)) in st.content.hashes.iter_mut().zip(l.gens.iter().zip(&l.hashes)) {
+                *slot = Some((*g, h.expect("finish() checked every region")));
+            }
+            st.close_sessions();
+            Ok(())
+        }
+        Err(r) => {
+            st.close_sessions();
+            st.state = Error;
+            st.poke();
+            Err(st.fail(r.errno(), format!("RESUMING -> STOP: image refused: {}; device in ERROR", r.message())))
+        }
+    }
+}
