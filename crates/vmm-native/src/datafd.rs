@@ -1,1 +1,159 @@
-// Owned by the kernel-path/napi work (issue 2).
+//! `DataFd`: the migration data fd as a JS object. It owns the fd; every
+//! call runs on a worker thread and `close()` waits for calls in flight.
+
+use crate::error::{blocking, fd_arg, len_arg, Blocking};
+use crate::transfer::{options, TransferOptions, TransferStats};
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use std::sync::Arc;
+use std::time::Duration;
+use vfio_core::datafd;
+use vfio_core::kernel::{sys, VfioError};
+
+#[napi(object)]
+pub struct PrecopyInfo {
+    pub initial_bytes: BigInt,
+    pub dirty_bytes: BigInt,
+}
+
+#[napi(object)]
+pub struct PollResult {
+    pub readable: bool,
+    pub writable: bool,
+    pub hangup: bool,
+    pub error: bool,
+    pub timed_out: bool,
+}
+
+#[napi]
+pub struct DataFd {
+    inner: Arc<datafd::DataFd>,
+}
+
+impl DataFd {
+    pub(crate) fn wrap(fd: datafd::DataFd) -> DataFd {
+        DataFd { inner: Arc::new(fd) }
+    }
+}
+
+#[napi]
+impl DataFd {
+    /// TESTING ONLY: a DataFd over a dup of `fd` (a pipe end) whose reads and
+    /// writes are plain syscalls; no device behind it.
+    #[napi]
+    pub fn testing_from_fd(env: Env, fd: i32) -> Result<DataFd> {
+        let r = fd_arg(fd, "fd", "dup").and_then(|fd| {
+            sys::dup(fd).map_err(|e| VfioError::from_io(&e, "dup", format!("DataFd.testingFromFd: dup fd {fd}")))
+        });
+        match r {
+            Ok(owned) => Ok(DataFd::wrap(datafd::DataFd::for_testing(owned))),
+            Err(e) => Err(crate::error::js_error(&env, &e)),
+        }
+    }
+
+    /// The fd number, or null once closed.
+    #[napi(getter)]
+    pub fn fd(&self) -> Option<i32> {
+        self.inner.raw_fd()
+    }
+
+    /// Reads into `buffer`; resolves the bytes read, 0 at the end of the
+    /// device state. In PRE_COPY, "nothing more for now" rejects with code ENOMSG.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn read(&self, mut buffer: Buffer) -> AsyncTask<Blocking<u32>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            // A u32 result keeps the count exact; larger reads gain nothing.
+            let n = buffer.len().min(u32::MAX as usize);
+            Ok(d.read(&mut buffer[..n])? as u32)
+        })
+    }
+
+    /// Writes `buffer` (RESUMING); resolves the bytes written.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn write(&self, buffer: Buffer) -> AsyncTask<Blocking<u32>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            let n = buffer.len().min(u32::MAX as usize);
+            Ok(d.write(&buffer[..n])? as u32)
+        })
+    }
+
+    /// VFIO_MIG_GET_PRECOPY_INFO.
+    #[napi(ts_return_type = "Promise<PrecopyInfo>")]
+    pub fn precopy_info(&self) -> AsyncTask<Blocking<PrecopyInfo>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            let i = d.precopy_info()?;
+            Ok(PrecopyInfo { initial_bytes: BigInt::from(i.initial_bytes), dirty_bytes: BigInt::from(i.dirty_bytes) })
+        })
+    }
+
+    /// Waits until the fd is readable (`events` 'in', the default) or
+    /// writable ('out'), at most `timeoutMs` (negative or omitted: forever).
+    #[napi(ts_args_type = "events?: 'in' | 'out' | 'inout', timeoutMs?: number", ts_return_type = "Promise<PollResult>")]
+    pub fn poll(&self, events: Option<String>, timeout_ms: Option<f64>) -> AsyncTask<Blocking<PollResult>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            let ev = match events.as_deref().unwrap_or("in") {
+                "in" => libc::POLLIN,
+                "out" => libc::POLLOUT,
+                "inout" => libc::POLLIN | libc::POLLOUT,
+                other => return Err(VfioError::invalid("poll", format!("{}: poll", d.label()), &format!("events must be 'in', 'out' or 'inout', got {other:?}"))),
+            };
+            let timeout = match timeout_ms {
+                None => None,
+                Some(t) if t < 0.0 => None,
+                Some(t) => Some(Duration::from_millis(len_arg(t, "timeoutMs", "poll")?)),
+            };
+            let r = d.poll(ev, timeout)?;
+            Ok(PollResult {
+                readable: r & libc::POLLIN != 0,
+                writable: r & libc::POLLOUT != 0,
+                hangup: r & libc::POLLHUP != 0,
+                error: r & (libc::POLLERR | libc::POLLNVAL) != 0,
+                timed_out: r == 0,
+            })
+        })
+    }
+
+    /// Closes the fd once calls in flight finish; later calls reject EBADF.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close(&self) -> AsyncTask<Blocking<()>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            d.close();
+            Ok(())
+        })
+    }
+
+    /// Moves up to `maxBytes` (default: until the end) from the data fd to
+    /// `fd`, without passing through JavaScript. Stops early at the end of
+    /// the state (end 'eof') or at ENOMSG in PRE_COPY (end 'enomsg').
+    #[napi(ts_return_type = "Promise<TransferStats>")]
+    pub fn transfer_to(&self, fd: i32, max_bytes: Option<f64>, options_: Option<TransferOptions>) -> AsyncTask<Blocking<TransferStats>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            let fd = fd_arg(fd, "fd", "transfer")?;
+            let max = match max_bytes {
+                Some(m) => len_arg(m, "maxBytes", "transfer")?,
+                None => u64::MAX,
+            };
+            let opts = options(options_.as_ref())?;
+            Ok(TransferStats::from(d.transfer_to(fd, max, &opts)?))
+        })
+    }
+
+    /// Moves up to `bytes` from `fd` into the data fd (RESUMING), stopping
+    /// early if `fd` reaches end of file.
+    #[napi(ts_return_type = "Promise<TransferStats>")]
+    pub fn transfer_from(&self, fd: i32, bytes: f64, options_: Option<TransferOptions>) -> AsyncTask<Blocking<TransferStats>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            let fd = fd_arg(fd, "fd", "transfer")?;
+            let n = len_arg(bytes, "bytes", "transfer")?;
+            let opts = options(options_.as_ref())?;
+            Ok(TransferStats::from(d.transfer_from(fd, n, &opts)?))
+        })
+    }
+}
