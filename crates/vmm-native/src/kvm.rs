@@ -1,1 +1,297 @@
-// Owned by the KVM work (issue 6).
+//! KvmMachine: the microVM's KVM vCPU for JavaScript. Everything that waits on
+//! the vCPU thread or issues ioctls returns a Promise (runs on the libuv pool);
+//! guest RAM is handed out once as an external Buffer over the shared mapping.
+use kvm_core::layout as L;
+use kvm_core::{GuestRam, Machine, StopReason, VcpuState, WorkloadParams};
+use napi::bindgen_prelude::*;
+use napi::{Env, Task};
+use napi_derive::napi;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once, Weak};
+use std::time::Duration;
+
+fn to_napi(e: kvm_core::Error) -> Error {
+    // "(errno N)" at the end is what the TS side parses into err.errno.
+    Error::new(Status::GenericFailure, format!("kvm: {e}"))
+}
+
+fn invalid(msg: String) -> Error {
+    to_napi(kvm_core::Error::invalid(msg))
+}
+
+/// Live machines, so the env cleanup hook can stop their vCPU threads even if
+/// JavaScript never called destroy() before the process exits.
+static LIVE: Mutex<Vec<Weak<Machine>>> = Mutex::new(Vec::new());
+static HOOK: Once = Once::new();
+
+fn register(env: &Env, m: &Arc<Machine>) {
+    let mut live = LIVE.lock().unwrap();
+    live.retain(|w| w.strong_count() > 0);
+    live.push(Arc::downgrade(m));
+    HOOK.call_once(|| {
+        let _ = env.add_env_cleanup_hook((), |_| {
+            let machines: Vec<Arc<Machine>> = LIVE.lock().unwrap().drain(..).filter_map(|w| w.upgrade()).collect();
+            for m in machines {
+                m.destroy();
+            }
+        });
+    });
+}
+
+#[napi(object)]
+pub struct KvmProbe {
+    pub available: bool,
+    /// Why KVM cannot be used (empty when available).
+    pub reason: String,
+    pub api_version: i32,
+}
+
+pub struct ProbeTask;
+
+impl Task for ProbeTask {
+    type Output = kvm_core::Probe;
+    type JsValue = KvmProbe;
+    fn compute(&mut self) -> Result<Self::Output> {
+        Ok(kvm_core::probe())
+    }
+    fn resolve(&mut self, _: Env, p: Self::Output) -> Result<KvmProbe> {
+        Ok(KvmProbe { available: p.available, reason: p.reason, api_version: p.api_version })
+    }
+}
+
+/// Opens /dev/kvm and creates a throw-away VM to tell whether KVM works here.
+#[napi]
+pub fn kvm_probe() -> AsyncTask<ProbeTask> {
+    AsyncTask::new(ProbeTask)
+}
+
+/// The fixed guest layout, so the TypeScript mirror can be checked against it.
+#[napi(object)]
+pub struct KvmLayout {
+    pub page_size: u32,
+    pub ram_align: u32,
+    pub max_ram: u32,
+    pub code_addr: u32,
+    pub ctl_addr: u32,
+    pub first_data_page: u32,
+    pub exit_mmio: u32,
+    pub ctl_counter: u32,
+    pub ctl_checksum: u32,
+    pub ctl_rng: u32,
+    pub ctl_cursor: u32,
+    pub ctl_region_start: u32,
+    pub ctl_region_pages: u32,
+    pub ctl_pages_per_iter: u32,
+    pub ctl_spin: u32,
+    pub ctl_stop: u32,
+    pub code_len: u32,
+}
+
+#[napi]
+pub fn kvm_layout() -> KvmLayout {
+    KvmLayout {
+        page_size: L::PAGE_SIZE as u32,
+        ram_align: L::RAM_ALIGN as u32,
+        max_ram: L::MAX_RAM as u32,
+        code_addr: L::CODE_ADDR as u32,
+        ctl_addr: L::CTL_ADDR as u32,
+        first_data_page: L::FIRST_DATA_PAGE,
+        exit_mmio: L::EXIT_MMIO as u32,
+        ctl_counter: L::CTL_COUNTER as u32,
+        ctl_checksum: L::CTL_CHECKSUM as u32,
+        ctl_rng: L::CTL_RNG as u32,
+        ctl_cursor: L::CTL_CURSOR as u32,
+        ctl_region_start: L::CTL_REGION_START as u32,
+        ctl_region_pages: L::CTL_REGION_PAGES as u32,
+        ctl_pages_per_iter: L::CTL_PAGES_PER_ITER as u32,
+        ctl_spin: L::CTL_SPIN as u32,
+        ctl_stop: L::CTL_STOP as u32,
+        code_len: L::WORKLOAD_CODE.len() as u32,
+    }
+}
+
+#[napi(object)]
+#[derive(Clone, Copy)]
+pub struct KvmWorkloadParams {
+    /// First guest page of the data region (>= firstDataPage).
+    pub region_start: u32,
+    pub region_pages: u32,
+    pub pages_per_iter: u32,
+    /// Busy-loop count after each iteration: the dirty-rate knob.
+    pub spin: u32,
+    /// xorshift32 seed, non-zero.
+    pub seed: u32,
+}
+
+impl From<KvmWorkloadParams> for WorkloadParams {
+    fn from(p: KvmWorkloadParams) -> Self {
+        WorkloadParams {
+            region_start: p.region_start,
+            region_pages: p.region_pages,
+            pages_per_iter: p.pages_per_iter,
+            spin: p.spin,
+            seed: p.seed,
+        }
+    }
+}
+
+/// Why the vCPU is stopped: 'paused' (host), 'guest-exit' (the workload saw its
+/// stop flag), 'error' (with `error`).
+#[napi(object)]
+pub struct KvmStop {
+    pub reason: String,
+    pub error: Option<String>,
+}
+
+fn stop_to_js(r: StopReason) -> KvmStop {
+    match r {
+        StopReason::Paused => KvmStop { reason: "paused".into(), error: None },
+        StopReason::GuestExit => KvmStop { reason: "guest-exit".into(), error: None },
+        StopReason::Error(e) => KvmStop { reason: "error".into(), error: Some(format!("kvm: {e}")) },
+    }
+}
+
+pub struct CreateTask {
+    ram_size: u64,
+    params: WorkloadParams,
+}
+
+impl Task for CreateTask {
+    type Output = Arc<Machine>;
+    type JsValue = KvmMachine;
+    fn compute(&mut self) -> Result<Self::Output> {
+        Machine::new(self.ram_size, self.params).map(Arc::new).map_err(to_napi)
+    }
+    fn resolve(&mut self, env: Env, m: Self::Output) -> Result<KvmMachine> {
+        register(&env, &m);
+        Ok(KvmMachine { inner: m, memory_taken: AtomicBool::new(false) })
+    }
+}
+
+/// Creates a VM with `ramSize` bytes of guest RAM (multiple of 2 MiB), the
+/// workload installed and the vCPU at its entry, stopped.
+#[napi]
+pub fn create_kvm_machine(ram_size: f64, params: KvmWorkloadParams) -> Result<AsyncTask<CreateTask>> {
+    if !(ram_size.is_finite() && ram_size > 0.0 && ram_size.fract() == 0.0 && ram_size <= L::MAX_RAM as f64) {
+        return Err(invalid(format!("ramSize {ram_size} must be a positive integer of at most {} bytes", L::MAX_RAM)));
+    }
+    Ok(AsyncTask::new(CreateTask { ram_size: ram_size as u64, params: params.into() }))
+}
+
+/// One operation on the machine, run on the libuv pool.
+macro_rules! op_task {
+    ($name:ident, $out:ty, $js:ty, $conv:expr) => {
+        pub struct $name {
+            m: Arc<Machine>,
+            f: Box<dyn FnMut(&Machine) -> kvm_core::Result<$out> + Send>,
+        }
+        impl Task for $name {
+            type Output = $out;
+            type JsValue = $js;
+            fn compute(&mut self) -> Result<$out> {
+                (self.f)(&self.m).map_err(to_napi)
+            }
+            fn resolve(&mut self, _: Env, o: $out) -> Result<$js> {
+                #[allow(clippy::redundant_closure_call)]
+                Ok(($conv)(o))
+            }
+        }
+    };
+}
+
+op_task!(UnitTask, (), (), |o| o);
+op_task!(StopTask, StopReason, KvmStop, stop_to_js);
+op_task!(MaybeStopTask, Option<StopReason>, Option<KvmStop>, |o: Option<StopReason>| o.map(stop_to_js));
+op_task!(BytesTask, Vec<u8>, Buffer, Buffer::from);
+
+#[napi]
+pub struct KvmMachine {
+    inner: Arc<Machine>,
+    memory_taken: AtomicBool,
+}
+
+#[napi]
+impl KvmMachine {
+    #[napi(getter)]
+    pub fn ram_size(&self) -> f64 {
+        self.inner.ram().len() as f64
+    }
+
+    #[napi(getter)]
+    pub fn running(&self) -> bool {
+        self.inner.is_running()
+    }
+
+    /// Guest RAM as a Buffer over the VM's own mapping (no copy). Only once per
+    /// machine: V8 refuses two external buffers over the same memory.
+    #[napi]
+    pub fn memory<'env>(&self, env: &'env Env) -> Result<BufferSlice<'env>> {
+        if self.memory_taken.swap(true, Ordering::SeqCst) {
+            return Err(to_napi(kvm_core::Error::state(libc::EEXIST, "memory() was already called for this machine; keep that Buffer")));
+        }
+        let ram: Arc<GuestRam> = self.inner.ram().clone();
+        let (ptr, len) = (ram.as_ptr(), ram.len());
+        // SAFETY: the Arc moved into the finalizer keeps the mapping alive for
+        // as long as V8 can reach the Buffer, even after destroy().
+        unsafe { BufferSlice::from_external(env, ptr, len, ram, |_, ram| drop(ram)) }
+    }
+
+    /// Starts (or resumes) the vCPU run loop on its thread.
+    #[napi]
+    pub fn start(&self) -> AsyncTask<UnitTask> {
+        AsyncTask::new(UnitTask { m: self.inner.clone(), f: Box::new(|m| m.start()) })
+    }
+
+    /// Kicks the vCPU out of KVM_RUN; resolves once it has stopped.
+    #[napi]
+    pub fn pause(&self) -> AsyncTask<StopTask> {
+        AsyncTask::new(StopTask { m: self.inner.clone(), f: Box::new(|m| m.pause()) })
+    }
+
+    /// Resolves when the vCPU stops by itself (or null after `timeoutMs`).
+    #[napi]
+    pub fn wait_stopped(&self, timeout_ms: u32) -> AsyncTask<MaybeStopTask> {
+        let t = Duration::from_millis(timeout_ms as u64);
+        AsyncTask::new(MaybeStopTask { m: self.inner.clone(), f: Box::new(move |m| Ok(m.wait_stopped(t))) })
+    }
+
+    /// The whole vCPU state (regs, sregs, fpu/xsave, xcrs, msrs, events,
+    /// debugregs) in the KVMVCPU1 format. The vCPU must be stopped.
+    #[napi]
+    pub fn get_state(&self) -> AsyncTask<BytesTask> {
+        AsyncTask::new(BytesTask { m: self.inner.clone(), f: Box::new(|m| m.save_state().map(|s| s.to_bytes())) })
+    }
+
+    #[napi]
+    pub fn set_state(&self, state: Buffer) -> Result<AsyncTask<UnitTask>> {
+        let s = VcpuState::from_bytes(&state).map_err(to_napi)?;
+        let mut s = Some(s);
+        Ok(AsyncTask::new(UnitTask {
+            m: self.inner.clone(),
+            f: Box::new(move |m| match s.take() {
+                Some(s) => m.restore_state(s),
+                None => Err(kvm_core::Error::invalid("state already consumed")),
+            }),
+        }))
+    }
+
+    /// KVM_GET_DIRTY_LOG: returns and clears the bitmap, one bit per 4 KiB page
+    /// (bit i%8 of byte i/8). Works while running.
+    #[napi]
+    pub fn sync_dirty_log(&self) -> AsyncTask<BytesTask> {
+        AsyncTask::new(BytesTask { m: self.inner.clone(), f: Box::new(|m| m.sync_dirty_log()) })
+    }
+
+    /// Stops and joins the vCPU thread and closes the VM. The memory Buffer
+    /// stays valid (it holds its own reference to the mapping).
+    #[napi]
+    pub fn destroy(&self) -> AsyncTask<UnitTask> {
+        AsyncTask::new(UnitTask {
+            m: self.inner.clone(),
+            f: Box::new(|m| {
+                m.destroy();
+                Ok(())
+            }),
+        })
+    }
+}
