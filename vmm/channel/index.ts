@@ -1,0 +1,7 @@
+export type { Channel, ChannelKind } from './types.js'
+export { SocketChannel } from './socket.js'
+export { FileChannel } from './file.js'
+export { MemoryChannel, memoryPair } from './memory.js'
+export { parseUri, formatUri, UriError, type MigrationAddress } from './uri.js'
+export { connect, listen, type Listener } from './connect.js'
+export { ReturnPathWriter, ReturnPathReader, RpMsg, RP_MAX_LEN, type RpMessage, type ResumeTiming } from './return-path.js'

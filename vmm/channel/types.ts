@@ -1,0 +1,39 @@
+// The byte transport under a migration stream (QEMU's QIOChannel). A channel is
+// full duplex: the stream writes one way, the return path reads the other.
+
+export type ChannelKind = 'tcp' | 'unix' | 'file' | 'exec' | 'fd' | 'memory'
+
+export interface Channel {
+  readonly kind: ChannelKind
+  /** Human-readable address, for error messages. */
+  readonly description: string
+  /**
+   * The OS file descriptor when there is one (for zero-copy transfers), or
+   * undefined (memory channels). Only usable for direct I/O between
+   * `quiesce()` and `resumeReads()` (reads) or when `writableLength` is 0 (writes).
+   */
+  readonly fd: number | undefined
+  /** Bytes accepted by write() that the OS has not taken yet: backpressure. */
+  readonly writableLength: number
+  /** Read up to `length` bytes into buf at offset. Resolves 0 at end of stream. */
+  read(buf: Uint8Array, offset: number, length: number): Promise<number>
+  /**
+   * Write all buffers in order. Resolves when the OS has them, so the caller
+   * may reuse the buffers afterwards.
+   */
+  writev(bufs: readonly Uint8Array[]): Promise<void>
+  /**
+   * Stop reading ahead from the fd and hand back whatever was read ahead but
+   * not yet consumed, so that someone else may read the fd directly.
+   * Channels without an fd return [] and stay usable via read().
+   */
+  quiesce(): Promise<Uint8Array[]>
+  /** Undo quiesce(). */
+  resumeReads(): void
+  /** Close the write side (the peer sees end of stream); reads stay open. */
+  endWrites(): Promise<void>
+  /** Stop both directions now; pending and later I/O fail. */
+  shutdown(): void
+  /** Release the channel. Idempotent. */
+  close(): Promise<void>
+}

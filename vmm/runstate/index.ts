@@ -1,0 +1,3 @@
+export { RUN_STATES, type RunState, isRunState, transitionAllowed, allowedFrom } from './states.js'
+export { Vm, InvalidTransitionError, TransitionError, type ChangeStateHandler, type ChangeStateCallback, type VmEvents } from './vm.js'
+export { TypedEmitter } from './emitter.js'

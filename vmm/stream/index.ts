@@ -1,0 +1,5 @@
+export { MigStream, IO_BUF_SIZE, type StreamOptions } from './stream.js'
+export { StreamError, toStreamError } from './errors.js'
+export { RateLimiter, RATE_WINDOW_MS } from './rate-limit.js'
+export { realClock, FakeClock, type Clock } from './clock.js'
+export { nativeFdTransfer, type FdTransfer } from './transfer.js'
