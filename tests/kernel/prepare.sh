@@ -180,6 +180,9 @@ build_initramfs
 build_probe
 
 x=$CACHE/$KVER
+# Without CONFIG_IOMMUFD_DRIVER the DMA logging report is a stub (EOPNOTSUPP).
+iova_bitmap=0
+grep -qx 'CONFIG_IOMMUFD_DRIVER=y' "$x/root/boot/config-$KVER+deb12-amd64" && iova_bitmap=1
 fix=0
 grep -q 'while (\*next_fsm != VFIO_DEVICE_STATE_ERROR' "$x/src/drivers/vfio/vfio_main.c" && fix=1
 cat >"$CACHE/lane.env.tmp" <<EOF
@@ -189,6 +192,7 @@ KERNEL_LANE_VMLINUZ=$x/root/boot/vmlinuz-$KVER+deb12-amd64
 KERNEL_LANE_INITRD=$x/initramfs.cpio.gz
 KERNEL_LANE_PROBE=$x/bin/mtty_probe
 KERNEL_LANE_SKIP_FIX=$fix
+KERNEL_LANE_IOVA_BITMAP=$iova_bitmap
 EOF
 mv "$CACHE/lane.env.tmp" "$CACHE/lane.env"
 log "ready: Linux $KVER+deb12-amd64 (skip-loop fix: $([[ $fix == 1 ]] && echo yes || echo NO)), $(qemu-system-x86_64 --version | head -n1)"

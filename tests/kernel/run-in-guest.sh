@@ -10,6 +10,8 @@
 #   KERNEL_LANE_PROBE the raw C probe binary; KERNEL_LANE_SKIP_FIX=1 when the
 #                     guest kernel has the skip-loop fix (STOP_COPY -> PRE_COPY
 #                     is then safe to send)
+#   KERNEL_LANE_IOVA_BITMAP=1 when the kernel has CONFIG_IOMMUFD_DRIVER (else a
+#                     DMA logging report is EOPNOTSUPP)
 # Exits with COMMAND's status. 77 (with "SKIPPED: reason") when the lane cannot
 # run here; 124 when the guest did not finish within KERNEL_LANE_TIMEOUT
 # seconds (default 300); 125 when the guest failed before running COMMAND.
@@ -49,8 +51,8 @@ fi
   # devices.env is only known inside the guest: it arrives through the share.
   echo 'set -a; . "$KERNEL_LANE_OUT/devices.env"; set +a'
   printf 'export PATH=%q HOME=/tmp KERNEL_LANE_OUT=%q\n' "$PATH" "$OUT"
-  printf 'export KERNEL_LANE_PROBE=%q KERNEL_LANE_SKIP_FIX=%q KERNEL_LANE_KVER=%q\n' \
-    "$KERNEL_LANE_PROBE" "$KERNEL_LANE_SKIP_FIX" "$KERNEL_LANE_KVER"
+  printf 'export KERNEL_LANE_PROBE=%q KERNEL_LANE_SKIP_FIX=%q KERNEL_LANE_KVER=%q KERNEL_LANE_IOVA_BITMAP=%q\n' \
+    "$KERNEL_LANE_PROBE" "$KERNEL_LANE_SKIP_FIX" "$KERNEL_LANE_KVER" "$KERNEL_LANE_IOVA_BITMAP"
   printf 'exec'; printf ' %q' "$@"; echo
 } >"$OUT/cmd.sh.tmp"
 mv "$OUT/cmd.sh.tmp" "$OUT/cmd.sh"
