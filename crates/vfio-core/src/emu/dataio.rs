@@ -42,8 +42,10 @@ impl EmuDevice {
                     Which::Resuming => return Err(st.fail(libc::EBADF, format!("read: fd {fd} is the resume fd (write-only)"))),
                     Which::Saving => {}
                 }
-                let cap = st.faults.take_io(buf.len()).map_err(|e| st.fail(e, "read: injected EAGAIN".into()))?;
-                if cap == 0 {
+                if st.faults.take_eagain() {
+                    return Err(st.fail(libc::EAGAIN, "read: injected EAGAIN".into()));
+                }
+                if buf.is_empty() {
                     return Ok(Some(0));
                 }
                 let layout = st.content.layout;
@@ -52,7 +54,8 @@ impl EmuDevice {
                 let rem = s.remaining(layout);
                 if rem.queued > 0 {
                     // Data is queued, so this read cannot block.
-                    let n = sys::read(fd, &mut buf[..cap.min(rem.queued)])?;
+                    let cap = st.faults.take_short(buf.len().min(rem.queued));
+                    let n = sys::read(fd, &mut buf[..cap])?;
                     return Ok(Some(n));
                 }
                 if s.w.is_none() && s.finished() {
@@ -86,7 +89,10 @@ impl EmuDevice {
                 let m = format!("write: {}", r.message());
                 return Err(st.fail(libc::EFAULT, m));
             }
-            st.faults.take_io(buf.len()).map_err(|e| st.fail(e, "write: injected EAGAIN".into()))
+            if st.faults.take_eagain() {
+                return Err(st.fail(libc::EAGAIN, "write: injected EAGAIN".into()));
+            }
+            Ok(st.faults.take_short(buf.len()))
         })?;
         if cap == 0 {
             return Ok(0);

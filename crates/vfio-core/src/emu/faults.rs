@@ -22,16 +22,22 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// EAGAIN or a length cap for one data call.
-    pub fn take_io(&mut self, len: usize) -> Result<usize, i32> {
+    /// An injected EAGAIN for this data call, if one is pending.
+    pub fn take_eagain(&mut self) -> bool {
         if self.eagain > 0 {
             self.eagain -= 1;
-            return Err(libc::EAGAIN);
+            return true;
         }
-        if self.short_io.0 > 0 {
+        false
+    }
+
+    /// The length this data call may move, consuming a short-I/O fault
+    /// only when the call is about to move bytes.
+    pub fn take_short(&mut self, len: usize) -> usize {
+        if self.short_io.0 > 0 && len > 0 {
             self.short_io.0 -= 1;
-            return Ok(len.min(self.short_io.1.max(1)));
+            return len.min(self.short_io.1.max(1));
         }
-        Ok(len)
+        len
     }
 }
