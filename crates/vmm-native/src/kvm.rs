@@ -60,7 +60,7 @@ impl Task for ProbeTask {
 }
 
 /// Opens /dev/kvm and creates a throw-away VM to tell whether KVM works here.
-#[napi]
+#[napi(ts_return_type = "Promise<KvmProbe>")]
 pub fn kvm_probe() -> AsyncTask<ProbeTask> {
     AsyncTask::new(ProbeTask)
 }
@@ -170,7 +170,7 @@ impl Task for CreateTask {
 
 /// Creates a VM with `ramSize` bytes of guest RAM (multiple of 2 MiB), the
 /// workload installed and the vCPU at its entry, stopped.
-#[napi]
+#[napi(ts_return_type = "Promise<KvmMachine>")]
 pub fn create_kvm_machine(ram_size: f64, params: KvmWorkloadParams) -> Result<AsyncTask<CreateTask>> {
     if !(ram_size.is_finite() && ram_size > 0.0 && ram_size.fract() == 0.0 && ram_size <= L::MAX_RAM as f64) {
         return Err(invalid(format!("ramSize {ram_size} must be a positive integer of at most {} bytes", L::MAX_RAM)));
@@ -237,19 +237,19 @@ impl KvmMachine {
     }
 
     /// Starts (or resumes) the vCPU run loop on its thread.
-    #[napi]
+    #[napi(ts_return_type = "Promise<void>")]
     pub fn start(&self) -> AsyncTask<UnitTask> {
         AsyncTask::new(UnitTask { m: self.inner.clone(), f: Box::new(|m| m.start()) })
     }
 
     /// Kicks the vCPU out of KVM_RUN; resolves once it has stopped.
-    #[napi]
+    #[napi(ts_return_type = "Promise<KvmStop>")]
     pub fn pause(&self) -> AsyncTask<StopTask> {
         AsyncTask::new(StopTask { m: self.inner.clone(), f: Box::new(|m| m.pause()) })
     }
 
     /// Resolves when the vCPU stops by itself (or null after `timeoutMs`).
-    #[napi]
+    #[napi(ts_return_type = "Promise<KvmStop | null>")]
     pub fn wait_stopped(&self, timeout_ms: u32) -> AsyncTask<MaybeStopTask> {
         let t = Duration::from_millis(timeout_ms as u64);
         AsyncTask::new(MaybeStopTask { m: self.inner.clone(), f: Box::new(move |m| Ok(m.wait_stopped(t))) })
@@ -257,12 +257,12 @@ impl KvmMachine {
 
     /// The whole vCPU state (regs, sregs, fpu/xsave, xcrs, msrs, events,
     /// debugregs) in the KVMVCPU1 format. The vCPU must be stopped.
-    #[napi]
+    #[napi(ts_return_type = "Promise<Buffer>")]
     pub fn get_state(&self) -> AsyncTask<BytesTask> {
         AsyncTask::new(BytesTask { m: self.inner.clone(), f: Box::new(|m| m.save_state().map(|s| s.to_bytes())) })
     }
 
-    #[napi]
+    #[napi(ts_return_type = "Promise<void>")]
     pub fn set_state(&self, state: Buffer) -> Result<AsyncTask<UnitTask>> {
         let s = VcpuState::from_bytes(&state).map_err(to_napi)?;
         let mut s = Some(s);
@@ -277,14 +277,14 @@ impl KvmMachine {
 
     /// KVM_GET_DIRTY_LOG: returns and clears the bitmap, one bit per 4 KiB page
     /// (bit i%8 of byte i/8). Works while running.
-    #[napi]
+    #[napi(ts_return_type = "Promise<Buffer>")]
     pub fn sync_dirty_log(&self) -> AsyncTask<BytesTask> {
         AsyncTask::new(BytesTask { m: self.inner.clone(), f: Box::new(|m| m.sync_dirty_log()) })
     }
 
     /// Stops and joins the vCPU thread and closes the VM. The memory Buffer
     /// stays valid (it holds its own reference to the mapping).
-    #[napi]
+    #[napi(ts_return_type = "Promise<void>")]
     pub fn destroy(&self) -> AsyncTask<UnitTask> {
         AsyncTask::new(UnitTask {
             m: self.inner.clone(),

@@ -1,0 +1,18 @@
+// Child process of the restore tests: loads a vCPU state and RAM image from a
+// folder, runs the guest on, and writes what it found to result.json.
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { createVcpu, regionChecksum, type VcpuKind } from '../../vmm/machine/index.js'
+
+const [kind, dir] = process.argv.slice(2) as [VcpuKind, string]
+const ram = readFileSync(join(dir, 'ram'))
+const v = await createVcpu(ram.byteLength, { kind, params: { regionPages: 300, pagesPerIter: 5, spin: 1000 } })
+v.memory.load(ram)
+await v.setState({ kind, bytes: readFileSync(join(dir, 'state')) })
+await v.start()
+await new Promise((r) => setTimeout(r, 50))
+await v.quiesce()
+const p = v.params()
+const consistent = v.checksum() === regionChecksum(v.memory.bytes, p.regionStart, p.regionPages)
+writeFileSync(join(dir, 'result.json'), JSON.stringify({ counter: v.counter().toString(), consistent }))
+await v.destroy()
