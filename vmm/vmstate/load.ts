@@ -25,9 +25,9 @@ function readScalar(f: MigStream, type: ScalarType): unknown {
   }
 }
 
-async function hook(p: void | Promise<void>, vmsd: VMStateDescription, what: string, f: MigStream, section?: string): Promise<void> {
+async function hook(run: () => void | Promise<void>, vmsd: VMStateDescription, what: string, f: MigStream, section?: string): Promise<void> {
   try {
-    await p
+    await run()
   } catch (e) {
     if (e instanceof LoadError) throw e
     throw new HandlerError(`${vmsd.name} ${what} failed: ${(e as Error)?.message ?? String(e)}`, { section, offset: f.bytesRead, cause: e })
@@ -50,14 +50,14 @@ export async function loadState(
   if (versionId < min) {
     throw new VersionTooOldError(`${vmsd.name}: stream has version ${versionId}, minimum is ${min}`, { section, offset: f.bytesRead })
   }
-  if (vmsd.preLoad) await hook(vmsd.preLoad(obj), vmsd, 'preLoad', f, section)
+  if (vmsd.preLoad) await hook(() => vmsd.preLoad!(obj), vmsd, 'preLoad', f, section)
   for (const field of vmsd.fields) {
     if ((field.since ?? 0) > versionId) continue
     if (field.exists && !field.exists(obj, versionId)) continue
     await loadField(f, vmsd, field, obj, ctx, section)
   }
   await loadSubsections(f, vmsd, obj, ctx, section)
-  if (vmsd.postLoad) await hook(vmsd.postLoad(obj, versionId), vmsd, 'postLoad', f, section)
+  if (vmsd.postLoad) await hook(() => vmsd.postLoad!(obj, versionId), vmsd, 'postLoad', f, section)
 }
 
 async function loadField(
