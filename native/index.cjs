@@ -835,4 +835,17 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.Container = nativeBinding.Container
+module.exports.DataFd = nativeBinding.DataFd
+module.exports.Device = nativeBinding.Device
+module.exports.EmulatedDevice = nativeBinding.EmulatedDevice
+module.exports.Group = nativeBinding.Group
+module.exports.KvmMachine = nativeBinding.KvmMachine
+module.exports.createKvmMachine = nativeBinding.createKvmMachine
+module.exports.fdTransfer = nativeBinding.fdTransfer
+module.exports.fdTransferStats = nativeBinding.fdTransferStats
+module.exports.kvmLayout = nativeBinding.kvmLayout
+module.exports.kvmProbe = nativeBinding.kvmProbe
 module.exports.nativeVersion = nativeBinding.nativeVersion
+module.exports.testingPipe = nativeBinding.testingPipe
+module.exports.testingSocketPair = nativeBinding.testingSocketPair
