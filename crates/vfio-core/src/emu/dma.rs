@@ -108,7 +108,7 @@ impl DmaLog {
             }
         }
         for (w, bits) in set {
-            let addr = bitmap + w * 8;
+            let addr = bitmap.wrapping_add(w * 8);
             let mut cur = [0u8; 8];
             copy_from_user(addr, &mut cur)?;
             let v = u64::from_le_bytes(cur) | bits;
