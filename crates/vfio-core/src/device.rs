@@ -291,3 +291,141 @@ impl Device {
             .map_err(|e| VfioError::from_io(&e, "VFIO_DEVICE_RESET", format!("{}: VFIO_DEVICE_RESET", self.name())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::os::fd::IntoRawFd;
+
+    /// Answers MIGRATION and MIG_DEVICE_STATE like a driver, counting SETs.
+    struct Fake {
+        flags: u64,
+        state: Mutex<DeviceState>,
+        sets: Mutex<u32>,
+    }
+
+    impl DeviceBackend for Fake {
+        fn device_feature(&self, buf: &mut [u8]) -> io::Result<i32> {
+            let h = vfio_device_feature::read_from(buf).unwrap();
+            assert_eq!(h.argsz as usize, buf.len());
+            let p = &mut buf[8..];
+            match (h.flags & VFIO_DEVICE_FEATURE_MASK, h.flags & !VFIO_DEVICE_FEATURE_MASK) {
+                (VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_GET) => {
+                    vfio_device_feature_migration { flags: self.flags }.write_to(p);
+                }
+                (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_GET) => {
+                    let s = *self.state.lock().unwrap() as u32;
+                    vfio_device_feature_mig_state { device_state: s, data_fd: -1 }.write_to(p);
+                }
+                (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_SET) => {
+                    *self.sets.lock().unwrap() += 1;
+                    let req = vfio_device_feature_mig_state::read_from(p).unwrap();
+                    let target = DeviceState::from_u32(req.device_state).unwrap();
+                    let mut cur = self.state.lock().unwrap();
+                    let fd = if target.has_data_fd() && !(cur.is_saving() && target.is_saving()) {
+                        crate::kernel::sys::pipe()?.0.into_raw_fd()
+                    } else {
+                        -1
+                    };
+                    *cur = target;
+                    vfio_device_feature_mig_state { device_state: target as u32, data_fd: fd }.write_to(p);
+                }
+                _ => return Err(io::Error::from_raw_os_error(libc::ENOTTY)),
+            }
+            Ok(0)
+        }
+        fn get_info(&self, _: &mut [u8]) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::ENOTTY))
+        }
+        fn reset(&self) -> io::Result<()> {
+            *self.state.lock().unwrap() = DeviceState::Running;
+            Ok(())
+        }
+        fn precopy_info(&self, _: i32, _: &mut [u8]) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::ENOTTY))
+        }
+        fn data_read(&self, _: i32, _: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn data_write(&self, _: i32, b: &[u8]) -> io::Result<usize> {
+            Ok(b.len())
+        }
+        fn name(&self) -> &str {
+            "fake:dev0"
+        }
+    }
+
+    fn device(flags: u64, state: DeviceState) -> (Device, Arc<Fake>) {
+        let f = Arc::new(Fake { flags, state: Mutex::new(state), sets: Mutex::new(0) });
+        (Device::new(f.clone()), f)
+    }
+
+    #[test]
+    fn stop_copy_to_pre_copy_is_refused_before_the_backend_sees_it() {
+        let (d, f) = device(7, DeviceState::StopCopy);
+        let e = d.set_state(DeviceState::PreCopy).err().unwrap();
+        assert_eq!(e.code(), "EINVAL");
+        assert_eq!(e.syscall, "VFIO_DEVICE_FEATURE(MIG_DEVICE_STATE)");
+        assert_eq!(
+            e.message,
+            "fake:dev0: VFIO_DEVICE_FEATURE SET MIG_DEVICE_STATE STOP_COPY -> PRE_COPY: EINVAL (refused in userspace: the kernel has no arc)"
+        );
+        assert_eq!(*f.sets.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn unsupported_targets_and_error_are_refused() {
+        let (d, f) = device(1, DeviceState::Running);
+        assert!(d.set_state(DeviceState::PreCopy).err().unwrap().message.contains("does not support PRE_COPY"));
+        assert!(d.set_state(DeviceState::Error).err().unwrap().message.contains("ERROR cannot be requested"));
+        *f.state.lock().unwrap() = DeviceState::Error;
+        assert!(d.set_state(DeviceState::Running).err().unwrap().message.contains("only a reset"));
+        assert_eq!(*f.sets.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn legal_moves_reach_the_backend_and_hand_over_data_fds() {
+        let (d, f) = device(7, DeviceState::Running);
+        let fd = d.set_state(DeviceState::PreCopy).unwrap().expect("entering PRE_COPY makes a data fd");
+        assert!(fd.raw_fd().is_some());
+        assert!(d.set_state(DeviceState::StopCopy).unwrap().is_none(), "the saving group keeps its fd");
+        assert!(d.set_state(DeviceState::Stop).unwrap().is_none());
+        assert!(d.set_state(DeviceState::Resuming).unwrap().is_some());
+        assert_eq!(d.state().unwrap(), DeviceState::Resuming);
+        assert_eq!(*f.sets.lock().unwrap(), 4);
+        assert_eq!(d.migration_flags().unwrap(), MigrationFlags(7));
+    }
+
+    #[test]
+    fn raw_feature_skips_the_check_and_refuses_pointer_payloads() {
+        let (d, f) = device(7, DeviceState::StopCopy);
+        let mut p = vfio_device_feature_mig_state { device_state: DeviceState::Stop as u32, data_fd: -1 }.as_bytes().to_vec();
+        let r = d.feature(VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_SET, &mut p).unwrap();
+        assert_eq!(r.ret, 0);
+        assert!(r.data_fd.is_none());
+        assert_eq!(*f.sets.lock().unwrap(), 1);
+        let mut ctl = vec![0u8; 24];
+        let e = d.feature(VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_SET, &mut ctl).err().unwrap();
+        assert!(e.message.contains("user pointer"));
+        assert!(d.feature(0x10000, VFIO_DEVICE_FEATURE_GET, &mut []).is_err());
+        assert!(!d.supports(VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, VFIO_DEVICE_FEATURE_GET).unwrap());
+        let e = d.mig_data_size().err().unwrap();
+        assert_eq!((e.code(), e.syscall.as_str()), ("ENOTTY", "VFIO_DEVICE_FEATURE(MIG_DATA_SIZE)"));
+    }
+
+    #[test]
+    fn dma_logging_arguments_are_checked() {
+        let (d, _) = device(7, DeviceState::Running);
+        assert!(d.dma_logging_start(4096, &[]).is_err());
+        assert!(d.dma_logging_start(3000, &[(0, 4096)]).is_err());
+        assert!(d.dma_logging_start(4096, &[(u64::MAX, 2)]).is_err());
+        let many = vec![(0u64, 4096u64); DMA_LOGGING_MAX_RANGES + 1];
+        assert!(d.dma_logging_start(4096, &many).is_err());
+        let mut small = [0u8; 8];
+        let e = d.dma_logging_report(0, 65 * 4096, 4096, &mut small).err().unwrap();
+        assert!(e.message.contains("16 needed"), "{}", e.message);
+        assert_eq!(dma_bitmap_bytes(64 * 4096, 4096), 8);
+        assert_eq!(dma_bitmap_bytes(1, 4096), 8);
+    }
+}
