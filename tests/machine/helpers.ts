@@ -10,6 +10,8 @@ import {
 } from '../../vmm/machine/index.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
+// Children need only the TypeScript loader; tap's other hooks cost seconds of start-up.
+const childArgv = process.execArgv.filter((a) => a.includes('@tapjs/typescript') || a === '--enable-source-maps')
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /** Runs until the guest has completed `n` iterations (worker start-up takes a while). */
@@ -33,6 +35,7 @@ export async function runsAndPauses(t: Test, kind: VcpuKind): Promise<void> {
   t.equal(v.counter(), 0n)
   await v.start()
   t.ok(v.running)
+  await runUntil(v, 1n)
   await t.rejects(v.start(), { errno: 16 }, 'second start is EBUSY')
   await t.rejects(v.getState(), { errno: 16 }, 'state of a running vCPU is EBUSY')
   const ms = 300
@@ -121,7 +124,7 @@ export async function stateMoves(t: Test, kind: VcpuKind): Promise<void> {
   const back = await b.getState()
   t.same(Buffer.from(back.bytes).subarray(0, 8), Buffer.from(state.bytes).subarray(0, 8))
   await b.start()
-  await sleep(50)
+  await runUntil(b, counter + 10n)
   await b.quiesce()
   t.ok(b.counter() > counter, `counter continues: ${counter} -> ${b.counter()}`)
   t.ok(consistent(b), 'checksum still matches RAM after restore')
@@ -143,7 +146,7 @@ export async function stateMovesToChild(t: Test, kind: VcpuKind): Promise<void> 
   writeFileSync(join(dir, 'state'), (await a.getState()).bytes)
   writeFileSync(join(dir, 'ram'), a.memory.bytes)
   const counter = a.counter()
-  const r = spawnSync(process.execPath, [...process.execArgv, join(here, 'child-restore.ts'), kind, dir], {
+  const r = spawnSync(process.execPath, [...childArgv, join(here, 'child-restore.ts'), kind, dir], {
     encoding: 'utf8',
     timeout: 30_000,
   })
@@ -151,4 +154,18 @@ export async function stateMovesToChild(t: Test, kind: VcpuKind): Promise<void> 
   const out = JSON.parse(readFileSync(join(dir, 'result.json'), 'utf8')) as { counter: string; consistent: boolean }
   t.ok(BigInt(out.counter) > counter, `child continued the counter: ${counter} -> ${out.counter}`)
   t.ok(out.consistent, 'child found the checksum consistent with RAM')
+}
+
+/** A process that leaves its vCPU running still exits, and promptly. */
+export async function exitsWhileRunning(t: Test, kind: VcpuKind): Promise<void> {
+  for (const how of ['drain', 'exit']) {
+    const t0 = Date.now()
+    const r = spawnSync(process.execPath, [...childArgv, join(here, 'child-exit.ts'), kind, how], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    })
+    t.equal(r.status, 0, `${how}: exit status 0 (${r.stderr})`)
+    t.match(r.stdout, /running true/)
+    t.comment(`${kind} ${how}: child finished in ${Date.now() - t0} ms`)
+  }
 }

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { runsAndPauses, dirtyLogIsExact, stateMoves, stateMovesToChild } from './helpers.js'
+import { runsAndPauses, dirtyLogIsExact, stateMoves, stateMovesToChild, exitsWhileRunning } from './helpers.js'
 import { native } from '../../vmm/native/addon.js'
 import { KvmVcpu, kvmAvailable, fromNative, CTL, CTL_ADDR, CODE_ADDR, FIRST_DATA_PAGE, MAX_RAM, PAGE_SIZE, RAM_ALIGN } from '../../vmm/machine/index.js'
 
@@ -25,6 +25,8 @@ t.test('KVM vCPU runs, pauses promptly, keeps its checksum', { skip }, (t) => ru
 t.test('KVM vCPU dirty log reports exactly the written pages', { skip }, (t) => dirtyLogIsExact(t, 'kvm'))
 t.test('KVM vCPU state and RAM move to a new VM mid-iteration', { skip }, (t) => stateMoves(t, 'kvm'))
 t.test('KVM vCPU continues in a child process', { skip }, (t) => stateMovesToChild(t, 'kvm'))
+
+t.test('a process with a running KVM vCPU still exits', { skip }, (t) => exitsWhileRunning(t, 'kvm'))
 
 t.test('KVM vCPU errors carry errno', { skip }, async (t) => {
   await t.rejects(KvmVcpu.create(3 << 20), { errno: 22 })

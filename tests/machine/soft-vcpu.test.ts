@@ -1,5 +1,5 @@
 import t from 'tap'
-import { runsAndPauses, dirtyLogIsExact, stateMoves, stateMovesToChild } from './helpers.js'
+import { runsAndPauses, dirtyLogIsExact, stateMoves, stateMovesToChild, exitsWhileRunning } from './helpers.js'
 import { SoftVcpu, MachineError } from '../../vmm/machine/index.js'
 
 t.test('soft vCPU runs, pauses promptly, keeps its checksum', (t) => runsAndPauses(t, 'soft'))
@@ -25,3 +25,5 @@ t.test('soft vCPU rejects bad configuration with EINVAL', async (t) => {
   await v.destroy()
   await t.rejects(v.syncDirtyLog(), { errno: 19 })
 })
+
+t.test('a process with a running soft vCPU still exits', (t) => exitsWhileRunning(t, 'soft'))

@@ -47,19 +47,45 @@ export class SoftVcpu implements Vcpu {
     installControlBlock(this.memory.bytes, p)
     const workerData: SoftWorkerData = { mem, dirty, ctrl, ctlAddr: CTL_ADDR }
     this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData })
-    // Only an outstanding pause/quiesce keeps the process alive, as with the
-    // KVM vCPU whose thread does not hold the event loop either.
-    this.worker.unref()
-    this.worker.on('message', (m: SoftStopped) => this.onStopped(m))
+    this.worker.on('message', (m: SoftStopped | { type: 'ready' }) => {
+      if (m.type === 'stopped') this.onStopped(m)
+    })
     this.worker.on('error', (e) => this.fail(new MachineError(`soft vCPU worker failed: ${e.message}`, EIO)))
     this.worker.on('exit', () => this.fail(new MachineError('soft vCPU was destroyed', ENODEV)))
+    // Only an outstanding create/pause/quiesce keeps the process alive, as with
+    // the KVM vCPU whose thread does not hold the event loop either. After the
+    // listeners: adding a 'message' listener re-refs the port.
+    this.worker.unref()
+  }
+
+  /** Resolves once the worker runs, so start() is not delayed by thread start-up. */
+  private ready(): Promise<void> {
+    this.worker.ref()
+    return new Promise((resolve, reject) => {
+      const onMsg = (m: { type: string }) => {
+        if (m.type !== 'ready') return
+        this.worker.off('message', onMsg)
+        this.worker.off('error', reject)
+        this.worker.unref()
+        resolve()
+      }
+      this.worker.on('message', onMsg)
+      this.worker.once('error', reject)
+    })
   }
 
   static async create(ramSize: number, params: Partial<WorkloadParams> = {}): Promise<SoftVcpu> {
     validateRamSize(ramSize)
     const p = { ...defaultParams(ramSize), ...params }
     validateParams(p, ramSize)
-    return new SoftVcpu(ramSize, p)
+    const v = new SoftVcpu(ramSize, p)
+    try {
+      await v.ready()
+    } catch (e) {
+      await v.worker.terminate()
+      throw new MachineError(`soft vCPU worker did not start: ${(e as Error).message}`, EIO)
+    }
+    return v
   }
 
   get running(): boolean {

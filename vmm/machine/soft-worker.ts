@@ -90,4 +90,5 @@ export function softWorkerMain(wt: typeof import('node:worker_threads')): void {
     if (error !== undefined) out.error = error
     port.postMessage(out)
   })
+  port.postMessage({ type: 'ready' })
 }
