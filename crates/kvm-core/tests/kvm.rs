@@ -137,3 +137,32 @@ fn rejects_bad_config() {
     let p = WorkloadParams { region_pages: 10_000, ..WorkloadParams::default_for(2 << 20) };
     assert!(Machine::new(2 << 20, p).is_err());
 }
+
+#[test]
+fn state_saved_at_a_guest_exit_resumes_elsewhere() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let ram = 2 << 20;
+    let p = WorkloadParams { region_pages: 100, pages_per_iter: 2, spin: 10, ..WorkloadParams::default_for(ram) };
+    let a = Machine::new(ram, p).unwrap();
+    a.start().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    quiesce(&a);
+    let bytes = a.save_state().unwrap().to_bytes();
+    let mut mem = vec![0u8; ram as usize];
+    a.ram().read(0, &mut mem).unwrap();
+    let c = counter(&a);
+    let b = Machine::new(ram, p).unwrap();
+    b.ram().write(0, &mem).unwrap();
+    b.restore_state(VcpuState::from_bytes(&bytes).unwrap()).unwrap();
+    b.start().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    quiesce(&b);
+    assert!(counter(&b) > c);
+    assert_eq!(ctl_u32(&b, CTL_CHECKSUM), region_sum(b.ram(), &p).unwrap());
+    assert!(b.save_state().is_ok());
+    b.start().unwrap();
+    assert_eq!(b.save_state().err().unwrap().errno, libc::EBUSY);
+    assert_eq!(b.pause().unwrap(), StopReason::Paused);
+}
