@@ -174,6 +174,31 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Whether `ep` is ready for `events` right now.
+    fn ready(&self, ep: &dyn Endpoint, events: i16) -> Result<bool> {
+        let r = sys::poll(ep.raw_fd(), events, Some(Duration::ZERO)).map_err(|e| self.fail(&e, "poll", ep))?;
+        Ok(r != 0)
+    }
+
+    /// One chunk through the source's own read (a data fd's backend, which
+    /// answers ENOMSG at a PRE_COPY pause where splice would just wait).
+    /// Some(end) when the source has ended.
+    fn read_once(&mut self, len: u64) -> Result<Option<End>> {
+        let mut buf = vec![0u8; self.left(len).min(64 << 10)];
+        loop {
+            match self.from.read(&mut buf) {
+                Ok(0) => return Ok(Some(End::Eof)),
+                Ok(n) => {
+                    self.write_all(&buf[..n])?;
+                    return Ok(if self.moved >= len { Some(End::Limit) } else { None });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => self.wait(self.from, libc::POLLIN)?,
+                Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => return Ok(Some(End::NoData)),
+                Err(e) => return Err(self.fail(&e, "read", self.from)),
+            }
+        }
+    }
+
     fn read_write(&mut self, len: u64) -> Result<End> {
         BUF.with(|cell| {
             let mut buf = cell.borrow_mut();
@@ -219,8 +244,16 @@ impl Run<'_> {
             match self.splice(f, t, self.left(len)) {
                 Ok(0) => return Ok(Ok(End::Eof)),
                 Ok(n) => self.moved += n as u64,
-                // Either end may be the one not ready; wait for both in turn.
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    if !self.from.pollable() && self.ready(self.to, libc::POLLOUT)? {
+                        // The destination has room, so the data fd is empty:
+                        // only its backend knows whether that is ENOMSG.
+                        if let Some(end) = self.read_once(len)? {
+                            return Ok(Ok(end));
+                        }
+                        continue;
+                    }
+                    // Either end may be the one not ready; wait for both in turn.
                     self.wait(self.from, libc::POLLIN)?;
                     self.wait(self.to, libc::POLLOUT)?;
                 }
@@ -246,7 +279,13 @@ impl Run<'_> {
                 Ok(got) => got,
                 // The private pipe is empty here, so EAGAIN is the source's.
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    self.wait(self.from, libc::POLLIN)?;
+                    if !self.from.pollable() {
+                        if let Some(end) = self.read_once(len)? {
+                            return Ok(Ok(end));
+                        }
+                    } else {
+                        self.wait(self.from, libc::POLLIN)?;
+                    }
                     continue;
                 }
                 Err(e) if self.moved == 0 && refuses_splice(&e) => return Ok(Err(e.raw_os_error().unwrap_or(0))),
