@@ -122,6 +122,10 @@ export class SocketChannel implements Channel {
     const inst = this.input as unknown as Internal
     inst._read = this.quiesced
     this.quiesced = null
+    // A read() while quiesced called the no-op _read, which left the stream
+    // marked as reading: it would never ask the handle for data again.
+    const rs = (this.input as unknown as { _readableState?: { reading: boolean } })._readableState
+    if (rs) rs.reading = false
     if (!this.input.destroyed) this.input.read(0)
   }
 
