@@ -7,7 +7,8 @@ use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 fn to_napi(e: kvm_core::Error) -> Error {
@@ -19,23 +20,29 @@ fn invalid(msg: String) -> Error {
     to_napi(kvm_core::Error::invalid(msg))
 }
 
-/// Live machines, so the env cleanup hook can stop their vCPU threads even if
-/// JavaScript never called destroy() before the process exits.
-static LIVE: Mutex<Vec<Weak<Machine>>> = Mutex::new(Vec::new());
-static HOOK: Once = Once::new();
+thread_local! {
+    /// Live machines of this thread's env (main thread or a worker: one env
+    /// each), so its cleanup hook can stop their vCPU threads even if
+    /// JavaScript never called destroy() before the env goes away.
+    static LIVE: RefCell<Vec<Weak<Machine>>> = const { RefCell::new(Vec::new()) };
+    static HOOKED: Cell<bool> = const { Cell::new(false) };
+}
 
 fn register(env: &Env, m: &Arc<Machine>) {
-    let mut live = LIVE.lock().unwrap();
-    live.retain(|w| w.strong_count() > 0);
-    live.push(Arc::downgrade(m));
-    HOOK.call_once(|| {
+    LIVE.with(|l| {
+        let mut live = l.borrow_mut();
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(m));
+    });
+    if !HOOKED.with(|h| h.replace(true)) {
         let _ = env.add_env_cleanup_hook((), |_| {
-            let machines: Vec<Arc<Machine>> = LIVE.lock().unwrap().drain(..).filter_map(|w| w.upgrade()).collect();
+            let machines: Vec<Arc<Machine>> =
+                LIVE.with(|l| l.borrow_mut().drain(..).filter_map(|w| w.upgrade()).collect());
             for m in machines {
                 m.destroy();
             }
         });
-    });
+    }
 }
 
 #[napi(object)]
