@@ -496,6 +496,10 @@ export class MigStream {
       this.setError(new StreamError('EINVAL', `getToFd: bad length ${n}`))
       return false
     }
+    if (!Number.isInteger(fd) || fd < 0) {
+      this.setError(new StreamError('EBADF', `getToFd: bad fd ${fd}`))
+      return false
+    }
     let left = n
     try {
       const take = Math.min(left, this.rend - this.rpos)
@@ -568,6 +572,10 @@ export class MigStream {
     if (this.err) return 0
     if (!Number.isSafeInteger(n) || n < 0) {
       this.setError(new StreamError('EINVAL', `putFromFd: bad length ${n}`))
+      return 0
+    }
+    if (!Number.isInteger(fd) || fd < 0) {
+      this.setError(new StreamError('EBADF', `putFromFd: bad fd ${fd}`))
       return 0
     }
     await this.flush()

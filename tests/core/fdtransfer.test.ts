@@ -1,0 +1,143 @@
+import t from 'tap'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { execFileSync } from 'node:child_process'
+import { connect, listen } from '../../vmm/channel/connect.js'
+import { memoryPair } from '../../vmm/channel/memory.js'
+import { MigStream } from '../../vmm/stream/stream.js'
+import { nativeFdTransfer, type FdTransfer } from '../../vmm/stream/transfer.js'
+import { readFd, writeAllFd } from '../../vmm/stream/fdio.js'
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-fd-'))
+t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+/** A FIFO opened read-write: both ends in one fd, never blocks on open. */
+function fifo(name: string): number {
+  const p = path.join(dir, name)
+  execFileSync('mkfifo', [p])
+  return fs.openSync(p, 'r+')
+}
+
+/** A JS stand-in with the native contract, so the zero-copy branch runs without the addon. */
+const jsTransfer: FdTransfer & { calls: number } = Object.assign(async (from: number, to: number, n: number) => {
+  jsTransfer.calls++
+  const b = Buffer.alloc(Math.min(n, 65536))
+  const got = await readFd(from, b, 0, b.length)
+  if (got > 0) await writeAllFd(to, b.subarray(0, got))
+  return got
+}, { calls: 0 })
+
+const pattern = (n: number, seed: number) => {
+  const b = Buffer.alloc(n)
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff
+  return b
+}
+
+const variants: [string, FdTransfer | null | undefined][] = [['bounce buffer', null], ['zero-copy path (JS stand-in)', jsTransfer]]
+if (nativeFdTransfer()) variants.push(['native fdTransfer', undefined])
+
+for (const [name, transfer] of variants) {
+  t.test(`getToFd over tcp into a pipe: ${name}`, async t => {
+    const l = await listen('tcp:127.0.0.1:0')
+    const [src, dst] = await Promise.all([connect(l.address), l.accept()])
+    const w = new MigStream(src)
+    const r = new MigStream(dst, { fdTransfer: transfer })
+    const data = pattern(48000, 1)
+    w.putBe32(data.length)
+    w.putBufferAsync(data)
+    w.putBe32(0xfeedface)
+    await w.flush()
+    t.equal(await r.getBe32(), data.length)
+    const pfd = fifo(`p-${Math.random()}`)
+    t.ok(await r.getToFd(pfd, data.length), String(r.error))
+    const back = Buffer.alloc(data.length)
+    let got = 0
+    while (got < back.length) got += fs.readSync(pfd, back, got, back.length - got, null)
+    t.ok(back.equals(data), 'bytes intact')
+    t.equal(await r.getBe32(), 0xfeedface, 'the stream continues after the transfer')
+    t.equal(r.bytesRead, 4 + data.length + 4)
+    fs.closeSync(pfd)
+    await src.close()
+    await dst.close()
+    await l.close()
+  })
+
+  t.test(`putFromFd from a file into tcp, then getToFd into a file: ${name}`, async t => {
+    const l = await listen('tcp:127.0.0.1:0')
+    const [src, dst] = await Promise.all([connect(l.address), l.accept()])
+    const w = new MigStream(src, { fdTransfer: transfer })
+    const r = new MigStream(dst, { fdTransfer: transfer })
+    const data = pattern(3 << 20, 7)
+    const inPath = path.join(dir, `in-${Math.random()}`)
+    fs.writeFileSync(inPath, data)
+    const ifd = fs.openSync(inPath, 'r')
+    const writer = (async () => {
+      w.putBe64n(data.length)
+      const moved = await w.putFromFd(ifd)
+      w.putU8(0xee)
+      await w.flush()
+      fs.closeSync(ifd)
+      return moved
+    })()
+    const n = await r.getBe64n()
+    const outPath = path.join(dir, `out-${Math.random()}`)
+    const ofd = fs.openSync(outPath, 'w')
+    t.ok(await r.getToFd(ofd, n))
+    fs.closeSync(ofd)
+    t.equal(await writer, data.length)
+    t.equal(w.transferred, 8 + data.length + 1)
+    t.ok(fs.readFileSync(outPath).equals(data))
+    t.equal(await r.getU8(), 0xee)
+    await src.close()
+    await dst.close()
+    await l.close()
+  })
+}
+
+t.test('putFromFd with a length from a pipe; early end of the fd', async t => {
+  const [a, b] = memoryPair(1 << 30)
+  const w = new MigStream(a)
+  const pfd = fifo('p2')
+  fs.writeSync(pfd, pattern(1000, 3))
+  t.equal(await w.putFromFd(pfd, 600), 600)
+  await w.flush()
+  const r = new MigStream(b)
+  t.ok((await r.getBuffer(600)).equals(pattern(1000, 3).subarray(0, 600)))
+  fs.closeSync(pfd)
+  const f = path.join(dir, 'short')
+  fs.writeFileSync(f, Buffer.alloc(10))
+  const sfd = fs.openSync(f, 'r')
+  t.equal(await w.putFromFd(sfd, 100), 10, 'stops at the end of the fd')
+  fs.closeSync(sfd)
+  t.equal(await w.putFromFd(-5, 1), 0)
+  t.equal(w.error?.code, 'EBADF')
+  t.equal(await w.putFromFd(1, 1), 0, 'no-op after error')
+})
+
+t.test('getToFd errors: truncated stream, bad length, bad fd', async t => {
+  const [a, b] = memoryPair()
+  const w = new MigStream(a)
+  w.putBuffer(Buffer.alloc(10))
+  await w.flush()
+  await a.endWrites()
+  const r = new MigStream(b)
+  const f = path.join(dir, 'sink')
+  const fd = fs.openSync(f, 'w')
+  t.notOk(await r.getToFd(fd, 20))
+  t.equal(r.error?.code, 'ENODATA')
+  t.match(r.error?.message, /10 of 20 bytes missing/)
+  const r2 = new MigStream(memoryPair()[1])
+  t.notOk(await r2.getToFd(fd, -1))
+  t.equal(r2.error?.code, 'EINVAL')
+  t.equal(await new MigStream(memoryPair()[0]).putFromFd(fd, 1.5), 0)
+  fs.closeSync(fd)
+  const [c, d] = memoryPair()
+  const wc = new MigStream(c)
+  wc.putBuffer(Buffer.alloc(10))
+  await wc.flush()
+  const r3 = new MigStream(d)
+  await r3.fill(1)
+  t.notOk(await r3.getToFd(123456, 5))
+  t.equal(r3.error?.code, 'EBADF')
+})
