@@ -24,6 +24,10 @@ skip() { echo "SKIPPED: $*"; exit 77; }
 die() { echo "kernel-lane: error: $*" >&2; exit 1; }
 
 mkdir -p "$CACHE/debs"
+# Two lanes preparing at once (engineers share this machine) would trample
+# each other's extraction: one at a time.
+exec 9>"$CACHE/.lock"
+flock 9
 
 newer() { # newer TARGET SOURCES...: true when TARGET is missing or older than a source
   local t=$1; shift
@@ -167,7 +171,8 @@ build_probe() {
   gcc -O2 -Wall -Wextra -Werror -D__user= -I"$x/uapi" -o "$bin" "$HERE/raw/mtty_probe.c"
 }
 
-ensure_tool qemu-system-x86_64 qemu-system-x86
+QEMU=${KERNEL_LANE_QEMU:-qemu-system-x86_64}
+ensure_tool "$QEMU" qemu-system-x86
 ensure_tool gcc gcc
 ensure_tool make make
 ensure_tool xz xz-utils
@@ -193,6 +198,7 @@ KERNEL_LANE_INITRD=$x/initramfs.cpio.gz
 KERNEL_LANE_PROBE=$x/bin/mtty_probe
 KERNEL_LANE_SKIP_FIX=$fix
 KERNEL_LANE_IOVA_BITMAP=$iova_bitmap
+KERNEL_LANE_QEMU=$(command -v "$QEMU")
 EOF
 mv "$CACHE/lane.env.tmp" "$CACHE/lane.env"
-log "ready: Linux $KVER+deb12-amd64 (skip-loop fix: $([[ $fix == 1 ]] && echo yes || echo NO)), $(qemu-system-x86_64 --version | head -n1)"
+log "ready: Linux $KVER+deb12-amd64 (skip-loop fix: $([[ $fix == 1 ]] && echo yes || echo NO)), $("$QEMU" --version | head -n1)"

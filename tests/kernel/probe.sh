@@ -28,7 +28,7 @@ rc=0
 [[ -s $KERNEL_LANE_OUT/records.json ]] || { echo "probe.sh: the probe wrote no transcript (status $rc)" >&2; exit $((rc ? rc : 1)); }
 
 set -a; source "$CACHE/lane.env"; set +a
-node - "$KERNEL_LANE_OUT" "$(qemu-system-x86_64 --version | head -n1)" <<'JS'
+node - "$KERNEL_LANE_OUT" "$("$KERNEL_LANE_QEMU" --version | head -n1)" <<'JS'
 const fs = require('fs');
 const [out, qemu] = process.argv.slice(2);
 const env = Object.fromEntries(fs.readFileSync(`${out}/devices.env`, 'utf8').trim().split('\n').map(l => l.split('=')));

@@ -63,7 +63,7 @@ start=$(date +%s%N)
 set +e
 # stdin from /dev/null: qemu's stdio chardev must not steal the caller's input.
 # The serial console ends lines with CR LF; tr keeps logs readable.
-timeout -k 5 "$timeout_s" qemu-system-x86_64 \
+timeout -k 5 "$timeout_s" "$KERNEL_LANE_QEMU" \
   -accel tcg,thread=multi -cpu max -m 2048 -smp "$smp" \
   -nodefaults -no-reboot -display none -serial stdio \
   -kernel "$KERNEL_LANE_VMLINUZ" -initrd "$KERNEL_LANE_INITRD" \

@@ -37,10 +37,12 @@ let A; let B;
 test('the napi layer opens mtty: container, group, device', async () => {
   const p = native.Container.open();
   assert.ok(p instanceof Promise, 'Container.open returns a Promise (blocking work off the JS thread)');
+  const groupOpen = native.Group.open(env.a.group);
+  assert.ok(groupOpen instanceof Promise, 'Group.open returns a Promise');
   const container = await p;
   assert.equal(await container.apiVersion(), 0);
   assert.equal(await container.checkExtension(3), 1, 'type1v2');
-  const group = await native.Group.open(env.a.group);
+  const group = await groupOpen;
   const st = await group.status();
   assert.equal(st.viable, true);
   assert.equal(st.containerSet, false);
@@ -154,7 +156,7 @@ test('data fds: STOP_COPY, PRE_COPY, reset, against the probe', async () => {
   assert.equal(c.readAfterReset, reference.records.find((r) => r.op === 'read_after_reset').errno);
 });
 
-test('migration A -> B through DataFd read/write, then through transferTo/transferFrom', async () => {
+test('migration A -> B through DataFd read/write, then through transferTo/transferFrom', async (t) => {
   for (const how of ['read-write', 'transfer']) {
     await A.device.reset();
     await B.device.reset();
@@ -171,6 +173,7 @@ test('migration A -> B through DataFd read/write, then through transferTo/transf
         const out = await src.transferTo(w);
         assert.equal(out.end, 'eof');
         const inn = await dst.transferFrom(r, out.bytes);
+        t.diagnostic(`transferTo ${JSON.stringify(out)}, transferFrom ${JSON.stringify(inn)}`);
         assert.equal(inn.bytes, out.bytes);
         moved = inn.bytes;
       } finally {
