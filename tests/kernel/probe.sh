@@ -19,6 +19,9 @@ case ${1:-} in
 esac
 
 export KERNEL_LANE_OUT=${KERNEL_LANE_OUT:-$CACHE/runs/probe}
+# A transcript left by an earlier run must not pass for this one's.
+mkdir -p "$KERNEL_LANE_OUT"
+rm -f "$KERNEL_LANE_OUT/records.json" "$KERNEL_LANE_OUT/mtty-transcript.json"
 rc=0
 "$HERE/run-in-guest.sh" sh -c '
   set -- "$MTTY_A_GROUP_PATH" "$MTTY_A_UUID" "$MTTY_B_GROUP_PATH" "$MTTY_B_UUID"
