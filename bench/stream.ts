@@ -12,8 +12,8 @@ import type { Writable } from 'node:stream'
 import type { Channel } from '../vmm/channel/types.js'
 
 const quick = process.argv.includes('--quick')
-const TOTAL = (quick ? 64 : 512) << 20
-const REPEAT = quick ? 2 : 3
+const TOTAL = (quick ? 64 : 256) << 20
+const REPEAT = quick ? 2 : 6
 const RAM = Buffer.alloc(64 << 20)
 for (let i = 0; i < RAM.length; i += 4096) RAM.writeUInt32LE(i, i)
 
@@ -32,7 +32,7 @@ async function viaStream(ch: Channel, unit: Unit): Promise<number> {
     if (unit === 'page4k') f.putBe64n(off | 0x8)
     else f.putBe32(size)
     f.putBufferAsync(RAM.subarray(off, off + size))
-    await f.maybeFlush()
+    if (f.flushNeeded) await f.flush()
   }
   await f.flush()
   if (f.error) throw f.error

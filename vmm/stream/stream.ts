@@ -253,10 +253,18 @@ export class MigStream {
     if (this.wstart === this.wpos && this.iov.length === 0) this.wstart = this.wpos = 0
   }
 
+  /**
+   * Whether enough is queued to make a write worthwhile. Hot loops test this
+   * synchronously (`if (f.flushNeeded) await f.flush()`) to avoid an await
+   * per item.
+   */
+  get flushNeeded(): boolean {
+    return this.iovBytes + (this.wpos - this.wstart) >= FLUSH_THRESHOLD || this.iov.length >= IOV_MAX
+  }
+
   /** Flush if enough is queued to make a write worthwhile. */
   maybeFlush(): Promise<void> {
-    if (this.iovBytes + (this.wpos - this.wstart) >= FLUSH_THRESHOLD || this.iov.length >= IOV_MAX) return this.flush()
-    return Promise.resolve()
+    return this.flushNeeded ? this.flush() : Promise.resolve()
   }
 
   /** True when this window's bandwidth budget is spent (QEMU's rate_limit_exceeded). */
