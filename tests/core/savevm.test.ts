@@ -147,3 +147,28 @@ t.test('registry validation', async t => {
   t.equal(reg.find('a', 0), undefined)
   t.throws(() => reg.register({ idstr: 'v', vmsd: { name: 'v', versionId: 1, fields: [{ name: 'b', type: 'buffer', length: 'n' }] }, state: {} }), /must come earlier/)
 })
+
+t.test('iterate stops a round when the bandwidth window is spent', async t => {
+  const { FakeClock } = await import('../../vmm/stream/clock.js')
+  const clock = new FakeClock()
+  const src = sourceRegistry()
+  const [a, b] = memoryPair(1 << 30)
+  const f = new MigStream(a, { clock, maxBandwidth: 100_000 })
+  const save = new SaveVM(f, src.reg, { machine: 'm' })
+  await save.header()
+  await save.setup()
+  let rounds = 0
+  while (!(await save.iterate())) {
+    rounds++
+    await save.f.throttle()
+  }
+  t.ok(rounds >= 2, `throttled rounds: ${rounds}`)
+  t.ok(clock.now() >= 200, 'fake time passed while throttled')
+  await save.complete()
+  await save.nonIterable()
+  await save.finish()
+  await a.endWrites()
+  const dst = destRegistry()
+  await loadvm(new MigStream(b), dst.reg, { strictEnd: true })
+  t.equal(dst.live.received.length, 3)
+})

@@ -106,7 +106,10 @@ export class SaveVM {
       const h = e.handlers
       if (!h.saveLiveIterate || !active(e)) continue
       if (h.isActiveIterate && !h.isActiveIterate()) continue
-      if (this.f.rateLimitExceeded()) return false
+      if (this.f.rateLimitExceeded()) {
+        allDone = false
+        break
+      }
       writeSectionHeader(this.f, QEMU_VM_SECTION_PART, e.sectionId)
       let done: boolean
       try {
