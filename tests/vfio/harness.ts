@@ -76,7 +76,8 @@ export async function migrate(src: Side, dst: Side, o: RunOptions = {}): Promise
     await loadvm(inc, dst.reg, { machine: 'microvm', onSwitchoverAck: () => { acked = true } })
     await dst.set.finishIncoming()
   })()
-  loading.catch(() => undefined)
+  // A destination that fails closes its end, as the orchestrator's does, so the source's writes fail instead of waiting.
+  loading.catch(() => inc.shutdown('load failed'))
   const res: RunResult = { ok: false, rounds: 0, sourceDigests: [], acked: false }
   const hook = async (p: string) => { await o.hook?.(p) }
   try {

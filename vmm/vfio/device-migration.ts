@@ -310,15 +310,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
     try {
       for (;;) {
         const buf = this.buffer(slot)
-        let n: number
-        try {
-          n = await fd.read(buf)
-        } catch (e) {
-          if (errCode(e) !== 'ENOMSG') {
-            throw new VfioMigrationError(`${this.name}: reading device state failed: ${errText(e)}`, errCode(e), { cause: e })
-          }
-          n = 0
-        }
+        const n = await this.readBlock(fd, buf)
         if (writing) await writing
         writing = null
         onBlock(n)
@@ -340,6 +332,23 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
     }
     this.streamError(f, 'save device data')
     return sent
+  }
+
+  /** One read(); ENOMSG (nothing for now) is 0; EAGAIN waits for the fd, a bounded number of times. */
+  private async readBlock(fd: DataFd, buf: Buffer): Promise<number> {
+    for (let tries = 0; ; tries++) {
+      try {
+        return await fd.read(buf)
+      } catch (e) {
+        const code = errCode(e)
+        if (code === 'ENOMSG') return 0
+        if (code === 'EAGAIN' && tries < 1000) {
+          await fd.poll('in', 100)
+          continue
+        }
+        throw new VfioMigrationError(`${this.name}: reading device state failed: ${errText(e)}`, code, { cause: e })
+      }
+    }
   }
 
   private streamError(f: MigStream, what: string): void {
@@ -571,6 +580,8 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   }
 
   private async onPrepare(running: boolean, _state: RunState): Promise<void> {
+    // A broken device is left alone: the VM is being stopped because of it.
+    if (this.broken) return
     let next: DeviceState | null
     if (!running) {
       next = this.state === 'PRE_COPY' ? 'PRE_COPY_P2P' : this.state === 'RUNNING' ? 'RUNNING_P2P' : null
@@ -584,6 +595,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   }
 
   private async onChange(running: boolean, state: RunState): Promise<void> {
+    if (this.broken) return
     let next: DeviceState
     if (running) {
       next = isPrecopy(this.state) ? 'PRE_COPY' : 'RUNNING'

@@ -1,0 +1,100 @@
+// The fault matrix: every injected failure at every phase leaves the source
+// running with its device RUNNING and its state intact, and the destination
+// device out of RESUMING.
+import t from 'tap'
+import { makeSide, migrate, type Side } from './harness.js'
+import type { EmulatedDevice } from '../../native/index.js'
+
+interface Case {
+  name: string
+  flags?: number
+  /** Arm faults before the migration starts. */
+  arm?: (src: EmulatedDevice, dst: EmulatedDevice) => void
+  /** Act at a hook point. */
+  at?: string
+  act?: (src: EmulatedDevice, dst: EmulatedDevice, srcSide: Side) => void | Promise<void>
+  /** Expected error text (of the source or the loader). */
+  error: RegExp
+}
+
+const sleep = (ms: number) => new Promise(r => setTimeout(r, ms))
+
+const cases: Case[] = [
+  { name: 'source PRE_COPY entry fails, recovered to RUNNING', arm: s => s.failNextMove('PRE_COPY', 'EIO'), error: /RUNNING -> PRE_COPY/ },
+  { name: 'source PRE_COPY entry and its recovery fail: reset', arm: s => s.failNextMove('PRE_COPY', 'EIO', true), error: /PRE_COPY/ },
+  { name: 'source P2P quiesce fails at stop: the stop rolls back', arm: s => s.failNextMove('PRE_COPY_P2P', 'EIO'), error: /PRE_COPY_P2P/ },
+  { name: 'source STOP_COPY fails at stop', arm: s => s.failNextMove('STOP_COPY', 'EIO'), error: /STOP_COPY/ },
+  { name: 'source STOP_COPY and recovery fail at stop: reset', arm: s => s.failNextMove('STOP_COPY', 'EIO', true), error: /STOP_COPY/ },
+  { name: 'STOP_COPY fails on a device without PRE_COPY', flags: 3, arm: s => s.failNextMove('STOP_COPY', 'EIO'), error: /STOP_COPY/ },
+  { name: 'destination cannot enter RESUMING', arm: (_s, d) => d.failNextMove('RESUMING', 'EIO'), error: /RESUMING/ },
+  { name: 'corrupted device data is rejected by the destination driver', arm: s => s.corruptStreamByte(5000), error: /STOP|EFAULT|EINVAL|checksum|fail/i },
+  { name: 'destination fails leaving RESUMING', at: 'finish', act: (_s, d) => d.failNextMove('STOP', 'EIO'), error: /RESUMING -> STOP/ },
+  {
+    name: 'asynchronous reset of the source during pre-copy: data fd out of sync',
+    at: 'stop', act: async s => { s.asyncReset(0); await sleep(50) }, error: /out of sync|ENODEV|reset/,
+  },
+  { name: 'EAGAIN and short reads are survived', arm: s => { s.eagain(3); s.shortIo(5, 777) }, error: /^$/ },
+  ...['prepare', 'setup', 'iterate', 'stop', 'complete', 'finish', 'loaded'].map(p => ({
+    name: `cancel at ${p}`, at: p, act: () => { throw new Error(`cancelled at ${p}`) }, error: new RegExp(`cancelled at ${p}`),
+  })),
+]
+
+for (const c of cases) {
+  t.test(c.name, async t => {
+    const flags = c.flags ?? 7
+    const src = await makeSide('source', [{ flags, stateSize: 256 << 10, seed: 3 }])
+    const dst = await makeSide('dest', [{ flags, stateSize: 256 << 10, seed: 4 }])
+    const before = await src.emus[0].digest()
+    c.arm?.(src.emus[0], dst.emus[0])
+    const r = await migrate(src, dst, {
+      hook: async p => { if (p === c.at) await c.act!(src.emus[0], dst.emus[0], src) },
+    })
+    if (c.error.source === '^$') {
+      t.ok(r.ok, r.error?.message)
+      t.equal(await dst.emus[0].digest(), before)
+      return
+    }
+    t.notOk(r.ok, 'the migration failed')
+    t.match(`${r.error?.message} ${r.loadError?.message}`, c.error)
+    t.equal(src.vm.state, 'running', 'source VM runs again')
+    t.equal(src.emus[0].state, 'RUNNING', 'source device RUNNING')
+    t.equal(src.devs[0].deviceState, 'RUNNING', 'tracked state agrees with the device')
+    t.notOk(src.devs[0].isBroken)
+    t.equal(await src.emus[0].digest(), before, 'no source device state lost')
+    t.not(dst.emus[0].state, 'RESUMING', 'destination left RESUMING')
+    t.not(dst.emus[0].state, 'ERROR')
+    t.not(dst.vm.state, 'running', 'destination VM never started')
+  })
+}
+
+t.test('a device whose reset fails is declared broken and the VM stops in internal-error', async t => {
+  const { VfioMigrationSet } = await import('../../vmm/vfio/vfio-set.js')
+  const { Vm } = await import('../../vmm/runstate/index.js')
+  const { SaveVMRegistry } = await import('../../vmm/savevm/registry.js')
+  const vm = new Vm('prelaunch')
+  await vm.vmStart()
+  const set = new VfioMigrationSet(vm, new SaveVMRegistry())
+  let state = 'RUNNING'
+  const failing = {
+    name: 'flaky',
+    migrationFlags: async () => 7,
+    probe: async () => false,
+    getState: async () => 'ERROR',
+    setState: async (s: string) => {
+      if (s === 'PRE_COPY') throw Object.assign(new Error('EIO'), { code: 'EIO' })
+      state = s
+      return null
+    },
+    reset: async () => { throw Object.assign(new Error('reset failed'), { code: 'EIO' }) },
+    migDataSize: async () => 0n,
+  }
+  const dev = await set.add(failing as never)
+  let broken = 0
+  dev.on('broken', () => broken++)
+  await t.rejects(dev.setState('PRE_COPY', 'RUNNING'), { name: 'VfioDeviceBrokenError' })
+  t.equal(broken, 1)
+  t.ok(dev.isBroken)
+  t.equal(vm.state, 'internal-error')
+  t.match(set.blockers().join(), /broken/)
+  t.equal(state, 'RUNNING')
+})
