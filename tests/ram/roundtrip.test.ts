@@ -1,0 +1,113 @@
+import t from 'tap'
+import { connect, listen } from '../../vmm/channel/connect.js'
+import { memoryPair } from '../../vmm/channel/memory.js'
+import { MigStream } from '../../vmm/stream/stream.js'
+import { loadvm } from '../../vmm/savevm/load.js'
+import { RamFlag, RAM_VERSION } from '../../vmm/ram/index.js'
+import { PAGE, MACHINE, guestRam, side, migrate, saveOver, drain, firstDiff } from './helpers.js'
+
+t.test('round trip over a memory pair: random and zero pages, byte-equal', async t => {
+  const pages = 300
+  const src = side([{ name: 'pc.ram', memory: guestRam(pages) }])
+  const dstMem = new Uint8Array(pages * PAGE).fill(0xee)
+  const dst = side([{ name: 'pc.ram', memory: dstMem }])
+  const { load } = await migrate(src, dst)
+  t.equal(firstDiff(src.ram.blocks[0].memory, dstMem), -1, 'destination RAM equals source RAM')
+  const s = src.ram.stats()
+  t.equal(s.zeroPages, 100, 'every third page went as a ZERO flag')
+  t.equal(s.normalPages, 200)
+  t.equal(s.remaining, 0)
+  t.ok(s.iterations >= 1)
+  t.ok(s.dirtySyncCount >= 2, 'setup and complete each synced')
+  t.ok(s.bytes > 200 * PAGE && s.bytes < 200 * PAGE + pages * 40, `section bytes ${s.bytes} are the pages plus small headers`)
+  t.same(dst.ram.stats().load.normalPages, 200)
+  t.same(dst.ram.stats().load.zeroPages, 100)
+  t.ok(load.sections >= 3, 'START, PART(s), END')
+})
+
+t.test('round trip over a real TCP socket', async t => {
+  const pages = 2048
+  const src = side([{ name: 'pc.ram', memory: guestRam(pages, 5) }])
+  const dstMem = new Uint8Array(pages * PAGE)
+  const dst = side([{ name: 'pc.ram', memory: dstMem }])
+  const l = await listen('tcp:127.0.0.1:0')
+  t.teardown(() => l.close())
+  const [out, inc] = await Promise.all([connect(l.address), l.accept()])
+  const f = new MigStream(inc)
+  const [, res] = await Promise.all([
+    saveOver(src, out, { maxBandwidth: 64 << 20 }),
+    loadvm(f, dst.reg, { machine: MACHINE }),
+  ])
+  await out.close()
+  await inc.close()
+  t.equal(firstDiff(src.ram.blocks[0].memory, dstMem), -1)
+  t.ok(res.sections >= 3)
+  t.ok(src.ram.stats().iterations >= 1)
+})
+
+t.test('several blocks at their own guest-physical bases', async t => {
+  const mk = () => [
+    { name: 'pc.ram', memory: guestRam(64), base: 0 },
+    { name: '/rom@etc/acpi/tables', memory: guestRam(4, 2), base: 0x100000000 },
+    { name: 'pc.bios', memory: guestRam(8, 4), base: 0xfff00000 },
+  ]
+  const srcBlocks = mk()
+  const src = side(srcBlocks)
+  const dstBlocks = srcBlocks.map(b => ({ ...b, memory: new Uint8Array(b.memory.length).fill(7) }))
+  const dst = side(dstBlocks)
+  await migrate(src, dst)
+  for (const [i, b] of srcBlocks.entries()) t.equal(firstDiff(b.memory, dstBlocks[i].memory), -1, `block ${b.name}`)
+  t.equal(src.ram.layout.totalBytes, (64 + 4 + 8) * PAGE)
+  t.equal(src.ram.layout.base, 0)
+})
+
+t.test('byte layout: section header, MEM_SIZE + block list, pages, CONTINUE, EOS', async t => {
+  const a = guestRam(3, 2) // pages 0 and 2 zero, page 1 random
+  const b = guestRam(1, 2) // page 0 zero
+  const src = side([{ name: 'pc.ram', memory: a }, { name: 'vga.vram', memory: b, base: 0x1000000 }])
+  const [x, y] = memoryPair(1 << 24)
+  const f = new MigStream(x)
+  const h = src.ram.entry.handlers
+  await h.saveSetup!(f)
+  const done = await h.saveLiveIterate!(f)
+  await f.flush()
+  await x.endWrites()
+  const bytes = await drain(y)
+  t.equal(done, true, 'one round sent everything')
+  let o = 0
+  const be64 = () => { const v = Number(bytes.readBigUInt64BE(o)); o += 8; return v }
+  const str = () => { const n = bytes[o]; const s = bytes.subarray(o + 1, o + 1 + n).toString(); o += 1 + n; return s }
+  t.equal(be64(), 4 * PAGE + RamFlag.MEM_SIZE, 'total RAM | MEM_SIZE (0x04)')
+  t.equal(str(), 'pc.ram')
+  t.equal(be64(), 3 * PAGE)
+  t.equal(str(), 'vga.vram')
+  t.equal(be64(), PAGE)
+  t.equal(be64(), RamFlag.EOS, 'setup ends with EOS (0x10)')
+  t.equal(be64(), 0 + RamFlag.ZERO, 'page 0 of pc.ram: ZERO (0x02), block named')
+  t.equal(str(), 'pc.ram')
+  t.equal(bytes[o++], 0, 'zero page fill byte')
+  t.equal(be64(), PAGE + RamFlag.PAGE + RamFlag.CONTINUE, 'page 1: PAGE (0x08) | CONTINUE (0x20)')
+  t.equal(Buffer.compare(bytes.subarray(o, o + PAGE), a.subarray(PAGE, 2 * PAGE)), 0, 'raw page bytes')
+  o += PAGE
+  t.equal(be64(), 2 * PAGE + RamFlag.ZERO + RamFlag.CONTINUE)
+  t.equal(bytes[o++], 0)
+  t.equal(be64(), RamFlag.ZERO, 'next block: its name again, no CONTINUE')
+  t.equal(str(), 'vga.vram')
+  t.equal(bytes[o++], 0)
+  t.equal(be64(), RamFlag.EOS)
+  t.equal(o, bytes.length, 'nothing else')
+  t.equal(src.ram.entry.idstr, 'ram')
+  t.equal(src.ram.entry.instanceId, 0)
+  t.equal(src.ram.entry.versionId, RAM_VERSION)
+  await h.saveCleanup!()
+})
+
+t.test('the ram section comes first in the whole stream', async t => {
+  const src = side([{ name: 'pc.ram', memory: guestRam(4) }])
+  src.reg.register({ idstr: 'dev', versionId: 1, priority: 5, handlers: { saveState: f => f.putBe32(1) } })
+  src.ram.unregister()
+  const again = side([{ name: 'pc.ram', memory: guestRam(4) }])
+  again.reg.register({ idstr: 'early', versionId: 1, priority: 5, handlers: { saveSetup: f => f.putBe32(1) } })
+  t.equal(again.reg.entries()[0].idstr, 'ram', 'saved before a priority-5 live device')
+  t.equal(src.reg.find('ram', 0), undefined, 'unregister removes the section')
+})

@@ -1,0 +1,148 @@
+// The destination side of the "ram" section: QEMU's ram_load_precopy. Pages
+// are written straight into the destination's block memory; every name,
+// length, offset and flag is checked before anything is written.
+import type { MigStream } from '../stream/stream.js'
+import { need } from '../savevm/fail.js'
+import type { RamBlock, RamLayout } from './blocks.js'
+import { RAM_FLAGS_MASK, RAM_PAGE_SIZE, RAM_VERSION, RamFlag, SUPPORTED_FLAGS, describeFlags } from './format.js'
+import {
+  RamBadFlagsError, RamBlockSizeError, RamMemSizeError, RamNoBlockError, RamOffsetError, RamUnknownBlockError,
+  RamVersionError, RamZeroPageError,
+} from './errors.js'
+import { isZeroPage } from './zero.js'
+
+export interface RamLoadStats {
+  /** Pages loaded with their bytes. */
+  normalPages: number
+  /** ZERO pages loaded. */
+  zeroPages: number
+  /** Sections (START/PART/END) read. */
+  sections: number
+}
+
+/** Why a flag is refused: the capability that would have produced it. */
+const UNSUPPORTED: Record<number, string> = {
+  [RamFlag.FULL]: 'obsolete since QEMU 2.x',
+  [RamFlag.XBZRLE]: 'the xbzrle capability is not supported',
+  [RamFlag.HOOK]: 'RDMA migration is not supported',
+  [RamFlag.COMPRESS_PAGE]: 'the compress capability is not supported',
+  [RamFlag.MULTIFD_FLUSH]: 'the multifd capability is not supported',
+}
+
+export class RamLoader {
+  /** QEMU keeps the last block across sections (mis->last_recv_block), so CONTINUE may open a section. */
+  private last: RamBlock | null = null
+  readonly stats: RamLoadStats = { normalPages: 0, zeroPages: 0, sections: 0 }
+
+  constructor(private readonly layout: RamLayout) {}
+
+  reset(): void {
+    this.last = null
+    Object.assign(this.stats, { normalPages: 0, zeroPages: 0, sections: 0 })
+  }
+
+  /** Read one section's RAM records up to and including EOS. */
+  async load(f: MigStream, versionId: number): Promise<void> {
+    if (versionId !== RAM_VERSION) throw new RamVersionError(`section version ${versionId}, only ${RAM_VERSION} exists`, { offset: f.bytesRead })
+    this.stats.sections++
+    for (;;) {
+      const at = f.bytesRead
+      if (f.available < 8) await need(f, 8, 'ram', 'RAM record header')
+      const hi = f.be32()
+      const lo = f.be32()
+      const flags = lo & RAM_FLAGS_MASK
+      const unsupported = flags & ~SUPPORTED_FLAGS
+      if (unsupported) {
+        const why = UNSUPPORTED[unsupported] ?? 'unknown flag'
+        throw new RamBadFlagsError(`flags ${describeFlags(flags)} (0x${flags.toString(16)}): ${describeFlags(unsupported)}: ${why}`, { offset: at })
+      }
+      // Above 2^53 no block can hold the offset (and no RAM is that big).
+      if (hi > 0x1fffff) throw new RamOffsetError(`offset word 0x${hi.toString(16)}${(lo >>> 0).toString(16).padStart(8, '0')} is out of any range`, { offset: at })
+      const addr = hi * 0x100000000 + (lo >>> 0) - flags
+      switch (flags & ~RamFlag.CONTINUE) {
+        case RamFlag.ZERO:
+        case RamFlag.PAGE: {
+          const b = await this.blockFromStream(f, flags, at)
+          if (addr + RAM_PAGE_SIZE > b.length) {
+            throw new RamOffsetError(`page at offset 0x${addr.toString(16)} is outside block '${b.name}' of ${b.length} bytes`, { offset: at })
+          }
+          if (flags & RamFlag.ZERO) {
+            if (f.available < 1) await need(f, 1, 'ram', 'zero page fill byte')
+            const ch = f.u8()
+            if (ch !== 0) throw new RamZeroPageError(`zero page at 0x${addr.toString(16)} of '${b.name}' has fill byte ${ch}`, { offset: at })
+            // Like ram_handle_zero(): leave an already-zero page untouched so the host need not back it.
+            if (!isZeroPage(b.memory, addr)) b.memory.fill(0, addr, addr + RAM_PAGE_SIZE)
+            this.stats.zeroPages++
+          } else {
+            if (!(await f.readInto(b.memory.subarray(addr, addr + RAM_PAGE_SIZE)))) await need(f, RAM_PAGE_SIZE, 'ram', 'page data')
+            this.stats.normalPages++
+          }
+          break
+        }
+        case RamFlag.MEM_SIZE:
+          if (flags & RamFlag.CONTINUE) throw new RamBadFlagsError(`flags ${describeFlags(flags)}: MEM_SIZE cannot continue a block`, { offset: at })
+          await this.blockList(f, addr)
+          break
+        case RamFlag.EOS:
+          if (flags & RamFlag.CONTINUE) throw new RamBadFlagsError(`flags ${describeFlags(flags)}: EOS cannot continue a block`, { offset: at })
+          return
+        default:
+          throw new RamBadFlagsError(`unknown combination of flags ${describeFlags(flags)} (0x${flags.toString(16)})`, { offset: at })
+      }
+    }
+  }
+
+  private async blockFromStream(f: MigStream, flags: number, at: number): Promise<RamBlock> {
+    if (flags & RamFlag.CONTINUE) {
+      if (!this.last) throw new RamNoBlockError('CONTINUE before any block was named', { offset: at })
+      return this.last
+    }
+    const b = await this.readBlockName(f, at)
+    this.last = b
+    return b
+  }
+
+  private async readBlockName(f: MigStream, at: number): Promise<RamBlock> {
+    await need(f, 1, 'ram', 'block id length')
+    const len = f.u8()
+    await need(f, len, 'ram', 'block id')
+    const name = f.view(len).toString('utf8')
+    const b = this.layout.byName.get(name)
+    if (!b) {
+      const known = this.layout.blocks.map(x => `'${x.name}'`).join(', ')
+      throw new RamUnknownBlockError(`unknown RAM block ${JSON.stringify(name)} (this side has ${known})`, { offset: at })
+    }
+    return b
+  }
+
+  /** MEM_SIZE's block list: (u8 len, id, be64 length) until the lengths add up to the total. */
+  private async blockList(f: MigStream, total: number): Promise<void> {
+    const start = f.bytesRead - 8
+    const seen = new Set<RamBlock>()
+    let left = total
+    while (left > 0) {
+      const at = f.bytesRead
+      const b = await this.readBlockName(f, at)
+      await need(f, 8, 'ram', `length of block '${b.name}'`)
+      const hi = f.be32()
+      const lo = f.be32()
+      const length = hi * 0x100000000 + lo
+      if (seen.has(b)) throw new RamBlockSizeError(`block '${b.name}' is listed twice`, { offset: at })
+      seen.add(b)
+      if (length !== b.length) {
+        throw new RamBlockSizeError(`block '${b.name}' is ${length} bytes on the source, ${b.length} here`, { offset: at })
+      }
+      if (length > left) {
+        throw new RamMemSizeError(`block '${b.name}' (${length} bytes) exceeds what is left of the MEM_SIZE total ${total}`, { offset: at })
+      }
+      left -= length
+    }
+    if (total !== this.layout.totalBytes || seen.size !== this.layout.blocks.length) {
+      const missing = this.layout.blocks.filter(b => !seen.has(b)).map(b => `'${b.name}'`)
+      throw new RamMemSizeError(
+        `source RAM is ${total} bytes, ${this.layout.totalBytes} here${missing.length ? `; not sent: ${missing.join(', ')}` : ''}`,
+        { offset: start },
+      )
+    }
+  }
+}

@@ -1,0 +1,194 @@
+// The source side of the "ram" section: QEMU's ram_save_setup /
+// ram_save_iterate / ram_save_complete over one dirty bitmap.
+//
+// Pages go out by reference from guest memory (putBufferAsync). The stream
+// reads them when it flushes, so a page the guest changes in between goes out
+// newer than the bitmap thought; the dirty sources report that write at the
+// next sync and the page is sent again, as in QEMU. Every sync reads-and-clears
+// the sources before the pages it marked are read, so no write is lost.
+import type { MigStream } from '../stream/stream.js'
+import type { DirtyBitmap } from '../vfio/dirty-pages.js'
+import { RAM_PAGE_SIZE, RamFlag } from './format.js'
+import type { RamBlock, RamLayout } from './blocks.js'
+import { isZeroPage } from './zero.js'
+
+/** ORs the pages dirtied since its previous call into `into` (and clears its own log). */
+export type DirtySource = (into: DirtyBitmap) => Promise<void>
+
+/** QEMU's MAX_WAIT: an iteration yields after this long even under the rate limit. */
+const MAX_ITERATE_MS = 50
+/** Pages between clock reads in the send loop. */
+const CLOCK_EVERY = 64
+
+export interface RamSaveStats {
+  /** Pages sent with their bytes. */
+  normalPages: number
+  /** Pages sent as a ZERO flag. */
+  zeroPages: number
+  /** Bytes this section put on the stream (headers included). */
+  bytes: number
+  /** Syncs of the dirty sources. */
+  dirtySyncCount: number
+  /** Pages the sources reported at the last sync. */
+  dirtyPagesLastSync: number
+  /** Pages per second reported between the last two syncs. */
+  dirtyPagesRate: number
+  /** Bytes still dirty (not yet sent). */
+  remaining: number
+  /** PART sections written. */
+  iterations: number
+}
+
+export class RamSaver {
+  private send: DirtyBitmap | null = null
+  private scratch: DirtyBitmap | null = null
+  private dirty = 0
+  private lastSent: RamBlock | null = null
+  private cursorBlock = 0
+  private cursorPage = 0
+  private lastSyncAt = 0
+  readonly stats: RamSaveStats = RamSaver.emptyStats()
+
+  constructor(
+    private readonly layout: RamLayout,
+    private readonly sources: readonly DirtySource[],
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  static emptyStats(): RamSaveStats {
+    return { normalPages: 0, zeroPages: 0, bytes: 0, dirtySyncCount: 0, dirtyPagesLastSync: 0, dirtyPagesRate: 0, remaining: 0, iterations: 0 }
+  }
+
+  get remainingPages(): number {
+    return this.dirty
+  }
+
+  /** START payload: the bulk stage (every page dirty), MEM_SIZE and the block list, EOS. */
+  async setup(f: MigStream): Promise<void> {
+    Object.assign(this.stats, RamSaver.emptyStats())
+    this.send = this.layout.bitmap()
+    this.scratch = this.layout.bitmap()
+    for (const b of this.layout.blocks) this.send.markPages(b.firstPage, b.pages)
+    this.dirty = this.layout.totalPages
+    this.lastSent = null
+    this.cursorBlock = this.cursorPage = 0
+    this.lastSyncAt = 0
+    // Starts every source's log afresh; what it reports is already marked.
+    await this.sync()
+    const before = f.transferred
+    f.putBe64n(this.layout.totalBytes + RamFlag.MEM_SIZE)
+    for (const b of this.layout.blocks) {
+      f.putU8(b.nameBytes.length)
+      f.putBuffer(b.nameBytes)
+      f.putBe64n(b.length)
+    }
+    f.putBe64n(RamFlag.EOS)
+    this.stats.bytes += f.transferred - before
+    this.stats.remaining = this.dirty * RAM_PAGE_SIZE
+  }
+
+  /** QEMU's migration_bitmap_sync: every source ORs its log into the bitmap. */
+  async sync(): Promise<void> {
+    const send = this.need()
+    const scratch = this.scratch!
+    scratch.clear()
+    for (const src of this.sources) await src(scratch)
+    let reported = 0
+    for (const b of this.layout.blocks) {
+      reported += scratch.countRange(b.firstPage, b.pages)
+      this.dirty += scratch.mergeInto(send, b.firstPage, b.pages)
+    }
+    const t = this.now()
+    const s = this.stats
+    if (s.dirtySyncCount > 0 && t > this.lastSyncAt) s.dirtyPagesRate = Math.round(reported * 1000 / (t - this.lastSyncAt))
+    this.lastSyncAt = t
+    s.dirtySyncCount++
+    s.dirtyPagesLastSync = reported
+    s.remaining = this.dirty * RAM_PAGE_SIZE
+  }
+
+  /** One PART payload: dirty pages until the rate limit, MAX_WAIT or the end; EOS. Resolves true when none is left. */
+  async iterate(f: MigStream): Promise<boolean> {
+    this.need()
+    const before = f.transferred
+    // A fresh section names its block again, so a reader can start at any section.
+    this.lastSent = null
+    const t0 = this.now()
+    let n = 0
+    while (this.dirty > 0 && !f.error && !f.rateLimitExceeded()) {
+      if (!this.sendNext(f)) break
+      if (f.flushNeeded) await f.flush()
+      if (++n % CLOCK_EVERY === 0 && this.now() - t0 > MAX_ITERATE_MS) break
+    }
+    f.putBe64n(RamFlag.EOS)
+    this.stats.iterations++
+    this.stats.bytes += f.transferred - before
+    this.stats.remaining = this.dirty * RAM_PAGE_SIZE
+    return this.dirty === 0
+  }
+
+  /** END payload (VM stopped): sync, every dirty page regardless of the rate limit, EOS. */
+  async complete(f: MigStream): Promise<void> {
+    await this.sync()
+    const before = f.transferred
+    this.lastSent = null
+    while (this.dirty > 0 && !f.error) {
+      if (!this.sendNext(f)) break
+      if (f.flushNeeded) await f.flush()
+    }
+    f.putBe64n(RamFlag.EOS)
+    this.stats.bytes += f.transferred - before
+    this.stats.remaining = this.dirty * RAM_PAGE_SIZE
+  }
+
+  cleanup(): void {
+    this.send = this.scratch = null
+    this.lastSent = null
+    this.dirty = 0
+  }
+
+  private need(): DirtyBitmap {
+    if (!this.send) throw new Error('ram: the section was not set up (saveSetup did not run)')
+    return this.send
+  }
+
+  /** Send the next dirty page after the cursor (wrapping, like QEMU's last_seen_block/last_page). */
+  private sendNext(f: MigStream): boolean {
+    const send = this.send!
+    const blocks = this.layout.blocks
+    for (let tries = 0; tries <= blocks.length; tries++) {
+      const b = blocks[this.cursorBlock]
+      const i = send.findNext(b.firstPage + this.cursorPage, b.firstPage + b.pages)
+      if (i >= 0) {
+        send.clearPage(i)
+        this.dirty--
+        this.cursorPage = i - b.firstPage + 1
+        this.sendPage(f, b, (i - b.firstPage) * RAM_PAGE_SIZE)
+        return true
+      }
+      this.cursorBlock = (this.cursorBlock + 1) % blocks.length
+      this.cursorPage = 0
+    }
+    // The count and the bitmap disagree; trust the bitmap.
+    this.dirty = 0
+    return false
+  }
+
+  private sendPage(f: MigStream, b: RamBlock, offset: number): void {
+    const zero = isZeroPage(b.memory, offset)
+    const cont = this.lastSent === b
+    f.putBe64n(offset + (zero ? RamFlag.ZERO : RamFlag.PAGE) + (cont ? RamFlag.CONTINUE : 0))
+    if (!cont) {
+      f.putU8(b.nameBytes.length)
+      f.putBuffer(b.nameBytes)
+      this.lastSent = b
+    }
+    if (zero) {
+      f.putU8(0)
+      this.stats.zeroPages++
+    } else {
+      f.putBufferAsync(b.memory.subarray(offset, offset + RAM_PAGE_SIZE))
+      this.stats.normalPages++
+    }
+  }
+}
