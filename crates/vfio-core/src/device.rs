@@ -263,11 +263,16 @@ impl Device {
     pub fn dma_logging_report(&self, iova: u64, length: u64, page_size: u64, bitmap: &mut [u8]) -> Result<()> {
         let syscall = syscall_for(VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT);
         let ctx = format!("{}: VFIO_DEVICE_FEATURE GET DMA_LOGGING_REPORT iova {iova:#x} length {length:#x}", self.name());
-        if page_size == 0 || !page_size.is_power_of_two() {
-            return Err(VfioError::invalid(syscall, ctx, "page size must be a power of two"));
+        // Same checks, order and errnos as vfio_main.c's logging report
+        // validation, so a caller sees the kernel's answer either way.
+        if page_size < 4096 || !page_size.is_power_of_two() {
+            return Err(VfioError::invalid(syscall, ctx, "page size must be a power of two, at least 4096"));
         }
-        if length == 0 || iova.checked_add(length).is_none() {
-            return Err(VfioError::invalid(syscall, ctx, "range is empty or wraps"));
+        if iova.checked_add(length).is_none() {
+            return Err(VfioError::new(libc::EOVERFLOW, syscall, &ctx, Some("iova + length wraps past 2^64")));
+        }
+        if length == 0 {
+            return Err(VfioError::invalid(syscall, ctx, "range is empty"));
         }
         let need = dma_bitmap_bytes(length, page_size);
         if (bitmap.len() as u64) < need {
@@ -395,6 +400,19 @@ mod tests {
         assert_eq!(d.state().unwrap(), DeviceState::Resuming);
         assert_eq!(*f.sets.lock().unwrap(), 4);
         assert_eq!(d.migration_flags().unwrap(), MigrationFlags(7));
+    }
+
+    #[test]
+    fn dma_logging_report_arguments_get_the_kernels_errnos() {
+        // The fake answers ENOTTY to a report: anything else came from the check.
+        let (d, _) = device(7, DeviceState::Running);
+        let mut bm = [0u8; 64];
+        let code = |r: Result<()>| r.err().map(|e| e.code());
+        assert_eq!(code(d.dma_logging_report(0, 1 << 20, 1000, &mut bm)), Some("EINVAL"));
+        assert_eq!(code(d.dma_logging_report(0, 1 << 20, 2048, &mut bm)), Some("EINVAL"), "below 4 KiB");
+        assert_eq!(code(d.dma_logging_report(u64::MAX - 4095, 2 << 20, 4096, &mut bm)), Some("EOVERFLOW"));
+        assert_eq!(code(d.dma_logging_report(u64::MAX - 4095, 2 << 20, 1000, &mut bm)), Some("EINVAL"), "page size is checked first");
+        assert_eq!(code(d.dma_logging_report(0, 1 << 20, 4096, &mut bm)), Some("ENOTTY"), "a sound report reaches the driver");
     }
 
     #[test]

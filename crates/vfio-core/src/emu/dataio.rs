@@ -97,7 +97,24 @@ impl EmuDevice {
         if cap == 0 {
             return Ok(0);
         }
-        write_nosigpipe(fd, &buf[..cap])
+        let n = write_nosigpipe(fd, &buf[..cap])?;
+        // mtty fails the very write that completes a bad header, not a later
+        // one: while the header is still unjudged, parse what is queued now
+        // rather than when the loader thread gets to it.
+        self.with(|st| {
+            let ino = sys::inode(fd).ok();
+            let Some(s) = st.resuming.as_mut().filter(|s| Some(s.ino) == ino) else {
+                return Ok(n); // reset meanwhile: the session that took these bytes is gone
+            };
+            if s.loader.bytes < super::stream::HEADER_LEN as u64 && s.loader.error.is_none() {
+                s.drain(super::stream::HEADER_LEN);
+            }
+            if let Some(r) = s.loader.header_error() {
+                let m = format!("write: {}", r.message());
+                return Err(st.fail(libc::EFAULT, m));
+            }
+            Ok(n)
+        })
     }
 
     pub(crate) fn precopy(&self, fd: i32, buf: &mut [u8]) -> io::Result<()> {
