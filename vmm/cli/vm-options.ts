@@ -1,0 +1,30 @@
+// From command-line options to a microVM and the orchestrator's settings.
+import { MicroVm } from '../microvm/index.js'
+import type { MigrationCapabilities, MigrationParameters } from '../migration/types.js'
+import type { Options } from './args.js'
+
+export async function createMicroVm(role: 'source' | 'dest', o: Options, verifyBeforeStart = false): Promise<MicroVm> {
+  const vm = await MicroVm.create({
+    role,
+    ramSize: o.ram,
+    vcpu: o.vcpu,
+    workingSet: o.workingSet,
+    vfio: o.deviceState > 0
+      ? { stateSize: o.deviceState, dirtyRate: o.dirtyRate, dmaLogging: !o.noDmaLogging }
+      : false,
+    dmaPagesPerSec: o.deviceState > 0 ? o.dmaRate : 0,
+    verifyBeforeStart,
+  })
+  vm.switchoverAck = o.switchoverAck
+  return vm
+}
+
+export function parameters(o: Options): Partial<MigrationParameters> {
+  return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidth: o.maxBandwidth }
+}
+
+export function capabilities(o: Options): Partial<MigrationCapabilities> {
+  return { switchoverAck: o.switchoverAck, autoConverge: o.autoConverge }
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))

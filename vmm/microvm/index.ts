@@ -1,0 +1,6 @@
+export { MicroVm, MICROVM_MACHINE, VFIO_IDSTR, DEFAULT_DEVICE, type MicroVmOptions, type Verification } from './microvm.js'
+export { TimerDevice, timerVmsd, timerAlarmVmsd, type TimerRegs, type TimerSnapshot } from './timer.js'
+export { cpuSectionHandlers, stateKind, CpuSectionError, MAX_CPU_STATE } from './cpu-section.js'
+export { VcpuRunner, THROTTLE_SLICE_MS, MAX_THROTTLE, type ThrottleStats } from './throttle.js'
+export { planLayout, fillCold, DEFAULT_WORKING_SET, type MicroVmLayout } from './layout.js'
+export { sha256Chunked } from './digest.js'
