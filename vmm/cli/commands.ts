@@ -113,7 +113,7 @@ export async function cmdIncoming(uri: string, o: Options, out: Out, signal?: Ab
   const event = (e: Record<string, unknown>) => out.line(JSON.stringify(e))
   const report = await runIncoming(uri, o, (address) => {
     if (o.events) event({ event: 'listening', address })
-    else if (!o.json) out.line(`listening on ${address}`)
+    else if (!o.json) out.line(address.startsWith('file:') ? `reading ${address}` : `listening on ${address}`)
   }, signal)
   const ok = report.loaded.checksumConsistent && report.checksumConsistentAfter &&
     (o.runAfterMs === 0 || BigInt(report.counterAfter) > BigInt(report.loaded.counter))

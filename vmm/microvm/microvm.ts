@@ -86,7 +86,8 @@ export class MicroVm implements MigratableVm {
   ) {
     this.vm = new Vm(role === 'source' ? 'prelaunch' : 'inmigrate')
     this.vfio = new VfioMigrationSet(this.vm, this.registry, { switchoverAck: () => this.switchoverAck })
-    this.timer = new TimerDevice(opts.timer)
+    // An alarm far ahead keeps the timer's subsection in the stream without firing during a demo.
+    this.timer = new TimerDevice(opts.timer ?? { alarmInTicks: 1_000_000_000 })
     this.runner = new VcpuRunner(vcpu)
   }
 
@@ -128,18 +129,13 @@ export class MicroVm implements MigratableVm {
       instanceId: 0,
       versionId: 1,
       handlers: {
-        savePrepare: () => this.startTracking(),
-        saveCleanup: () => this.stopTracking(),
+        savePrepare: () => this.startDirtyTracking(),
+        saveCleanup: () => this.stopDirtyTracking(),
       },
     })
     registerRam(reg, {
       blocks: [{ name: 'pc.ram', memory: this.vcpu.memory.bytes }],
-      dirtySources: [
-        async (into: DirtyBitmap) => into.markBitmap(0, await this.vcpu.syncDirtyLog()),
-        async (into: DirtyBitmap) => {
-          if (this.tracker) await this.tracker.sync(into)
-        },
-      ],
+      dirtySources: [(into) => this.syncVcpuDirty(into), (into) => this.syncDmaDirty(into)],
     })
     this.removeHandlers.push(this.vm.addChangeStateHandler({
       name: 'microvm-vcpu',
@@ -175,15 +171,26 @@ export class MicroVm implements MigratableVm {
     this.timer.stop()
   }
 
-  private async startTracking(): Promise<void> {
-    await this.stopTracking()
+  /** Dirty source: pages the vCPU wrote since the last call (KVM_GET_DIRTY_LOG or the soft vCPU's log). */
+  async syncVcpuDirty(into: DirtyBitmap): Promise<void> {
+    into.markBitmap(0, await this.vcpu.syncDirtyLog())
+  }
+
+  /** Dirty source: pages the device wrote by DMA since the last call, through the chosen tracker. */
+  async syncDmaDirty(into: DirtyBitmap): Promise<void> {
+    if (this.tracker) await this.tracker.sync(into)
+  }
+
+  /** What a migration's savePrepare does: clear the vCPU log and start the best DMA tracker. */
+  async startDirtyTracking(): Promise<void> {
+    await this.stopDirtyTracking()
     // Everything logged so far predates the bulk stage, which sends every page anyway.
     await this.vcpu.syncDirtyLog()
     this.tracker = await this.vfio.startDirtyTracker(this.dmaMappings())
     this.lastTracker = this.tracker
   }
 
-  private async stopTracking(): Promise<void> {
+  async stopDirtyTracking(): Promise<void> {
     const t = this.tracker
     this.tracker = undefined
     await t?.stop()
@@ -257,7 +264,7 @@ export class MicroVm implements MigratableVm {
     if (this.destroyed) return
     this.destroyed = true
     for (const r of this.removeHandlers) r()
-    await this.stopTracking().catch(() => undefined)
+    await this.stopDirtyTracking().catch(() => undefined)
     if (this.emu) {
       this.emu.stopDma()
       this.emu.detachGuestMemory()

@@ -1,0 +1,152 @@
+// The microVM with the software vCPU always and KVM where it works: it runs,
+// its notifiers stop and start it at a consistent point, its sections are
+// registered, a migration carries RAM, vCPU, timer and device intact, and the
+// device's DMA into guest RAM reaches the RAM migration through the tracker.
+import t, { type Test } from 'tap'
+import { MicroVm, VFIO_IDSTR } from '../../vmm/microvm/index.js'
+import { kvmAvailable, PAGE_SIZE, type VcpuKind } from '../../vmm/machine/index.js'
+import { DirtyBitmap } from '../../vmm/vfio/dirty-pages.js'
+import { migrate, incoming } from '../../vmm/migration/index.js'
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const RAM = 16 << 20
+
+async function until(what: string, fn: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(5)
+  }
+}
+
+async function scenario(t: Test, kind: VcpuKind): Promise<void> {
+  t.test('runs, stops at a consistent point, starts again', async (t) => {
+    const m = await MicroVm.create({ role: 'source', ramSize: RAM, vcpu: kind, workingSet: 1 << 20 })
+    t.teardown(() => m.destroy())
+    t.equal(m.vm.state, 'running')
+    t.equal(m.vcpu.kind, kind)
+    t.equal(m.machine, 'microvm-1')
+    const ids = m.registry.entries().map((e) => e.idstr)
+    for (const id of ['ram', 'cpu', 'microvm-timer', VFIO_IDSTR]) t.ok(ids.includes(id), `section ${id} registered`)
+    t.equal(m.registry.entries()[0]!.idstr, 'ram', 'RAM is saved first')
+    await until('the guest to run', () => m.vcpuCounter() > 100n)
+    await m.vm.vmStop('paused')
+    const c = m.vcpuCounter()
+    const ticks = m.timerState().ticks
+    const v = await m.verify()
+    t.ok(v.checksumConsistent, 'checksum equals the sum over the region after the stop')
+    await sleep(50)
+    t.equal(m.vcpuCounter(), c, 'counter frozen while stopped')
+    t.equal(m.timerState().ticks, ticks, 'timer frozen while stopped')
+    t.equal(await m.ramDigest(), v.ramDigest, 'RAM unchanged while stopped (no DMA either)')
+    await m.vm.vmStart()
+    await until('the counter to move again', () => m.vcpuCounter() > c)
+    t.ok(BigInt(m.timerState().ticks) >= BigInt(ticks))
+  })
+
+  t.test('live migration carries RAM, vCPU, timer and device state', async (t) => {
+    const src = await MicroVm.create({ role: 'source', ramSize: RAM, vcpu: kind, workingSet: 1 << 20, dmaPagesPerSec: 2000, vfio: { stateSize: 1 << 20, dirtyRate: 256 << 10 } })
+    const dst = await MicroVm.create({ role: 'dest', ramSize: RAM, vcpu: kind, workingSet: 1 << 20, dmaPagesPerSec: 2000, vfio: { stateSize: 1 << 20, dirtyRate: 256 << 10 }, verifyBeforeStart: true })
+    t.teardown(async () => {
+      await src.destroy()
+      await dst.destroy()
+    })
+    t.equal(dst.vm.state, 'inmigrate')
+    await until('the guest to run', () => src.vcpuCounter() > 100n)
+    let address = ''
+    let listening!: () => void
+    const ready = new Promise<void>((r) => (listening = r))
+    const inc = incoming(dst, 'tcp:127.0.0.1:0', { onListening: (a) => { address = a; listening() } })
+    await ready
+    const stats = await migrate(src, address, { parameters: { maxBandwidth: 0 } })
+    const res = await inc
+    t.equal(stats.status, 'completed')
+    t.equal(res.status, 'completed')
+    t.equal(src.vm.state, 'postmigrate')
+    t.equal(stats.dirtyTracker, 'device-dma-logging')
+    const s = await src.verify()
+    const d = await dst.verificationBeforeStart()!
+    t.ok(s.checksumConsistent && d.checksumConsistent)
+    t.equal(d.ramDigest, s.ramDigest, 'RAM digest')
+    t.equal(d.deviceDigest, s.deviceDigest, 'device digest')
+    t.not(s.deviceDigest, '', 'there is a device')
+    t.equal(d.counter, s.counter, 'vCPU counter')
+    t.same(d.timer, s.timer, 'timer state')
+    t.equal(dst.vm.state, 'running')
+    await until('the destination guest to run', () => dst.vcpuCounter() > BigInt(d.counter))
+  })
+}
+
+t.test('soft vCPU', (t) => scenario(t, 'soft'))
+t.test('KVM vCPU', async (t) => {
+  const p = await kvmAvailable()
+  if (!p.available) {
+    t.skip(`KVM not usable here: ${p.reason}`)
+    return
+  }
+  await scenario(t, 'kvm')
+})
+
+t.test('device DMA reaches the RAM dirty bitmap through the tracker', async (t) => {
+  const m = await MicroVm.create({ role: 'source', ramSize: RAM, vcpu: 'soft', workingSet: 1 << 20, dmaPagesPerSec: 5000 })
+  t.teardown(() => m.destroy())
+  const win = { first: m.layout.dmaBase / PAGE_SIZE, end: (m.layout.dmaBase + m.layout.dmaSize) / PAGE_SIZE }
+  await m.startDirtyTracking()
+  t.equal(m.dirtyTrackerKind(), 'device-dma-logging')
+  const before = m.vcpu.memory.snapshot()
+  await sleep(300)
+  const bm = new DirtyBitmap(0, RAM)
+  await m.syncDmaDirty(bm)
+  const pages = [...bm.dirtyPages()]
+  t.ok(pages.length > 0, `DMA dirtied ${pages.length} pages`)
+  t.ok(pages.every((p) => p >= win.first && p < win.end), 'only pages of the DMA window')
+  const mem = m.vcpu.memory.bytes
+  const changed = pages.filter((p) => Buffer.compare(mem.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE), before.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)) !== 0)
+  t.ok(changed.length > 0, 'logged pages really changed')
+  // Every changed page of the window must be in the log (a missed page would be stale on the destination).
+  const bm2 = new DirtyBitmap(0, RAM)
+  await m.vm.vmStop('paused')
+  await m.syncDmaDirty(bm2)
+  for (let p = win.first; p < win.end; p++) {
+    const a = mem.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)
+    const b = before.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)
+    if (Buffer.compare(a, b) !== 0 && !bm.isDirty(p) && !bm2.isDirty(p)) {
+      t.fail(`page ${p} changed by DMA but was never reported`)
+      break
+    }
+  }
+  const vb = new DirtyBitmap(0, RAM)
+  await m.syncVcpuDirty(vb)
+  t.ok([...vb.dirtyPages()].every((p) => p < win.first), 'the vCPU log never covers the DMA window')
+  await m.stopDirtyTracking()
+})
+
+t.test('without device DMA logging every DMA page is dirty on every sync', async (t) => {
+  const m = await MicroVm.create({ role: 'source', ramSize: RAM, vcpu: 'soft', dmaPagesPerSec: 100, vfio: { dmaLogging: false } })
+  t.teardown(() => m.destroy())
+  await m.startDirtyTracking()
+  t.equal(m.dirtyTrackerKind(), 'none')
+  t.match(m.dirtyTracker!.reason, /no device DMA logging/)
+  for (let i = 0; i < 2; i++) {
+    const bm = new DirtyBitmap(0, RAM)
+    await m.syncDmaDirty(bm)
+    t.equal(bm.count(), m.layout.dmaSize / PAGE_SIZE, `sync ${i}: the whole window`)
+  }
+})
+
+t.test('no VFIO device: no DMA window, the workload gets the room', async (t) => {
+  const m = await MicroVm.create({ role: 'source', ramSize: RAM, vcpu: 'soft', vfio: false, autostart: false })
+  t.teardown(() => m.destroy())
+  t.equal(m.vm.state, 'prelaunch')
+  t.equal(m.layout.dmaSize, 0)
+  t.equal(m.emu, undefined)
+  t.equal(await m.deviceDigest(), '')
+  t.notOk(m.registry.entries().some((e) => e.idstr.endsWith('/vfio')))
+})
+
+t.test('bad options are refused with the option named', async (t) => {
+  await t.rejects(MicroVm.create({ role: 'x' as 'source', ramSize: RAM }), /role/)
+  await t.rejects(MicroVm.create({ role: 'source', ramSize: 3 << 20, vcpu: 'soft' }), /multiple of 2 MiB/)
+  await t.rejects(MicroVm.create({ role: 'source', ramSize: RAM, vcpu: 'soft', dmaPagesPerSec: -1 }), /dmaPagesPerSec/)
+  await t.rejects(MicroVm.create({ role: 'source', ramSize: RAM, vcpu: 'soft', workingSet: 1 }), /working set/)
+})
