@@ -1,0 +1,194 @@
+import t from 'tap'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { native } from '../../vmm/native/addon.js'
+import type { EmulatedDevice, EmulatedDeviceOptions } from '../../native/index.js'
+import { Vm } from '../../vmm/runstate/index.js'
+import { SaveVMRegistry } from '../../vmm/savevm/registry.js'
+import { VfioMigrationSet } from '../../vmm/vfio/vfio-set.js'
+import { listen } from '../../vmm/channel/connect.js'
+import {
+  migrate, incoming, OutgoingMigration, MigrationError, AutoConverge, thresholdBytes, expectedDowntimeMs,
+  type MigratableVm, type MigrationCapabilities,
+} from '../../vmm/migration/index.js'
+
+interface TestVm extends MigratableVm {
+  emus: EmulatedDevice[]
+  vfio: VfioMigrationSet
+  throttles: number[]
+}
+
+async function makeVm(role: 'source' | 'dest', devices: EmulatedDeviceOptions[], caps: Partial<MigrationCapabilities> = {}): Promise<TestVm> {
+  const vm = new Vm('prelaunch')
+  if (role === 'source') await vm.vmStart()
+  const registry = new SaveVMRegistry()
+  const vfio = new VfioMigrationSet(vm, registry, { switchoverAck: () => caps.switchoverAck ?? false })
+  const emus: EmulatedDevice[] = []
+  for (const [i, o] of devices.entries()) {
+    const emu = new native.EmulatedDevice({ name: `${role}${i}`, ...o })
+    emus.push(emu)
+    await vfio.add(emu.device(), { idstr: `dev${i}/vfio` })
+  }
+  const throttles: number[] = []
+  return { vm, registry, machine: 'test-1', vfio, emus, throttles, setThrottle: p => throttles.push(p) }
+}
+
+const tmp = () => mkdtempSync(join(tmpdir(), 'mig-'))
+
+async function pair(uri: string, src: TestVm, dst: TestVm, caps: Partial<MigrationCapabilities> = {}, params = {}) {
+  const l = await listen(uri)
+  const inc = incoming(dst, l, { capabilities: caps })
+  inc.catch(() => undefined).finally(() => void l.close())
+  const out = new OutgoingMigration(src, { capabilities: caps, parameters: { maxBandwidth: 0, ...params } })
+  const result = out.start(l.address)
+  result.catch(() => undefined)
+  return { out, inc, result, close: () => l.close() }
+}
+
+for (const uri of ['unix:SOCK', 'tcp:127.0.0.1:0']) {
+  t.test(`a VM with a VFIO device migrates over ${uri.split(':')[0]}`, async t => {
+    const u = uri.replace('SOCK', join(tmp(), 's'))
+    const src = await makeVm('source', [{ flags: 7, stateSize: 4 << 20, seed: 5 }])
+    const dst = await makeVm('dest', [{ flags: 7, stateSize: 4 << 20, seed: 6 }])
+    const before = await src.emus[0].digest()
+    const { result, inc } = await pair(u, src, dst)
+    const stats = await result
+    const r = await inc
+    t.equal(stats.status, 'completed')
+    t.equal(r.status, 'completed')
+    t.equal(await dst.emus[0].digest(), before, 'device state arrived byte-exact')
+    t.equal(dst.vm.state, 'running')
+    t.equal(dst.emus[0].state, 'RUNNING')
+    t.equal(src.vm.state, 'postmigrate')
+    t.equal(src.emus[0].state, 'STOP')
+    t.equal(stats.downtimeMeasured, true, 'downtime measured end to end over the return path')
+    t.ok(stats.downtime! >= 0)
+    t.ok(stats.transferred >= 4 << 20)
+    t.ok(stats.vfio?.source0.precopyBytes! > 0, 'pre-copy used')
+    t.ok(stats.iterations >= 1)
+  })
+}
+
+t.test('switchover-ack: the source waits for the destination before stopping', async t => {
+  const caps = { switchoverAck: true }
+  const src = await makeVm('source', [{ flags: 7, stateSize: 2 << 20 }], caps)
+  const dst = await makeVm('dest', [{ flags: 7, stateSize: 2 << 20 }], caps)
+  const { result, inc } = await pair(`unix:${join(tmp(), 's')}`, src, dst, caps)
+  const stats = await result
+  await inc
+  t.equal(stats.status, 'completed')
+  t.equal(await dst.emus[0].digest(), await src.emus[0].digest())
+})
+
+t.test('switchover-ack over a file channel is refused (no return path)', async t => {
+  const caps = { switchoverAck: true }
+  const src = await makeVm('source', [{ flags: 7, stateSize: 1 << 16 }], caps)
+  await t.rejects(migrate(src, `file:${join(tmp(), 'f')}`, { capabilities: caps }), /needs a return path/)
+  t.equal(src.vm.state, 'running')
+  t.equal(src.emus[0].state, 'RUNNING')
+})
+
+t.test('save to a file and restore from it', async t => {
+  const path = join(tmp(), 'vm.mig')
+  const src = await makeVm('source', [{ flags: 5, stateSize: 3 << 20, seed: 9 }])
+  const before = await src.emus[0].digest()
+  const stats = await migrate(src, `file:${path}`, { parameters: { maxBandwidth: 0 } })
+  t.equal(stats.status, 'completed')
+  t.equal(stats.downtimeMeasured, false, 'no return path: source-side downtime only')
+  const dst = await makeVm('dest', [{ flags: 5, stateSize: 3 << 20 }])
+  const r = await incoming(dst, `file:${path}`)
+  t.equal(r.status, 'completed')
+  t.equal(await dst.emus[0].digest(), before)
+  t.equal(dst.vm.state, 'running')
+})
+
+t.test('cancel during pre-copy: the source keeps running with its state', async t => {
+  // A device that keeps dirtying over a throttled link never converges by itself.
+  const src = await makeVm('source', [{ flags: 7, stateSize: 8 << 20, dirtyRate: 64 << 20 }])
+  const dst = await makeVm('dest', [{ flags: 7, stateSize: 8 << 20 }])
+  const { out, result, inc } = await pair(`unix:${join(tmp(), 's')}`, src, dst, {}, { maxBandwidth: 8 << 20, downtimeLimitMs: 1 })
+  const statuses: string[] = []
+  out.on('status', s => statuses.push(s))
+  await new Promise(r => setTimeout(r, 300))
+  out.cancel()
+  await t.rejects(result, { name: 'MigrationError', code: 'ECANCELED' })
+  await t.rejects(inc)
+  t.same(statuses.slice(-2), ['cancelling', 'cancelled'])
+  t.equal(src.vm.state, 'running')
+  t.equal(src.emus[0].state, 'RUNNING')
+  t.not(dst.vm.state, 'running')
+  t.not(dst.emus[0].state, 'RESUMING')
+})
+
+t.test('non-convergence is reported, and x-max-iterations gives up cleanly', async t => {
+  const src = await makeVm('source', [{ flags: 7, stateSize: 4 << 20, dirtyRate: 256 << 20 }])
+  const dst = await makeVm('dest', [{ flags: 7, stateSize: 4 << 20 }])
+  const { out, result, inc } = await pair(`unix:${join(tmp(), 's')}`, src, dst, { autoConverge: true },
+    { maxBandwidth: 4 << 20, downtimeLimitMs: 1, xMaxIterations: 6 })
+  let expected = 0
+  out.on('progress', s => { expected = Math.max(expected, s.expectedDowntime) })
+  const err = await result.then(() => null, e => e as MigrationError)
+  await inc.catch(() => undefined)
+  t.ok(err, 'failed')
+  t.match(err!.message, /did not converge in 6 iterations/)
+  t.ok(expected > 1, 'expected downtime above the limit was reported')
+  t.ok(src.throttles.length > 0 && src.throttles.at(-1) === 0, 'auto-converge throttled, then released the throttle')
+  t.equal(src.vm.state, 'running')
+  t.equal(src.emus[0].state, 'RUNNING')
+})
+
+t.test('a destination that cannot start the VM makes the source resume (nothing lost)', async t => {
+  const src = await makeVm('source', [{ flags: 7, stateSize: 1 << 20, seed: 1 }])
+  const dst = await makeVm('dest', [{ flags: 7, stateSize: 1 << 20 }])
+  const before = await src.emus[0].digest()
+  src.emus[0].corruptStreamByte(70000)
+  const { result, inc } = await pair(`unix:${join(tmp(), 's')}`, src, dst)
+  const err = await result.then(() => null, e => e as MigrationError)
+  t.ok(err)
+  t.match(err!.message, /destination|ECONNRESET|closed/)
+  t.equal(err!.stats?.status, 'failed')
+  await t.rejects(inc)
+  t.equal(src.vm.state, 'running', 'source resumed')
+  t.equal(src.emus[0].state, 'RUNNING')
+  t.equal(await src.emus[0].digest(), before)
+  t.not(dst.vm.state, 'running')
+  t.equal(dst.emus[0].state, 'RUNNING', 'destination device reset out of RESUMING')
+})
+
+t.test('blockers refuse before anything starts', async t => {
+  const src = await makeVm('source', [{ flags: 5 }, { flags: 5 }])
+  await t.rejects(migrate(src, `unix:${join(tmp(), 'nobody')}`), { code: 'EOPNOTSUPP', message: /P2P/ })
+  t.equal(src.vm.state, 'running')
+})
+
+t.test('bad parameters and capabilities are named', async t => {
+  const src = await makeVm('source', [])
+  t.throws(() => new OutgoingMigration(src, { parameters: { downtimeLimitMs: -1 } }), /downtime-limit/)
+  t.throws(() => new OutgoingMigration(src, { parameters: { maxCpuThrottle: 100 } }), /max-cpu-throttle/)
+  t.throws(() => new OutgoingMigration(src, { parameters: { bogus: 1 } as never }), /unknown migration parameter 'bogus'/)
+  t.throws(() => new OutgoingMigration(src, { capabilities: { postcopy: true } as never }), /unknown migration capability/)
+  t.throws(() => new OutgoingMigration(src, { capabilities: { autoConverge: 'yes' } as never }), /true or false/)
+  const m = new OutgoingMigration(src)
+  t.equal(m.parameters.downtimeLimitMs, 300, "QEMU's default downtime limit")
+  t.equal(m.parameters.maxBandwidth, 128 << 20, "QEMU's default max-bandwidth")
+  await t.rejects(migrate(src, 'bogus:x'), /URI|scheme|bogus/i)
+  t.equal(src.vm.state, 'running')
+  const paused = await makeVm('dest', [])
+  await t.rejects(migrate({ ...paused }, 'unix:/nonexistent/x'), /run state 'prelaunch'/)
+})
+
+t.test('the switchover and throttle rules on numbers', async t => {
+  t.equal(thresholdBytes({ pending: 0, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 0 }), 300000)
+  t.equal(thresholdBytes({ pending: 0, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 2000000 }), 600000)
+  t.equal(expectedDowntimeMs({ pending: 5000, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 0 }), 5)
+  t.equal(expectedDowntimeMs({ pending: 5000, bytesPerMs: 0, downtimeLimitMs: 300, availSwitchoverBandwidth: 0 }), Infinity)
+  const a = new AutoConverge({ cpuThrottleInitial: 20, cpuThrottleIncrement: 10, maxCpuThrottle: 35 })
+  t.equal(a.period(100, 1000), 0, 'dirtying slower than half the link: no throttle')
+  t.equal(a.period(600, 1000), 0, 'first high period')
+  t.equal(a.period(600, 1000), 20, 'second: initial throttle')
+  a.period(600, 1000)
+  t.equal(a.period(600, 1000), 30)
+  a.period(600, 1000)
+  t.equal(a.period(600, 1000), 35, 'capped at max-cpu-throttle')
+})

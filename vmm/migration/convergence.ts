@@ -1,0 +1,81 @@
+// The two decisions of the pre-copy loop, kept free of I/O so they can be
+// tested on numbers: when to switch over, and when to throttle the guest.
+
+/**
+ * Bytes per millisecond the link moved over a window, smoothed so one slow
+ * round (a GC pause, a busy core) does not swing the switchover decision.
+ */
+export class BandwidthMeter {
+  private rate = 0
+
+  /** Record `bytes` sent in `ms`; returns the current estimate (bytes/ms). */
+  sample(bytes: number, ms: number): number {
+    if (ms <= 0 || bytes <= 0) return this.rate
+    const r = bytes / ms
+    this.rate = this.rate === 0 ? r : 0.5 * this.rate + 0.5 * r
+    return this.rate
+  }
+
+  get bytesPerMs(): number {
+    return this.rate
+  }
+}
+
+export interface SwitchoverInput {
+  /** Bytes still to send. */
+  pending: number
+  /** Link estimate, bytes/ms (0 = unknown yet). */
+  bytesPerMs: number
+  downtimeLimitMs: number
+  /** User-set bandwidth for the switchover, bytes/s (0 = use the estimate). */
+  availSwitchoverBandwidth: number
+}
+
+/** The largest pending size that still fits in the downtime limit (QEMU's threshold_size). */
+export function thresholdBytes(i: SwitchoverInput): number {
+  const perMs = i.availSwitchoverBandwidth > 0 ? i.availSwitchoverBandwidth / 1000 : i.bytesPerMs
+  return perMs * i.downtimeLimitMs
+}
+
+/** What the downtime would be if the VM stopped now, ms. */
+export function expectedDowntimeMs(i: SwitchoverInput): number {
+  const perMs = i.availSwitchoverBandwidth > 0 ? i.availSwitchoverBandwidth / 1000 : i.bytesPerMs
+  if (i.pending === 0) return 0
+  return perMs > 0 ? i.pending / perMs : Number.POSITIVE_INFINITY
+}
+
+export interface ThrottleParams {
+  cpuThrottleInitial: number
+  cpuThrottleIncrement: number
+  maxCpuThrottle: number
+}
+
+/**
+ * QEMU's auto-converge rule (migration/ram.c, migration_trigger_throttle):
+ * when the guest dirtied more than half of what the link moved in a sync
+ * period, twice, raise the throttle (first to the initial value, then by the
+ * increment, up to the maximum).
+ */
+export class AutoConverge {
+  private highCount = 0
+  private percent = 0
+
+  constructor(private readonly p: ThrottleParams) {}
+
+  get throttle(): number {
+    return this.percent
+  }
+
+  /** One sync period: bytes dirtied and bytes sent in it. Returns the new throttle, percent. */
+  period(dirtied: number, sent: number): number {
+    if (dirtied > sent / 2) {
+      if (++this.highCount >= 2) {
+        this.highCount = 0
+        this.percent = this.percent === 0
+          ? Math.min(this.p.cpuThrottleInitial, this.p.maxCpuThrottle)
+          : Math.min(this.percent + this.p.cpuThrottleIncrement, this.p.maxCpuThrottle)
+      }
+    }
+    return this.percent
+  }
+}

@@ -1,0 +1,315 @@
+// The source side of a migration (QEMU's migration/migration.c): the status
+// machine, the pre-copy loop, the switchover, and the rule that a failed or
+// cancelled migration loses nothing: the VM and its devices run again.
+//
+// Beyond QEMU: the source keeps its stopped VM until the destination reports
+// that its VM runs (RESUME_OK on the return path). If the destination fails to
+// start — a device image its driver rejects, say — the source resumes instead
+// of leaving the guest dead in 'postmigrate'.
+import { connect } from '../channel/connect.js'
+import type { Channel } from '../channel/types.js'
+import { ReturnPathReader, RpMsg } from '../channel/return-path.js'
+import { MigStream } from '../stream/stream.js'
+import { SaveVM } from '../savevm/save.js'
+import { MigCmd } from '../savevm/constants.js'
+import { TypedEmitter } from '../runstate/emitter.js'
+import { AutoConverge, BandwidthMeter, expectedDowntimeMs, thresholdBytes } from './convergence.js'
+import { MigrationError } from './errors.js'
+import {
+  DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS, type MigratableVm, type MigrationCapabilities, type MigrationEvents,
+  type MigrationParameters, type MigrationStats, type MigrationStatus,
+} from './types.js'
+import { checkCapabilities, checkParameters } from './validate.js'
+
+export interface OutgoingOptions {
+  parameters?: Partial<MigrationParameters>
+  capabilities?: Partial<MigrationCapabilities>
+  signal?: AbortSignal
+}
+
+const now = () => performance.now()
+
+/** Channels that can carry the destination's messages back. */
+const duplex = (c: Channel) => c.kind === 'tcp' || c.kind === 'unix' || c.kind === 'memory'
+
+export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
+  readonly parameters: MigrationParameters
+  readonly capabilities: MigrationCapabilities
+  private st: MigrationStatus = 'none'
+  private f: MigStream | null = null
+  private t0 = 0
+  private setupTime = 0
+  private downtime: number | undefined
+  private downtimeMeasured = false
+  private expected = 0
+  private remaining = 0
+  private mbps = 0
+  private dirtyRate = 0
+  private iterations = 0
+  private throttle = 0
+  private cancelRequested = false
+  private error: string | undefined
+  private acked = false
+  private ackWaiters: (() => void)[] = []
+  private resumed: { ok: boolean; at: number; errno?: number } | null = null
+  private resumeWaiters: (() => void)[] = []
+  private rpClosed = false
+
+  constructor(readonly machine: MigratableVm, opts: OutgoingOptions = {}) {
+    super()
+    this.parameters = checkParameters({ ...DEFAULT_PARAMETERS, ...opts.parameters })
+    this.capabilities = checkCapabilities({ ...DEFAULT_CAPABILITIES, ...opts.capabilities })
+    opts.signal?.addEventListener('abort', () => this.cancel(), { once: true })
+  }
+
+  get status(): MigrationStatus {
+    return this.st
+  }
+
+  private set(s: MigrationStatus): void {
+    if (this.st === s) return
+    this.st = s
+    this.emit('status', s)
+  }
+
+  /** Cancel at any moment; `start` then rejects after the source runs again. */
+  cancel(): void {
+    if (this.st === 'completed' || this.st === 'failed' || this.st === 'cancelled') return
+    this.cancelRequested = true
+    if (this.st !== 'none') this.set('cancelling')
+    this.f?.shutdown('migration cancelled')
+    this.wakeAll()
+  }
+
+  stats(): MigrationStats {
+    const f = this.f
+    return {
+      status: this.st,
+      totalTime: this.t0 ? Math.round(now() - this.t0) : 0,
+      setupTime: Math.round(this.setupTime),
+      downtime: this.downtime === undefined ? undefined : Math.round(this.downtime * 1000) / 1000,
+      downtimeMeasured: this.downtime === undefined ? undefined : this.downtimeMeasured,
+      expectedDowntime: Number.isFinite(this.expected) ? Math.round(this.expected) : -1,
+      transferred: f?.transferred ?? 0,
+      remaining: this.remaining,
+      mbps: Math.round(this.mbps * 100) / 100,
+      dirtyPagesRate: Math.round(this.dirtyRate),
+      iterations: this.iterations,
+      cpuThrottlePercentage: this.throttle,
+      vfio: this.machine.vfio ? this.machine.vfio.stats() : undefined,
+      dirtyTracker: this.machine.dirtyTrackerKind?.(),
+      error: this.error,
+    }
+  }
+
+  private checkCancel(): void {
+    if (this.cancelRequested) throw new MigrationError('migration cancelled', 'ECANCELED')
+  }
+
+  private wakeAll(): void {
+    for (const w of this.ackWaiters.splice(0)) w()
+    for (const w of this.resumeWaiters.splice(0)) w()
+  }
+
+  /** Read the destination's messages until the path closes. */
+  private async returnPath(f: MigStream): Promise<void> {
+    const rp = new ReturnPathReader(f)
+    try {
+      for (;;) {
+        const m = await rp.next()
+        if (!m) break
+        if (m.type === RpMsg.SWITCHOVER_ACK) {
+          this.acked = true
+        } else if (m.type === RpMsg.RESUME_OK) {
+          this.resumed = { ok: true, at: now() }
+        } else if (m.type === RpMsg.SHUT) {
+          const errno = m.data.length >= 4 ? m.data.readUInt32BE(0) : 0
+          this.resumed = { ok: errno === 0, at: now(), errno }
+          if (errno !== 0) f.setError(new MigrationError(`destination failed (errno ${errno})`, 'EREMOTEIO'), 'return path')
+        }
+        this.wakeAll()
+      }
+    } catch {
+      // The stream's error is what the main loop reports.
+    }
+    this.rpClosed = true
+    this.wakeAll()
+  }
+
+  private waitFor(ready: () => boolean, list: (() => void)[], timeoutMs: number, what: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const finish = (err?: Error) => {
+        clearTimeout(timer)
+        if (err) reject(err)
+        else resolve()
+      }
+      const check = () => {
+        if (this.cancelRequested) return finish(new MigrationError('migration cancelled', 'ECANCELED'))
+        if (ready()) return finish()
+        const fe = this.f?.error
+        if (fe) return finish(new MigrationError(`${what}: ${fe.message}`, fe.code ?? 'EIO', { cause: fe }))
+        if (this.rpClosed) return finish(new MigrationError(`${what}: the destination closed the connection`, 'ECONNRESET'))
+        list.push(check)
+      }
+      const timer = setTimeout(() => finish(new MigrationError(`${what}: no answer in ${timeoutMs} ms`, 'ETIMEDOUT')), timeoutMs)
+      check()
+    })
+  }
+
+  /**
+   * Run the migration to `uri` (or an open channel). Resolves the final stats
+   * with status 'completed'; rejects with a MigrationError (stats attached)
+   * once the source VM and its devices run again.
+   */
+  async start(target: string | Channel): Promise<MigrationStats> {
+    if (this.st !== 'none') throw new MigrationError(`migration already ${this.st}`, 'EBUSY')
+    const { vm, registry } = this.machine
+    this.t0 = now()
+    this.set('setup')
+    const p = this.parameters
+    const blockers = this.machine.vfio?.blockers() ?? []
+    if (blockers.length) {
+      this.error = blockers.join('; ')
+      this.set('failed')
+      throw new MigrationError(`migration blocked: ${this.error}`, 'EOPNOTSUPP', { stats: this.stats() })
+    }
+    if (vm.state !== 'running' && vm.state !== 'paused') {
+      this.error = `VM is ${vm.state}`
+      this.set('failed')
+      throw new MigrationError(`cannot migrate a VM in run state '${vm.state}'`, 'EINVAL', { stats: this.stats() })
+    }
+    const wasRunning = vm.state === 'running'
+    let save: SaveVM | null = null
+    let rpDone: Promise<void> | null = null
+    let stoppedAt = 0
+    const auto = new AutoConverge(p)
+    try {
+      const channel = typeof target === 'string' ? await connect(target) : target
+      const f = (this.f = new MigStream(channel, { maxBandwidth: p.maxBandwidth }))
+      this.checkCancel()
+      save = new SaveVM(f, registry, { machine: this.machine.machine })
+      await save.prepare()
+      await save.header()
+      const rp = duplex(channel)
+      if (rp) {
+        await save.command(MigCmd.OPEN_RETURN_PATH)
+        rpDone = this.returnPath(f)
+      } else if (this.capabilities.switchoverAck) {
+        throw new MigrationError(`switchover-ack needs a return path; ${channel.kind} channels have none`, 'EINVAL')
+      }
+      await save.setup()
+      this.checkCancel()
+      this.setupTime = now() - this.t0
+      this.set('active')
+
+      // ---- pre-copy ----
+      const meter = new BandwidthMeter()
+      let lastSyncPending = -1
+      let sentSinceSync = 0
+      let lastSyncAt = now()
+      for (;;) {
+        this.checkCancel()
+        const roundStart = now()
+        const before = f.transferred
+        const done = await save.iterate()
+        const sent = f.transferred - before
+        sentSinceSync += sent
+        const bw = meter.sample(sent, now() - roundStart)
+        this.mbps = (bw * 1000 * 8) / 1e6
+        let pending = save.pendingEstimate().precopyOnly
+        const input = { pending, bytesPerMs: bw, downtimeLimitMs: p.downtimeLimitMs, availSwitchoverBandwidth: p.availSwitchoverBandwidth }
+        if (done || pending <= thresholdBytes(input)) {
+          pending = (await save.pendingExact()).precopyOnly
+          this.iterations++
+          const t = now()
+          if (lastSyncPending >= 0) {
+            const dirtied = Math.max(0, pending - Math.max(0, lastSyncPending - sentSinceSync))
+            this.dirtyRate = (dirtied / 4096) / Math.max(0.001, (t - lastSyncAt) / 1000)
+            if (this.capabilities.autoConverge) {
+              const th = auto.period(dirtied, sentSinceSync)
+              if (th !== this.throttle) {
+                this.throttle = th
+                this.machine.setThrottle?.(th)
+              }
+            }
+          }
+          lastSyncPending = pending
+          sentSinceSync = 0
+          lastSyncAt = t
+          input.pending = pending
+          this.remaining = pending
+          this.expected = expectedDowntimeMs(input)
+          const fits = bw > 0 || p.availSwitchoverBandwidth > 0 ? pending <= thresholdBytes(input) : pending === 0
+          if (fits && (!this.capabilities.switchoverAck || this.acked)) break
+        } else {
+          this.remaining = pending
+          this.expected = expectedDowntimeMs(input)
+        }
+        this.emit('progress', this.stats())
+        if (p.xMaxIterations > 0 && this.iterations >= p.xMaxIterations) {
+          throw new MigrationError(
+            `did not converge in ${this.iterations} iterations: expected downtime ${Math.round(this.expected)} ms > limit ${p.downtimeLimitMs} ms`,
+            'ETIMEDOUT')
+        }
+        if (f.rateLimitExceeded()) await f.throttle()
+        else if (sent === 0) await new Promise(r => setTimeout(r, 5)) // nothing to send now: let the guest run
+      }
+
+      // ---- switchover ----
+      this.set('device')
+      stoppedAt = now()
+      await vm.vmStopForceState('finish-migrate')
+      this.checkCancel()
+      await save.switchoverStart()
+      await save.complete()
+      await save.nonIterable()
+      await save.finish()
+      this.remaining = 0
+      if (rp) {
+        await this.waitFor(() => this.resumed !== null, this.resumeWaiters, p.xResumeTimeoutMs, 'waiting for the destination to resume')
+        if (!this.resumed!.ok) throw new MigrationError(`destination failed to start the VM (errno ${this.resumed!.errno})`, 'EREMOTEIO')
+        this.downtime = this.resumed!.at - stoppedAt
+        this.downtimeMeasured = true
+      } else {
+        this.downtime = now() - stoppedAt
+        this.downtimeMeasured = false
+      }
+      await f.close()
+      await save.cleanup()
+      if (this.throttle) this.machine.setThrottle?.(0)
+      vm.runstateSet('postmigrate')
+      this.set('completed')
+      const s = this.stats()
+      this.emit('progress', s)
+      return s
+    } catch (e) {
+      const cancelled = this.cancelRequested
+      this.error = (e as Error).message
+      this.f?.shutdown(cancelled ? 'migration cancelled' : 'migration failed')
+      await this.f?.close().catch(() => undefined)
+      if (save) await save.cleanup()
+      if (this.throttle) this.machine.setThrottle?.(0)
+      this.throttle = 0
+      let resumeError: unknown
+      if (wasRunning && vm.state !== 'running') {
+        try {
+          await vm.vmStart()
+        } catch (re) {
+          resumeError = re
+        }
+      }
+      this.set(cancelled ? 'cancelled' : 'failed')
+      const err = e instanceof MigrationError ? e : new MigrationError(this.error, (e as { code?: string }).code ?? 'EIO', { cause: e })
+      err.stats = this.stats()
+      if (resumeError) err.message += `; resuming the source failed too: ${(resumeError as Error).message}`
+      throw err
+    } finally {
+      if (rpDone) await rpDone
+    }
+  }
+}
+
+/** Run one outgoing migration; see OutgoingMigration.start. */
+export function migrate(machine: MigratableVm, uri: string | Channel, opts: OutgoingOptions = {}): Promise<MigrationStats> {
+  return new OutgoingMigration(machine, opts).start(uri)
+}
