@@ -19,6 +19,8 @@ export type DirtySource = (into: DirtyBitmap) => Promise<void>
 const MAX_ITERATE_MS = 50
 /** Pages between clock reads in the send loop. */
 const CLOCK_EVERY = 64
+/** The dirty rate is measured over periods of at least this long (QEMU's migration_bitmap_sync). */
+const RATE_PERIOD_MS = 1000
 
 export interface RamSaveStats {
   /** Pages sent with their bytes. */
@@ -31,7 +33,7 @@ export interface RamSaveStats {
   dirtySyncCount: number
   /** Pages the sources reported at the last sync. */
   dirtyPagesLastSync: number
-  /** Pages per second reported between the last two syncs. */
+  /** Pages per second the sources reported, over the last period of >= 1 s (0 until one has passed). */
   dirtyPagesRate: number
   /** Bytes still dirty (not yet sent). */
   remaining: number
@@ -46,7 +48,8 @@ export class RamSaver {
   private lastSent: RamBlock | null = null
   private cursorBlock = 0
   private cursorPage = 0
-  private lastSyncAt = 0
+  private periodStart = 0
+  private periodPages = 0
   readonly stats: RamSaveStats = RamSaver.emptyStats()
 
   constructor(
@@ -72,7 +75,8 @@ export class RamSaver {
     this.dirty = this.layout.totalPages
     this.lastSent = null
     this.cursorBlock = this.cursorPage = 0
-    this.lastSyncAt = 0
+    this.periodStart = this.now()
+    this.periodPages = 0
     // Starts every source's log afresh; what it reports is already marked.
     await this.sync()
     const before = f.transferred
@@ -98,10 +102,15 @@ export class RamSaver {
       reported += scratch.countRange(b.firstPage, b.pages)
       this.dirty += scratch.mergeInto(send, b.firstPage, b.pages)
     }
-    const t = this.now()
     const s = this.stats
-    if (s.dirtySyncCount > 0 && t > this.lastSyncAt) s.dirtyPagesRate = Math.round(reported * 1000 / (t - this.lastSyncAt))
-    this.lastSyncAt = t
+    // The setup sync only starts the logs: what it reports predates the migration.
+    if (s.dirtySyncCount > 0) this.periodPages += reported
+    const t = this.now()
+    if (t - this.periodStart >= RATE_PERIOD_MS) {
+      s.dirtyPagesRate = Math.round(this.periodPages * 1000 / (t - this.periodStart))
+      this.periodStart = t
+      this.periodPages = 0
+    }
     s.dirtySyncCount++
     s.dirtyPagesLastSync = reported
     s.remaining = this.dirty * RAM_PAGE_SIZE
