@@ -111,3 +111,37 @@ t.test('the ram section comes first in the whole stream', async t => {
   t.equal(again.reg.entries()[0].idstr, 'ram', 'saved before a priority-5 live device')
   t.equal(src.reg.find('ram', 0), undefined, 'unregister removes the section')
 })
+
+t.test('a round stops at the rate limit; cleanup then a second migration starts over', async t => {
+  const { FakeClock } = await import('../../vmm/stream/clock.js')
+  const { trackerDirtySource } = await import('../../vmm/ram/index.js')
+  const pages = 256
+  const mem = guestRam(pages, 1000) // page 0 zero, the rest random
+  let syncs = 0
+  const tracker = { kind: 'none', reason: 'test', start: async () => {}, stop: async () => {}, sync: async (into: { markPage(i: number): void }) => { syncs++; into.markPage(7) } }
+  const src = side([{ name: 'pc.ram', memory: mem }], [trackerDirtySource(tracker as never)])
+  const h = src.ram.entry.handlers
+  for (const attempt of [1, 2]) {
+    const clock = new FakeClock()
+    const [x, y] = memoryPair(1 << 24)
+    const drained = drain(y)
+    // 10 pages' worth per 100 ms window.
+    const f = new MigStream(x, { clock, maxBandwidth: 100 * PAGE })
+    await h.saveSetup!(f)
+    t.equal(src.ram.remainingBytes, pages * PAGE, `attempt ${attempt}: the bulk stage marks every page`)
+    t.equal(await h.saveLiveIterate!(f), false, 'the budget runs out before the RAM does')
+    const sent = src.ram.stats().normalPages + src.ram.stats().zeroPages
+    t.ok(sent >= 10 && sent <= 12, `one window's worth went out (${sent} pages)`)
+    t.equal(src.ram.remainingBytes, (pages - sent) * PAGE)
+    clock.advance(100 * 300)
+    while (!(await h.saveLiveIterate!(f))) clock.advance(100 * 300)
+    await h.saveComplete!(f)
+    t.equal(src.ram.stats().remaining, 0)
+    t.equal(src.ram.stats().normalPages + src.ram.stats().zeroPages, pages + 1, 'page 7, dirty at the final sync, went twice')
+    await h.saveCleanup!()
+    await f.flush()
+    await x.endWrites()
+    await drained
+  }
+  t.equal(syncs, 4, 'setup and complete synced the tracker, twice')
+})
