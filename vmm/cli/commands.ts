@@ -17,13 +17,16 @@ export interface Out {
 export function consoleOut(): Out {
   const tty = process.stderr.isTTY === true
   let live = false
+  let lastPlain = 0
   return {
     line: (s) => process.stdout.write(`${s}\n`),
     progress: (s) => {
       if (tty) {
         process.stderr.write(`\r${s.slice(0, (process.stderr.columns || 120) - 1)}\x1b[K`)
         live = true
-      } else {
+      } else if (performance.now() - lastPlain >= 1000) {
+        // A log, not a screen: one line a second is enough to follow along.
+        lastPlain = performance.now()
         process.stderr.write(`${s}\n`)
       }
     },
