@@ -1,0 +1,48 @@
+/**
+ * vmm-migration: live migration for userspace VMMs.
+ *
+ * The surface a VMM author needs:
+ * - run state and change-state notifiers: {@link Vm};
+ * - the table of migratable state: {@link SaveVMRegistry} (live handlers with
+ *   QEMU's roles, or declarative {@link VMStateDescription}s);
+ * - guest RAM in QEMU's RAM format: {@link registerRam};
+ * - VFIO devices (migration protocol v2): {@link VfioMigrationSet} over the
+ *   native {@link Device} (kernel) or {@link EmulatedDevice};
+ * - the migration itself: {@link migrate} / {@link incoming}, or
+ *   {@link OutgoingMigration} for progress events and cancel.
+ *
+ * See docs/embedding.md and examples/embed.ts.
+ */
+export { Vm, TransitionError, InvalidTransitionError, RUN_STATES } from './runstate/index.js'
+export type { RunState, ChangeStateHandler, ChangeStateCallback, VmEvents } from './runstate/index.js'
+
+export { SaveVMRegistry, SaveVM, loadvm, LoadError, SaveError } from './savevm/index.js'
+export type { SaveVMHandlers, RegisterOptions, SaveStateEntry, PendingSize, LoadHandlerContext } from './savevm/index.js'
+export type { VMStateDescription, VMStateField, State } from './vmstate/index.js'
+
+export { MigStream, StreamError } from './stream/index.js'
+export { connect, listen, parseUri } from './channel/index.js'
+export type { Channel, Listener } from './channel/index.js'
+
+export { registerRam } from './ram/index.js'
+
+export {
+  VfioMigrationSet, VfioDeviceMigration, VfioMigrationError, VfioDeviceBrokenError, DirtyBitmap, startDirtyTracker,
+  VFIO_TRACE_CHANNEL,
+} from './vfio/index.js'
+export type { DeviceState, VfioDeviceStats, VfioTraceEvent, DirtyTracker, DmaMapping } from './vfio/index.js'
+
+export {
+  migrate, incoming, OutgoingMigration, MigrationError, DEFAULT_PARAMETERS, DEFAULT_CAPABILITIES,
+} from './migration/index.js'
+export type {
+  MigratableVm, MigrationParameters, MigrationCapabilities, MigrationStats, MigrationStatus, IncomingResult,
+} from './migration/index.js'
+
+export { MicroVm } from './microvm/index.js'
+
+import { native } from './native/addon.js'
+/** The native VFIO classes: kernel objects and the emulated device. */
+export const { Container, Group, Device, DataFd, EmulatedDevice } = native
+export type { Container as VfioContainer, Group as VfioGroup, Device as VfioDevice, DataFd as VfioDataFd } from '../native/index.js'
+export type { EmulatedDeviceOptions } from '../native/index.js'
