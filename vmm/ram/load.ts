@@ -74,7 +74,8 @@ export class RamLoader {
             if (!isZeroPage(b.memory, addr)) b.memory.fill(0, addr, addr + RAM_PAGE_SIZE)
             this.stats.zeroPages++
           } else {
-            if (!(await f.readInto(b.memory.subarray(addr, addr + RAM_PAGE_SIZE)))) await need(f, RAM_PAGE_SIZE, 'ram', 'page data')
+            if (f.available < RAM_PAGE_SIZE) await need(f, RAM_PAGE_SIZE, 'ram', 'page data')
+            b.memory.set(f.view(RAM_PAGE_SIZE), addr)
             this.stats.normalPages++
           }
           break
