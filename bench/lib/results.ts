@@ -1,0 +1,34 @@
+// The shape of bench/results/*.json: everything the run measured, with the
+// machine it ran on, so figures from different runs are never mixed up.
+import type { Summary } from './stats.js'
+import type { Skip } from './context.js'
+import type { RamRow } from '../sections/ram.js'
+import type { DeviceThroughputRow, DowntimePoint } from '../sections/device.js'
+import type { LiveRow } from '../sections/live.js'
+import type { CallResults } from '../sections/calls.js'
+
+export interface MachineInfo {
+  cpu: string
+  cores: number
+  memGiB: number
+  kernel: string
+  node: string
+  qemu?: string
+  kvm: string
+}
+
+export interface BenchResults {
+  bench: 'vmm-migration'
+  quick: boolean
+  date: string
+  durationS: number
+  repeats: number
+  machine: MachineInfo
+  limits: { memcpyMiBps?: Summary }
+  ram: RamRow[]
+  device: { throughput: DeviceThroughputRow[]; downtime: DowntimePoint[] }
+  live: LiveRow[]
+  calls?: CallResults
+  skipped: Skip[]
+  errors: string[]
+}
