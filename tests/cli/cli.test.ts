@@ -68,6 +68,7 @@ t.test('arguments', async (t) => {
   t.match(p.options, { ram: 64 << 20, vcpu: 'soft', downtimeLimitMs: 50, maxBandwidth: 0, switchoverAck: true, autoConverge: true, deviceState: 16 << 20, dirtyRate: 2 << 20, json: true })
   t.same(p.given[0], ['--ram', '64M'])
   t.same(p.given[1], ['--vcpu', 'soft'])
+  t.equal(parseArgs(['restore', 'file:/x', '--no-verify']).options.noVerify, true)
   const bad: [string[], RegExp][] = [
     [['demo', '--bogus'], /unknown option --bogus/],
     [['demo', '--ram'], /--ram needs a value/],
@@ -164,6 +165,11 @@ t.test('save to a file, analyze it, restore it', async (t) => {
   const hr = await inProcess(['restore', `file:${file2}`, '--ram', '8M', '--vcpu', 'soft', '--device-state', '0', '--run-after', '0'])
   t.equal(hr.code, 0)
   t.match(hr.stdout, /reading file:[\s\S]*incoming migration completed[\s\S]*checksum after run +matches RAM/)
+  const nv = await inProcess(['restore', `file:${file2}`, '--ram', '8M', '--vcpu', 'soft', '--device-state', '0', '--no-verify', '--json'])
+  t.equal(nv.code, 0)
+  const nvr = JSON.parse(nv.stdout) as { loaded?: unknown; counterAtStart: string; counterAfter: string }
+  t.equal(nvr.loaded, undefined, '--no-verify: no hashing before the start')
+  t.ok(BigInt(nvr.counterAfter) > BigInt(nvr.counterAtStart))
   t.equal((await inProcess(['--help'])).code, 0)
 
   // Broken files: truncated, and not a stream at all.

@@ -52,6 +52,8 @@ export interface Options {
   events: boolean
   /** Device without DMA logging (forces the "no tracker" fallback). */
   noDmaLogging: boolean
+  /** Destination: skip hashing RAM and device before the first start (it adds to the downtime). */
+  noVerify: boolean
 }
 
 export const DEFAULT_OPTIONS: Readonly<Options> = Object.freeze({
@@ -70,6 +72,7 @@ export const DEFAULT_OPTIONS: Readonly<Options> = Object.freeze({
   json: false,
   events: false,
   noDmaLogging: false,
+  noVerify: false,
 })
 
 export interface Parsed {
@@ -107,6 +110,7 @@ const FLAGS: Record<string, (o: Options) => void> = {
   '--json': (o) => (o.json = true),
   '--events': (o) => (o.events = true),
   '--no-dma-logging': (o) => (o.noDmaLogging = true),
+  '--no-verify': (o) => (o.noVerify = true),
 }
 
 export function parseArgs(argv: readonly string[]): Parsed {
@@ -184,6 +188,7 @@ options (defaults in brackets):
   --working-set SIZE      RAM the vCPU keeps dirtying [8M]
   --run MS                source runs this long before migrating [500]
   --run-after MS          destination runs this long after loading before it exits [300]
+  --no-verify             incoming/restore: do not hash RAM and device before the VM starts (shorter downtime)
   --json                  machine-readable output
   -h, --help              this text
 `

@@ -33,7 +33,7 @@ const CHILD_TIMEOUT_MS = 120_000
 
 /** Options for the child: everything given except what only the source uses. */
 function childArgs(p: Parsed, vcpu: string): string[] {
-  const skip = new Set(['--json', '--vcpu', '--run', '--events'])
+  const skip = new Set(['--json', '--vcpu', '--run', '--events', '--no-verify'])
   const rest = p.given.filter(([name]) => !skip.has(name!)).flat()
   return ['incoming', 'tcp:127.0.0.1:0', '--events', '--vcpu', vcpu, ...rest]
 }
@@ -112,6 +112,7 @@ class Child {
 
 export function compare(src: Verification, dst: IncomingReport, runAfterMs: number): Check[] {
   const l = dst.loaded
+  if (!l) return [{ name: 'destination verification', ok: false, destination: 'missing' }]
   return [
     { name: 'RAM digest at switchover', ok: src.ramDigest === l.ramDigest, source: src.ramDigest, destination: l.ramDigest },
     { name: 'device digest at switchover', ok: src.deviceDigest === l.deviceDigest, source: src.deviceDigest, destination: l.deviceDigest },
@@ -138,6 +139,7 @@ export async function cmdDemo(p: Parsed, out: Out, signal?: AbortSignal): Promis
     await vm.destroy()
     const done = await child.next('completed')
     const destination = done.report as IncomingReport
+    if (!destination?.loaded) throw new Error('destination reported no verification')
     const code = await child.exit()
     const checks = compare(verification, destination, o.runAfterMs)
     if (code !== 0) checks.push({ name: 'destination exit status', ok: false, destination: String(code) })
@@ -148,7 +150,7 @@ export async function cmdDemo(p: Parsed, out: Out, signal?: AbortSignal): Promis
     } else {
       out.line(`\nmigration ${stats.status}\n${table(statsRows(stats))}`)
       out.line(`\nsource at switchover (VM stopped)\n${table(verificationRows(verification))}`)
-      out.line(`\ndestination after load, before its vCPU started (verification hashing took ${destination.loaded.hashMs.toFixed(0)} ms of its start-up)\n${table(verificationRows(destination.loaded))}`)
+      out.line(`\ndestination after load, before its vCPU started (verification hashing took ${destination.loaded!.hashMs.toFixed(0)} ms of its start-up)\n${table(verificationRows(destination.loaded!))}`)
       out.line('\nchecks')
       for (const c of checks) out.line(`  ${c.ok ? 'ok  ' : 'FAIL'}  ${c.name}${c.ok ? '' : `: source ${c.source ?? '-'}, destination ${c.destination ?? '-'}`}`)
       out.line(ok ? '\nthe guest arrived intact and keeps running on the destination' : '\nthe destination does NOT match the source')
