@@ -177,6 +177,13 @@ t.test('save to a file, analyze it, restore it', async (t) => {
   writeFileSync(cut, readFileSync(file))
   truncateSync(cut, Math.floor(statSync(file).size / 2))
   await t.rejects(analyzeFile(cut), AnalyzeError)
+  // A footer that does not follow the section: the timer's payload is 1 byte short of where the footer is.
+  const foot = join(dir, 'foot.sav')
+  const img = readFileSync(file)
+  const hdr = 1 + 4 + 1 + 'microvm-timer'.length + 4 + 4
+  img[timer.offset + hdr + timer.size] = 0x00
+  writeFileSync(foot, img)
+  await t.rejects(analyzeFile(foot), /'microvm-timer' .* is not followed by its footer/)
   const junk = join(dir, 'junk')
   writeFileSync(junk, 'hello world, not a migration')
   await t.rejects(analyzeFile(junk), /not a migration stream/)
