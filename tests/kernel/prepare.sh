@@ -23,6 +23,11 @@ log() { echo "kernel-lane: $*" >&2; }
 skip() { echo "SKIPPED: $*"; exit 77; }
 die() { echo "kernel-lane: error: $*" >&2; exit 1; }
 
+# The guest mounts a fresh tmpfs on /tmp, hiding the host's: a cache there
+# would leave the guest without the probe it runs.
+case $(realpath -m "$CACHE")/ in
+/tmp/*) die "KERNEL_LANE_CACHE=$CACHE is under /tmp, which the guest cannot see (it gets its own tmpfs there); pick a folder elsewhere" ;;
+esac
 mkdir -p "$CACHE/debs"
 # Two lanes preparing at once (engineers share this machine) would trample
 # each other's extraction: one at a time.

@@ -23,6 +23,7 @@ test('the C probe reproduces the committed mtty transcript', () => {
   const args = [`/dev/vfio/${env.a.group}`, env.a.uuid, `/dev/vfio/${env.b.group}`, env.b.uuid];
   if (env.skipFix) args.push('--skip-fix');
   const r = spawnSync(env.probe, args, { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.error, undefined, `mtty_probe did not run (${env.probe}): ${r.error?.message}`);
   assert.equal(r.status, 0, `mtty_probe failed (status ${r.status}): ${r.stderr}`);
   const got = JSON.parse(r.stdout).map(strip);
   const want = reference.records.map(strip);
