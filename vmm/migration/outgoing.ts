@@ -207,14 +207,25 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       let lastSyncPending = -1
       let sentSinceSync = 0
       let lastSyncAt = now()
+      // The link's rate is measured over wall-clock time, throttle waits
+      // included: a round that only fills socket buffers says nothing about
+      // how fast bytes leave, and an optimistic estimate would stop the VM
+      // too early and break the downtime limit.
+      let sampleAt = now()
+      let sampleBytes = f.transferred
       for (;;) {
         this.checkCancel()
-        const roundStart = now()
         const before = f.transferred
         const done = await save.iterate()
         const sent = f.transferred - before
         sentSinceSync += sent
-        const bw = meter.sample(sent, now() - roundStart)
+        await f.flush()
+        const t = now()
+        const bw = t - sampleAt >= 20 || done ? meter.sample(f.transferred - sampleBytes, t - sampleAt) : meter.bytesPerMs
+        if (t - sampleAt >= 20 || done) {
+          sampleAt = t
+          sampleBytes = f.transferred
+        }
         this.mbps = (bw * 1000 * 8) / 1e6
         let pending = save.pendingEstimate().precopyOnly
         const input = { pending, bytesPerMs: bw, downtimeLimitMs: p.downtimeLimitMs, availSwitchoverBandwidth: p.availSwitchoverBandwidth }
