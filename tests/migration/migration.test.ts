@@ -192,3 +192,22 @@ t.test('the switchover and throttle rules on numbers', async t => {
   a.period(600, 1000)
   t.equal(a.period(600, 1000), 35, 'capped at max-cpu-throttle')
 })
+
+t.test('capabilities are checked on both ends through the configuration section', async t => {
+  for (const [srcCaps, dstCaps, msg] of [
+    [{ switchoverAck: true }, {}, /capability 'switchover-ack' is on at the source but off here/],
+    [{}, { switchoverAck: true }, /capability 'switchover-ack' is on here but off at the source/],
+  ] as const) {
+    const src = await makeVm('source', [{ flags: 7, stateSize: 1 << 16 }], srcCaps)
+    const dst = await makeVm('dest', [{ flags: 7, stateSize: 1 << 16 }], dstCaps)
+    const l = await listen(`unix:${join(tmp(), 's')}`)
+    const inc = incoming(dst, l, { capabilities: dstCaps })
+    const out = migrate(src, l.address, { capabilities: srcCaps, parameters: { maxBandwidth: 0 } })
+    await t.rejects(inc, msg)
+    await t.rejects(out)
+    void l.close()
+    t.equal(src.vm.state, 'running')
+    t.equal(src.emus[0].state, 'RUNNING')
+    t.not(dst.vm.state, 'running')
+  }
+})

@@ -8,7 +8,7 @@ import { MigStream } from '../stream/stream.js'
 import { loadvm } from '../savevm/load.js'
 import { MigrationError } from './errors.js'
 import { DEFAULT_CAPABILITIES, type MigratableVm, type MigrationCapabilities } from './types.js'
-import { checkCapabilities } from './validate.js'
+import { checkCapabilities, validatedCapabilities } from './validate.js'
 
 export interface IncomingOptions {
   capabilities?: Partial<MigrationCapabilities>
@@ -32,7 +32,6 @@ const errnoOf = (e: unknown) => Math.abs(Number((e as { errno?: number }).errno)
 /** Accept one incoming migration on `source` (a URI, a Listener, or an accepted channel) into `machine`. */
 export async function incoming(machine: MigratableVm, source: string | Listener | Channel, opts: IncomingOptions = {}): Promise<IncomingResult> {
   const caps = checkCapabilities({ ...DEFAULT_CAPABILITIES, ...opts.capabilities })
-  void caps
   const { vm, registry } = machine
   if (vm.state !== 'inmigrate' && vm.state !== 'prelaunch') {
     throw new MigrationError(`cannot receive a migration into a VM in run state '${vm.state}'`, 'EINVAL')
@@ -61,6 +60,7 @@ export async function incoming(machine: MigratableVm, source: string | Listener 
   try {
     const res = await loadvm(f, registry, {
       machine: machine.machine,
+      capabilities: validatedCapabilities(caps),
       onSwitchoverAck: rp ? () => rp.switchoverAck() : undefined,
     })
     const loaded = performance.now()

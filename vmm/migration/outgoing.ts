@@ -19,7 +19,7 @@ import {
   DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS, type MigratableVm, type MigrationCapabilities, type MigrationEvents,
   type MigrationParameters, type MigrationStats, type MigrationStatus,
 } from './types.js'
-import { checkCapabilities, checkParameters } from './validate.js'
+import { checkCapabilities, checkParameters, validatedCapabilities } from './validate.js'
 
 export interface OutgoingOptions {
   parameters?: Partial<MigrationParameters>
@@ -187,7 +187,7 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       const channel = typeof target === 'string' ? await connect(target) : target
       const f = (this.f = new MigStream(channel, { maxBandwidth: p.maxBandwidth }))
       this.checkCancel()
-      save = new SaveVM(f, registry, { machine: this.machine.machine })
+      save = new SaveVM(f, registry, { machine: this.machine.machine, capabilities: validatedCapabilities(this.capabilities) })
       await save.prepare()
       await save.header()
       const rp = duplex(channel)
@@ -310,7 +310,10 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
         }
       }
       this.set(cancelled ? 'cancelled' : 'failed')
-      const err = e instanceof MigrationError ? e : new MigrationError(this.error, (e as { code?: string }).code ?? 'EIO', { cause: e })
+      // Whatever a cancel interrupted fails with its own error; the caller asked for a cancel.
+      const err = cancelled && !(e instanceof MigrationError && e.code === 'ECANCELED')
+        ? new MigrationError('migration cancelled', 'ECANCELED', { cause: e })
+        : e instanceof MigrationError ? e : new MigrationError(this.error, (e as { code?: string }).code ?? 'EIO', { cause: e })
       err.stats = this.stats()
       if (resumeError) err.message += `; resuming the source failed too: ${(resumeError as Error).message}`
       throw err

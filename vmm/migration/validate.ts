@@ -36,3 +36,12 @@ export function checkCapabilities(c: MigrationCapabilities): MigrationCapabiliti
   }
   return c
 }
+
+/**
+ * The capabilities both ends must agree on, by QEMU's names: switchover-ack
+ * changes the stream (INIT_DATA_SENT) and the return path, so a mismatch is
+ * refused in the configuration section. auto-converge is the source's own.
+ */
+export function validatedCapabilities(c: MigrationCapabilities): string[] {
+  return c.switchoverAck ? ['switchover-ack'] : []
+}

@@ -14,13 +14,19 @@ import { need, streamFailure } from './fail.js'
 import { readHeader, readSectionStart, readSectionId, readFooter, readCommand, readVmdesc, type Command } from './reader.js'
 import type { SaveVMRegistry, SaveStateEntry, LoadHandlerContext } from './registry.js'
 import { loadState } from '../vmstate/load.js'
-import { configurationVmsd } from './configuration.js'
+import { configurationVmsd, receivedCapabilities } from './configuration.js'
 
 export interface LoadOptions {
   /** Expected machine type; a different one in the stream is an error. */
   machine?: string
   /** Expected target page bits; checked when the stream sends them. */
   targetPageBits?: number
+  /**
+   * Capabilities enabled here that both ends must agree on; checked against
+   * the configuration's capabilities subsection (absent = none on the source).
+   * Omitted: not checked.
+   */
+  capabilities?: string[]
   /** The stream starts with a configuration section (default true). */
   expectConfiguration?: boolean
   /** Read the VMDESCRIPTION after EOF (default true). */
@@ -90,6 +96,19 @@ class Loader {
     this.result.machine = machine
     if (this.opts.machine !== undefined && machine !== this.opts.machine) {
       throw new ConfigurationError(`machine type received is '${machine}', local is '${this.opts.machine}'`, { section: 'configuration', offset: at })
+    }
+    if (this.opts.capabilities) {
+      const theirs = receivedCapabilities(state)
+      for (const c of theirs) {
+        if (!this.opts.capabilities.includes(c)) {
+          throw new ConfigurationError(`capability '${c}' is on at the source but off here`, { section: 'configuration', offset: at })
+        }
+      }
+      for (const c of this.opts.capabilities) {
+        if (!theirs.includes(c)) {
+          throw new ConfigurationError(`capability '${c}' is on here but off at the source`, { section: 'configuration', offset: at })
+        }
+      }
     }
     if (state.target_page_bits !== undefined) {
       this.result.targetPageBits = state.target_page_bits as number
