@@ -19,6 +19,8 @@ import { runDeviceThroughput, runDowntime } from './sections/device.js'
 import { runLive } from './sections/live.js'
 import { runCalls } from './sections/calls.js'
 import { parseArgs, type Part } from './lib/args.js'
+import { removeRamFiles } from './lib/ramfile.js'
+import { killChildren } from './lib/proc.js'
 
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2))
@@ -39,6 +41,7 @@ async function main(): Promise<void> {
     machine: {
       cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30),
       kernel: os.release(), node: process.version, kvm: kvm.available ? 'yes' : `no (${kvm.reason})`,
+      loadavg: [os.loadavg()[0], 0],
     },
     limits: {}, ram: [], device: { throughput: [], downtime: [] }, live: [], skipped: [], errors: [],
   }
@@ -75,6 +78,7 @@ async function main(): Promise<void> {
   await part('live', async () => { results.live = await runLive(ctx, liveRam, liveSets, liveReps) })
 
   results.durationS = (Date.now() - t0) / 1000
+  results.machine.loadavg[1] = os.loadavg()[0]
   results.skipped = ctx.skipped
   const dir = opts.quick ? path.join(RESULTS_DIR, 'quick') : RESULTS_DIR
   fs.mkdirSync(dir, { recursive: true })
@@ -90,6 +94,15 @@ async function main(): Promise<void> {
   ctx.log('\n' + md)
   ctx.log(`results in ${dir} (${results.durationS.toFixed(0)} s)`)
   if (results.errors.length) process.exitCode = 1
+}
+
+process.on('exit', () => { killChildren(); removeRamFiles() })
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    killChildren()
+    removeRamFiles()
+    process.kill(process.pid, sig)
+  })
 }
 
 main().catch(e => {

@@ -4,7 +4,7 @@ import type { BenchResults } from './results.js'
 import type { Summary } from './stats.js'
 
 const bar = (label: string, s: Summary | undefined) => (s ? [{ label, value: s.median, min: s.min, max: s.max }] : [])
-const mib = (n: number) => (n >= 1 << 30 ? `${n / (1 << 30)} GiB` : `${n >> 20} MiB`)
+const mib = (n: number) => (n >= 1 << 30 ? `${n / (1 << 30)} GiB` : `${n / 2 ** 20} MiB`)
 
 export function charts(r: BenchResults): Record<string, string> {
   const out: Record<string, string> = {}
@@ -39,7 +39,7 @@ export function charts(r: BenchResults): Record<string, string> {
       title: 'Pending bytes per pre-copy round (dirtying guest)',
       xLabel: 'round', yLabel: 'pending (MiB)',
       series: live.map(l => ({
-        label: `ws ${l.workingSet >> 20} MiB${l.autoConverge ? ' +auto-conv' : ''}`,
+        label: `ws ${l.workingSet / 2 ** 20} MiB${l.autoConverge ? ' +auto-conv' : ''}`,
         points: l.pending.map((p, i) => ({ x: i + 1, y: p / (1 << 20) })),
       })),
     })

@@ -10,11 +10,25 @@ export interface RunResult {
 }
 
 const MAX_OUTPUT = 16 << 20
+const children = new Set<ChildProcess>()
+
+/** Remember `child` until it exits, so an interrupted bench leaves no QEMU or worker behind. */
+export function track<T extends ChildProcess>(child: T): T {
+  children.add(child)
+  child.once('exit', () => children.delete(child))
+  return child
+}
+
+/** SIGKILL every child still running (the bench's exit and signal path). */
+export function killChildren(): void {
+  for (const c of children) c.kill('SIGKILL')
+  children.clear()
+}
 
 /** Runs `cmd args`, rejects on a non-zero exit (with stderr) or after `timeoutMs`. */
 export function runJson(cmd: string, args: string[], timeoutMs: number): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = track(spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }))
     let out = ''
     let err = ''
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`${cmd}: no result within ${timeoutMs} ms`)) }, timeoutMs)
@@ -80,7 +94,7 @@ export class JsonChild {
   private buf = ''
 
   constructor(script: string, args: string[], nodeArgs: string[] = []) {
-    this.child = spawn(process.execPath, [...nodeArgs, script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+    this.child = track(spawn(process.execPath, [...nodeArgs, script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] }))
     this.child.stdout!.on('data', d => {
       this.buf += d
       let nl: number

@@ -7,7 +7,7 @@ import * as net from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { QmpClient } from './qmp.js'
-import { peakRss, stopProcess } from './proc.js'
+import { peakRss, stopProcess, track } from './proc.js'
 
 const QEMU = process.env.QEMU || 'qemu-system-x86_64'
 
@@ -61,7 +61,7 @@ interface Qemu {
 }
 
 async function launch(args: string[], qmpPath: string): Promise<Qemu> {
-  const child = spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+  const child = track(spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'pipe'] }))
   let err = ''
   child.stderr!.on('data', d => { if (err.length < 65536) err += d })
   const exited = new Promise<never>((_, rej) => child.once('exit', c => rej(new Error(`qemu exited ${c}: ${err.trim().slice(0, 400)}`))))
@@ -78,7 +78,7 @@ async function launch(args: string[], qmpPath: string): Promise<Qemu> {
 function machineArgs(size: number, backend: string, qmpPath: string): string[] {
   return [
     '-nodefaults', '-display', 'none', '-serial', 'none', '-monitor', 'none',
-    '-machine', 'pc,accel=tcg,memory-backend=ram0', '-m', `${size >> 20}M`,
+    '-machine', 'pc,accel=tcg,memory-backend=ram0', '-m', `${size / 2 ** 20}M`,
     '-object', backend, '-S', '-qmp', `unix:${qmpPath},server=on,wait=off`,
   ]
 }

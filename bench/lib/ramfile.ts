@@ -9,6 +9,18 @@ import * as path from 'node:path'
 const fill = (buf: Buffer, off: number, n: number) =>
   new Promise<void>((res, rej) => randomFill(buf, off, n, e => (e ? rej(e) : res())))
 const CHUNK = 64 << 20
+const live = new Set<string>()
+
+/** Removes every RAM file still on disk (they can be GiBs of /dev/shm); run.ts calls it on exit and on signals. */
+export function removeRamFiles(): void {
+  for (const f of live) fs.rmSync(f, { force: true })
+  live.clear()
+}
+
+export function removeRamFile(file: string): void {
+  fs.rmSync(file, { force: true })
+  live.delete(file)
+}
 
 /** Where the file goes: /dev/shm (what QEMU users back RAM with) when it has room, else the temp dir. */
 export function ramFileDir(size: number): string {
@@ -22,6 +34,7 @@ export function ramFileDir(size: number): string {
 export async function makeRandomFile(size: number): Promise<string> {
   if (!Number.isSafeInteger(size) || size <= 0 || size % 4096) throw new RangeError(`ram file: size must be a positive multiple of 4096, got ${size}`)
   const file = path.join(ramFileDir(size), `vmm-bench-ram-${process.pid}-${size}`)
+  live.add(file)
   const fh = await fs.promises.open(file, 'w', 0o600)
   try {
     const buf = Buffer.allocUnsafe(Math.min(CHUNK, size))
@@ -32,7 +45,7 @@ export async function makeRandomFile(size: number): Promise<string> {
     }
   } catch (e) {
     await fh.close()
-    fs.rmSync(file, { force: true })
+    removeRamFile(file)
     throw e
   }
   await fh.close()

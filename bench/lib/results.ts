@@ -15,6 +15,8 @@ export interface MachineInfo {
   node: string
   qemu?: string
   kvm: string
+  /** 1-minute load average at start and end: the machine may be shared, and load skews every figure. */
+  loadavg: [number, number]
 }
 
 export interface BenchResults {

@@ -6,7 +6,7 @@ import * as path from 'node:path'
 import { runJson } from '../lib/proc.js'
 import { WORKERS_DIR } from '../lib/paths.js'
 import { runPair } from '../lib/pair.js'
-import { spliceMiBps } from './limits.js'
+import { spliceOnce } from './limits.js'
 import { mibps, ratio, summarize, type Summary } from '../lib/stats.js'
 import { repeat, type BenchContext } from '../lib/context.js'
 
@@ -42,18 +42,23 @@ async function worker(size: number, mode: string): Promise<{ bytes: number; ms: 
 }
 
 export async function runDeviceThroughput(ctx: BenchContext, size: number): Promise<DeviceThroughputRow> {
-  ctx.log(`  device state ${size >> 20} MiB: ours, raw splice, device alone x${ctx.repeats}`)
+  ctx.log(`  device state ${size / 2 ** 20} MiB: ours, raw splice, device alone, rotating order, x${ctx.repeats}`)
   const ours: number[] = []
   const only: number[] = []
+  const raw: number[] = []
   const rss: number[] = []
+  const who3 = ['ours', 'splice', 'device']
   await repeat(ctx.repeats, async i => {
-    const r = await worker(size, i === 0 ? 'verify' : 'migrate')
-    ours.push(mibps(size, r.ms))
-    rss.push(r.maxRss / (1 << 20))
-    const d = await worker(size, 'source-only')
-    only.push(mibps(size, d.ms))
+    for (const who of [...who3.slice(i % 3), ...who3.slice(0, i % 3)]) {
+      if (who === 'ours') {
+        const r = await worker(size, i === 0 ? 'verify' : 'migrate')
+        ours.push(mibps(size, r.ms))
+        rss.push(r.maxRss / (1 << 20))
+      } else if (who === 'splice') raw.push(await spliceOnce(size))
+      else only.push(mibps(size, (await worker(size, 'source-only')).ms))
+    }
   })
-  const splice = await spliceMiBps(ctx, size)
+  const splice = summarize(raw)
   const o = summarize(ours)
   const d = summarize(only)
   return { size, oursMiBps: o, spliceMiBps: splice, deviceOnlyMiBps: d, rssMiB: summarize(rss), oursOverSplice: ratio(o, splice), oursOverDeviceOnly: ratio(o, d) }
@@ -99,7 +104,7 @@ export async function runDowntime(ctx: BenchContext, sizes: number[], pathMiBps:
         pt.totalTimeMs = summarize(tts)
         pt.withinLimit = pt.downtimeMs.median <= limit
       }
-      ctx.log(`  downtime ${mode} ${size >> 20} MiB: ${pt.downtimeMs ? pt.downtimeMs.median.toFixed(1) + ' ms' : 'failed: ' + pt.errors[0]} (limit ${limit} ms)`)
+      ctx.log(`  downtime ${mode} ${size / 2 ** 20} MiB: ${pt.downtimeMs ? pt.downtimeMs.median.toFixed(1) + ' ms' : 'failed: ' + pt.errors[0]} (limit ${limit} ms)`)
       out.push(pt)
     }
   }

@@ -58,7 +58,7 @@ export async function runLive(ctx: BenchContext, ramSize: number, workingSets: n
         iterations: S(acc.it), totalTimeMs: S(acc.tt), downtimeMs: S(acc.dt), transferredPerRam: S(acc.tr),
         dirtyPagesRate: S(acc.dr), finalThrottle: S(acc.th), rssSourceMiB: S(acc.rs), rssDestMiB: S(acc.rd),
       })
-      ctx.log(`  live ws ${ws >> 20} MiB auto-converge ${autoConverge ? 'on ' : 'off'}: ${row.completed}/${reps} completed` +
+      ctx.log(`  live ws ${ws / 2 ** 20} MiB auto-converge ${autoConverge ? 'on ' : 'off'}: ${row.completed}/${reps} completed` +
         (row.downtimeMs ? `, downtime ${row.downtimeMs.median.toFixed(1)} ms, ${row.iterations!.median} iterations` : '') +
         (row.errors.length ? ` (${row.errors[0]})` : ''))
       rows.push(row)

@@ -38,7 +38,12 @@ export interface Job {
 
 const emit = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n')
 const rss = () => process.resourceUsage().maxRSS * 1024
-const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex')
+function sha(b: Uint8Array): string {
+  // In slices: one update() over 4 GiB is past what some OpenSSL paths take in one call.
+  const h = createHash('sha256')
+  for (let off = 0; off < b.length; off += 256 << 20) h.update(b.subarray(off, Math.min(b.length, off + (256 << 20))))
+  return h.digest('hex')
+}
 
 function parseJob(): Job {
   let j: Job
