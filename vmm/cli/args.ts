@@ -54,6 +54,11 @@ export interface Options {
   noDmaLogging: boolean
   /** Destination: skip hashing RAM and device before the first start (it adds to the downtime). */
   noVerify: boolean
+  /**
+   * Source: after a failed or cancelled migration keep the resumed guest running
+   * this long, then report its state (undefined = just exit with the error).
+   */
+  afterFailureMs: number | undefined
 }
 
 export const DEFAULT_OPTIONS: Readonly<Options> = Object.freeze({
@@ -73,6 +78,7 @@ export const DEFAULT_OPTIONS: Readonly<Options> = Object.freeze({
   events: false,
   noDmaLogging: false,
   noVerify: false,
+  afterFailureMs: undefined,
 })
 
 export interface Parsed {
@@ -103,6 +109,7 @@ const VALUED: Record<string, Setter> = {
   '--working-set': (o, v, n) => (o.workingSet = parseSize(v, n)),
   '--run': (o, v, n) => (o.runMs = parseCount(v, n, 0, 3_600_000)),
   '--run-after': (o, v, n) => (o.runAfterMs = parseCount(v, n, 0, 3_600_000)),
+  '--after-failure': (o, v, n) => (o.afterFailureMs = parseCount(v, n, 1, 3_600_000)),
 }
 const FLAGS: Record<string, (o: Options) => void> = {
   '--switchover-ack': (o) => (o.switchoverAck = true),
@@ -189,6 +196,9 @@ options (defaults in brackets):
   --run MS                source runs this long before migrating [500]
   --run-after MS          destination runs this long after loading before it exits [300]
   --no-verify             incoming/restore: do not hash RAM and device before the VM starts (shorter downtime)
+  --after-failure MS      migrate/save: if the migration fails or is cancelled (SIGINT), keep the resumed guest
+                          running MS, check it (digests, checksum, counter) and report it; exit code stays 1
+  --events                JSON event lines on stdout (status, throttle, starting, completed, failed)
   --json                  machine-readable output
   -h, --help              this text
 `

@@ -1,11 +1,13 @@
 // The subcommands that run one side of a migration: migrate/save (source)
 // and incoming/restore (destination).
-import { migrate, incoming, OutgoingMigration, type MigrationStats } from '../migration/index.js'
+import { readFile } from 'node:fs/promises'
+import { migrate, incoming, OutgoingMigration, MigrationError, type MigrationStats, type MigrationStatus } from '../migration/index.js'
 import type { MicroVm, Verification } from '../microvm/index.js'
 import type { Options } from './args.js'
 import { createMicroVm, parameters, capabilities, sleep } from './vm-options.js'
 import { progressLine, statsRows, table } from './format.js'
 import { toJson } from './analyze.js'
+import { reportAfterFailure } from './after-failure.js'
 
 export interface Out {
   line(s: string): void
@@ -47,22 +49,59 @@ export function verificationRows(v: Verification): [string, string][] {
   ]
 }
 
-/** Source side: run the VM, migrate it to `uri`, verify it with the VM stopped. */
+export interface SourceHooks {
+  onStatus?(s: MigrationStatus): void
+  onProgress?(s: MigrationStats): void
+}
+
+const jsonLine = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x))
+
+/**
+ * Peak resident set of this process, bytes: VmHWM of its own address space.
+ * Not getrusage's maxrss: Linux carries that across fork and exec, so a child
+ * of a large process (a test runner, a VMM) would report its parent's peak.
+ */
+export async function maxRssBytes(): Promise<number> {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB$/m.exec(await readFile('/proc/self/status', 'utf8'))
+    if (m) return Number(m[1]) * 1024
+  } catch {
+    // not Linux: the portable figure, with its caveat
+  }
+  return process.resourceUsage().maxRSS * 1024
+}
+
+/**
+ * Run `vm` for --run ms, migrate it to `uri`, verify it with the VM stopped.
+ * The VM is left to the caller, also on failure.
+ */
+export async function migrateVm(vm: MicroVm, uri: string, o: Options, out: Out, signal?: AbortSignal, hooks: SourceHooks = {}): Promise<{ stats: MigrationStats; verification: Verification }> {
+  await sleep(o.runMs, signal)
+  // An abort listener added to an already aborted signal never fires: a
+  // SIGINT during --run would otherwise be ignored and the migration run.
+  if (signal?.aborted) throw new MigrationError('migration cancelled before it started', 'ECANCELED')
+  const m = new OutgoingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), signal })
+  if (hooks.onStatus) m.on('status', hooks.onStatus)
+  m.on('progress', (s) => {
+    hooks.onProgress?.(s)
+    if (!o.json && !o.events) out.progress(progressLine(s))
+  })
+  let stats: MigrationStats
+  try {
+    stats = await m.start(uri)
+  } finally {
+    out.done()
+  }
+  // The source is left in postmigrate: vCPU quiesced, device stopped, RAM as sent.
+  const verification = await vm.verify()
+  return { stats, verification }
+}
+
+/** Source side: create the VM, run it, migrate it to `uri`, verify it with the VM stopped. */
 export async function runSource(uri: string, o: Options, out: Out, signal?: AbortSignal): Promise<{ stats: MigrationStats; verification: Verification; vm: MicroVm }> {
   const vm = await createMicroVm('source', o)
   try {
-    await sleep(o.runMs)
-    const m = new OutgoingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), signal })
-    if (!o.json) m.on('progress', (s) => out.progress(progressLine(s)))
-    let stats: MigrationStats
-    try {
-      stats = await m.start(uri)
-    } finally {
-      out.done()
-    }
-    // The source is left in postmigrate: vCPU quiesced, device stopped, RAM as sent.
-    const verification = await vm.verify()
-    return { stats, verification, vm }
+    return { ...(await migrateVm(vm, uri, o, out, signal)), vm }
   } catch (e) {
     await vm.destroy().catch(() => undefined)
     throw e
@@ -70,11 +109,44 @@ export async function runSource(uri: string, o: Options, out: Out, signal?: Abor
 }
 
 export async function cmdMigrate(uri: string, o: Options, out: Out, signal?: AbortSignal): Promise<number> {
-  const { stats, verification, vm } = await runSource(uri, o, out, signal)
-  await vm.destroy()
-  if (o.json) out.line(toJson({ stats, verification }))
-  else out.line(`migration ${stats.status}\n${table([...statsRows(stats), ...verificationRows(verification)])}`)
-  return verification.checksumConsistent ? 0 : 1
+  const event = (e: Record<string, unknown>) => out.line(jsonLine(e))
+  const vm = await createMicroVm('source', o)
+  let phase: MigrationStatus = 'none'
+  let maxThrottle = 0
+  let throttle = 0
+  const hooks: SourceHooks = {
+    onStatus: (s) => {
+      if (s !== 'failed' && s !== 'cancelling' && s !== 'cancelled') phase = s
+      if (o.events) event({ event: 'status', status: s })
+    },
+    onProgress: (s) => {
+      maxThrottle = Math.max(maxThrottle, s.cpuThrottlePercentage)
+      if (o.events && s.cpuThrottlePercentage !== throttle) event({ event: 'throttle', percent: s.cpuThrottlePercentage, iterations: s.iterations })
+      throttle = s.cpuThrottlePercentage
+    },
+  }
+  try {
+    let result: { stats: MigrationStats; verification: Verification }
+    try {
+      result = await migrateVm(vm, uri, o, out, signal, hooks)
+    } catch (e) {
+      if (o.afterFailureMs === undefined) throw e
+      // The guest must have survived: show it, then fail as usual.
+      const report = await reportAfterFailure(vm, e, phase, o.afterFailureMs)
+      if (o.events) event({ event: 'failed', report, maxRssBytes: await maxRssBytes() })
+      else if (o.json) out.line(toJson({ failed: report, maxRssBytes: await maxRssBytes() }))
+      else out.line(`migration ${report.status} in phase ${report.phase}: ${report.error}\nsource guest ${report.guestOk ? 'kept running intact' : 'DID NOT survive'} (run state ${report.runState}, counter ${report.counterAtFailure} -> ${report.counterAfter ?? '-'})`)
+      return 1
+    }
+    const { stats, verification } = result
+    const rss = await maxRssBytes()
+    if (o.events) event({ event: 'completed', stats, verification, maxThrottle, maxRssBytes: rss })
+    else if (o.json) out.line(toJson({ stats, verification, maxThrottle, maxRssBytes: rss }))
+    else out.line(`migration ${stats.status}\n${table([...statsRows(stats), ...verificationRows(verification)])}`)
+    return verification.checksumConsistent ? 0 : 1
+  } finally {
+    await vm.destroy().catch(() => undefined)
+  }
 }
 
 export interface IncomingReport {
@@ -89,11 +161,18 @@ export interface IncomingReport {
   /** The guest's checksum still matches its RAM after running here. */
   checksumConsistentAfter: boolean
   vcpu: string
+  /** Peak resident set of the destination process, bytes. */
+  maxRssBytes?: number
 }
 
 /** Destination side: receive, start, let the guest run, check it, stop. */
-export async function runIncoming(uri: string, o: Options, onListening: (address: string) => void, signal?: AbortSignal): Promise<IncomingReport> {
+export async function runIncoming(uri: string, o: Options, onListening: (address: string) => void, signal?: AbortSignal, onStarting?: () => void): Promise<IncomingReport> {
   const vm = await createMicroVm('dest', o, !o.noVerify)
+  if (onStarting) {
+    // First of all prepare callbacks: the stream is loaded to its end, nothing
+    // runs yet and the source has not been told (the window a test kills in).
+    vm.vm.addChangeStateHandler({ name: 'cli-starting', priority: -2000, prepare: (running) => { if (running) onStarting() }, cb: () => undefined })
+  }
   try {
     const res = await incoming(vm, uri, { capabilities: capabilities(o), onListening, signal })
     const counterAtStart = vm.vcpuCounter().toString()
@@ -121,7 +200,8 @@ export async function cmdIncoming(uri: string, o: Options, out: Out, signal?: Ab
   const report = await runIncoming(uri, o, (address) => {
     if (o.events) event({ event: 'listening', address })
     else if (!o.json) out.line(address.startsWith('file:') ? `reading ${address}` : `listening on ${address}`)
-  }, signal)
+  }, signal, o.events ? () => event({ event: 'starting' }) : undefined)
+  report.maxRssBytes = await maxRssBytes()
   const ok = (report.loaded?.checksumConsistent ?? true) && report.checksumConsistentAfter &&
     (o.runAfterMs === 0 || BigInt(report.counterAfter) > BigInt(report.counterAtStart))
   if (o.events) event({ event: 'completed', report })

@@ -33,7 +33,7 @@ const CHILD_TIMEOUT_MS = 120_000
 
 /** Options for the child: everything given except what only the source uses. */
 function childArgs(p: Parsed, vcpu: string): string[] {
-  const skip = new Set(['--json', '--vcpu', '--run', '--events', '--no-verify'])
+  const skip = new Set(['--json', '--vcpu', '--run', '--events', '--no-verify', '--after-failure'])
   const rest = p.given.filter(([name]) => !skip.has(name!)).flat()
   return ['incoming', 'tcp:127.0.0.1:0', '--events', '--vcpu', vcpu, ...rest]
 }

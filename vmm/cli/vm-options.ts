@@ -27,4 +27,16 @@ export function capabilities(o: Options): Partial<MigrationCapabilities> {
   return { switchoverAck: o.switchoverAck, autoConverge: o.autoConverge }
 }
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+/** Resolves after `ms`, or early once `signal` aborts (the caller checks which). */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  if (signal?.aborted) return Promise.resolve()
+  return new Promise<void>((r) => {
+    const done = () => {
+      clearTimeout(t)
+      signal?.removeEventListener('abort', done)
+      r()
+    }
+    const t = setTimeout(done, ms)
+    signal?.addEventListener('abort', done, { once: true })
+  })
+}
