@@ -111,6 +111,8 @@ export async function runSource(uri: string, o: Options, out: Out, signal?: Abor
 export async function cmdMigrate(uri: string, o: Options, out: Out, signal?: AbortSignal): Promise<number> {
   const event = (e: Record<string, unknown>) => out.line(jsonLine(e))
   const vm = await createMicroVm('source', o)
+  // The guest runs and SIGINT now cancels: what a supervisor waits for.
+  if (o.events) event({ event: 'running', vcpu: vm.vcpu.kind, ramSize: o.ram })
   let phase: MigrationStatus = 'none'
   let maxThrottle = 0
   let throttle = 0
