@@ -211,3 +211,34 @@ t.test('capabilities are checked on both ends through the configuration section'
     t.not(dst.vm.state, 'running')
   }
 })
+
+t.test("the source reports the destination's own reason when it refuses", async t => {
+  const src = await makeVm('source', [{ flags: 7, stateSize: 8 << 20 }])
+  const dst = await makeVm('dest', [{ flags: 7, stateSize: 8 << 20 }])
+  const other = { ...dst, machine: 'other-machine' }
+  const l = await listen(`unix:${join(tmp(), 's')}`)
+  const inc = incoming(other, l)
+  inc.catch(() => undefined)
+  const err = await migrate(src, l.address, { parameters: { maxBandwidth: 0 } }).then(() => null, e => e as MigrationError)
+  await t.rejects(inc, /machine type received is 'test-1', local is 'other-machine'/)
+  void l.close()
+  t.ok(err)
+  t.match(err!.message, /destination failed: .*machine type received is 'test-1', local is 'other-machine'/)
+  t.equal(err!.code, 'EREMOTEIO')
+  t.equal(src.vm.state, 'running')
+})
+
+t.test('a cancel after the whole stream was sent is not honoured (no split brain)', async t => {
+  const src = await makeVm('source', [{ flags: 7, stateSize: 1 << 20 }])
+  const dst = await makeVm('dest', [{ flags: 7, stateSize: 1 << 20 }])
+  const { out, result, inc } = await pair(`unix:${join(tmp(), 's')}`, src, dst)
+  let cancelledAt = ''
+  // 'device' is the switchover; cancel right after the destination has the whole stream.
+  dst.vm.on('resume', () => { out.cancel(); cancelledAt = out.status })
+  const stats = await result
+  await inc
+  t.equal(cancelledAt, 'device')
+  t.equal(stats.status, 'completed', 'the destination runs the guest, so the source does not')
+  t.equal(src.vm.state, 'postmigrate')
+  t.equal(dst.vm.state, 'running')
+})

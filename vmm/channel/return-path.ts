@@ -16,6 +16,8 @@ export const RpMsg = {
   SWITCHOVER_ACK: 7,
   /** Project extension: be64 load time in microseconds, be64 resume time (Unix ms). */
   RESUME_OK: 0x100,
+  /** Project extension: why the destination failed, UTF-8, sent before SHUT. */
+  FAIL_REASON: 0x101,
 } as const
 
 /** Largest message accepted; QEMU's are far smaller. */
@@ -62,6 +64,13 @@ export class ReturnPathWriter {
     const b = Buffer.alloc(4)
     b.writeUInt32BE(value >>> 0)
     return this.send(RpMsg.RESUME_ACK, b)
+  }
+
+  /** The destination's error in words, so the source can say more than an errno. */
+  failReason(text: string): Promise<void> {
+    let b = Buffer.from(text, 'utf8')
+    if (b.length > RP_MAX_LEN) b = b.subarray(0, RP_MAX_LEN)
+    return this.send(RpMsg.FAIL_REASON, b)
   }
 
   resumeOk(t: ResumeTiming): Promise<void> {

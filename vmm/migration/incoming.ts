@@ -71,7 +71,10 @@ export async function incoming(machine: MigratableVm, source: string | Listener 
     return { status: 'completed', loadTimeMs: loaded - t0, resumeTimeMs: resumed - loaded, sections: res.sections }
   } catch (e) {
     await machine.vfio?.abortIncoming().catch(() => undefined)
-    if (rp && !f.error) await rp.shut(errnoOf(e)).catch(() => undefined)
+    if (rp && !f.error) {
+      await rp.failReason((e as Error).message ?? String(e)).catch(() => undefined)
+      await rp.shut(errnoOf(e)).catch(() => undefined)
+    }
     throw e instanceof MigrationError ? e : new MigrationError(`incoming migration failed: ${(e as Error).message}`, (e as { code?: string }).code ?? 'EIO', { cause: e })
   } finally {
     opts.signal?.removeEventListener('abort', onAbort)

@@ -54,6 +54,10 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
   private resumed: { ok: boolean; at: number; errno?: number } | null = null
   private resumeWaiters: (() => void)[] = []
   private rpClosed = false
+  /** The destination's own words for its failure (FAIL_REASON), if it sent them. */
+  private remoteReason: string | undefined
+  /** Set once EOF is on the wire: from then on the destination may run the guest, so a cancel could split it in two. */
+  private committed = false
 
   constructor(readonly machine: MigratableVm, opts: OutgoingOptions = {}) {
     super()
@@ -75,6 +79,10 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
   /** Cancel at any moment; `start` then rejects after the source runs again. */
   cancel(): void {
     if (this.st === 'completed' || this.st === 'failed' || this.st === 'cancelled') return
+    // After EOF the destination may already run the guest: resuming here too
+    // would leave two copies running. Only the destination's answer (or its
+    // silence until x-resume-timeout) decides from then on.
+    if (this.committed) return
     this.cancelRequested = true
     if (this.st !== 'none') this.set('cancelling')
     this.f?.shutdown('migration cancelled')
@@ -122,10 +130,12 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
           this.acked = true
         } else if (m.type === RpMsg.RESUME_OK) {
           this.resumed = { ok: true, at: now() }
+        } else if (m.type === RpMsg.FAIL_REASON) {
+          this.remoteReason = m.data.toString('utf8')
         } else if (m.type === RpMsg.SHUT) {
           const errno = m.data.length >= 4 ? m.data.readUInt32BE(0) : 0
           this.resumed = { ok: errno === 0, at: now(), errno }
-          if (errno !== 0) f.setError(new MigrationError(`destination failed (errno ${errno})`, 'EREMOTEIO'), 'return path')
+          if (errno !== 0) f.setError(new MigrationError(`destination failed: ${this.remoteReason ?? `errno ${errno}`}`, 'EREMOTEIO'), 'return path')
         }
         this.wakeAll()
       }
@@ -275,10 +285,11 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       await save.complete()
       await save.nonIterable()
       await save.finish()
+      this.committed = true
       this.remaining = 0
       if (rp) {
         await this.waitFor(() => this.resumed !== null, this.resumeWaiters, p.xResumeTimeoutMs, 'waiting for the destination to resume')
-        if (!this.resumed!.ok) throw new MigrationError(`destination failed to start the VM (errno ${this.resumed!.errno})`, 'EREMOTEIO')
+        if (!this.resumed!.ok) throw new MigrationError(`destination failed to start the VM: ${this.remoteReason ?? `errno ${this.resumed!.errno}`}`, 'EREMOTEIO')
         this.downtime = this.resumed!.at - stoppedAt
         this.downtimeMeasured = true
       } else {
@@ -295,6 +306,14 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       return s
     } catch (e) {
       const cancelled = this.cancelRequested
+      // A write that failed because the destination gave up says EPIPE; the
+      // destination's own reason, if it reaches us shortly, says why.
+      if (!cancelled && rpDone && this.remoteReason === undefined) {
+        await Promise.race([rpDone, new Promise(r => setTimeout(r, 200))])
+      }
+      if (!cancelled && this.remoteReason !== undefined && !(e instanceof MigrationError && e.code === 'EREMOTEIO')) {
+        e = new MigrationError(`destination failed: ${this.remoteReason}`, 'EREMOTEIO', { cause: e })
+      }
       this.error = (e as Error).message
       this.f?.shutdown(cancelled ? 'migration cancelled' : 'migration failed')
       await this.f?.close().catch(() => undefined)
