@@ -3,10 +3,11 @@ import { native } from '../native/addon.js'
 import type { KvmMachine } from '../../native/index.js'
 import { GuestMemory } from './guest-memory.js'
 import type { StopInfo, Vcpu, VcpuState } from './vcpu.js'
+import { WorkloadVcpu } from './workload-vcpu.js'
 import { DEFAULT_QUIESCE_MS } from './vcpu.js'
 import {
-  CTL, EINVAL, MachineError, defaultParams, readCounter, readCtl, validateParams, validateRamSize, writeCtl,
-  writeParams, type WorkloadParams,
+  CTL, EINVAL, MachineError, defaultParams, validateParams, validateRamSize, writeCtl,
+  type WorkloadParams,
 } from './workload.js'
 
 const ETIMEDOUT = 110
@@ -42,13 +43,14 @@ export async function kvmAvailable(): Promise<KvmProbeResult> {
   }
 }
 
-export class KvmVcpu implements Vcpu {
+export class KvmVcpu extends WorkloadVcpu implements Vcpu {
   readonly kind = 'kvm' as const
   readonly memory: GuestMemory
   private readonly m: KvmMachine
-  private p: WorkloadParams
+  protected p: WorkloadParams
 
   private constructor(m: KvmMachine, p: WorkloadParams) {
+    super()
     this.m = m
     this.p = p
     this.memory = new GuestMemory(m.memory())
@@ -106,25 +108,6 @@ export class KvmVcpu implements Vcpu {
   async syncDirtyLog(): Promise<Uint8Array> {
     const b = await call(() => this.m.syncDirtyLog())
     return new Uint8Array(b.buffer, b.byteOffset, b.byteLength)
-  }
-
-  counter(): bigint {
-    return readCounter(this.memory.bytes)
-  }
-
-  checksum(): number {
-    return readCtl(this.memory.bytes, CTL.checksum)
-  }
-
-  setParams(p: Partial<WorkloadParams>): void {
-    const next = { ...this.p, ...p }
-    validateParams(next, this.memory.size)
-    writeParams(this.memory.bytes, next)
-    this.p = next
-  }
-
-  params(): WorkloadParams {
-    return { ...this.p }
   }
 
   destroy(): Promise<void> {

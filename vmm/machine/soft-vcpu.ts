@@ -5,10 +5,11 @@ import { Worker } from 'node:worker_threads'
 import { GuestMemory } from './guest-memory.js'
 import { softWorkerMain, type SoftStopped, type SoftWorkerData } from './soft-worker.js'
 import type { StopInfo, Vcpu, VcpuState } from './vcpu.js'
+import { WorkloadVcpu } from './workload-vcpu.js'
 import { DEFAULT_QUIESCE_MS } from './vcpu.js'
 import {
-  CTL, CTL_ADDR, EINVAL, MachineError, PAGE_SIZE, defaultParams, installControlBlock, readCounter, readCtl,
-  validateParams, validateRamSize, writeCtl, writeParams, type WorkloadParams,
+  CTL, CTL_ADDR, EINVAL, MachineError, PAGE_SIZE, defaultParams, installControlBlock,
+  validateParams, validateRamSize, writeCtl, type WorkloadParams,
 } from './workload.js'
 
 const EBUSY = 16
@@ -21,7 +22,7 @@ const STATE_BYTES = 8 + 5 * 4
 // tsx/esbuild may wrap named functions in __name(); the eval'd worker has no such helper.
 const WORKER_SOURCE = `var __name = (f) => f;\n(${softWorkerMain.toString()})(require('node:worker_threads'))`
 
-export class SoftVcpu implements Vcpu {
+export class SoftVcpu extends WorkloadVcpu implements Vcpu {
   readonly kind = 'soft' as const
   readonly memory: GuestMemory
   private readonly worker: Worker
@@ -29,13 +30,14 @@ export class SoftVcpu implements Vcpu {
   private readonly ctrl: Int32Array
   private readonly pages: number
   private regs = [0, 0, 0, 0, 0]
-  private p: WorkloadParams
+  protected p: WorkloadParams
   private isRunning = false
   private lastStop: StopInfo = { reason: 'paused' }
   private waiters: Array<(s: StopInfo) => void> = []
   private dead: MachineError | undefined
 
   private constructor(ramSize: number, p: WorkloadParams) {
+    super()
     const mem = new SharedArrayBuffer(ramSize)
     this.pages = ramSize / PAGE_SIZE
     const dirty = new SharedArrayBuffer(Math.ceil(this.pages / 32) * 4)
@@ -184,25 +186,6 @@ export class SoftVcpu implements Vcpu {
     const words = new Uint32Array(this.dirty.length)
     for (let i = 0; i < words.length; i++) words[i] = Atomics.exchange(this.dirty, i, 0)
     return new Uint8Array(words.buffer, 0, Math.ceil(this.pages / 8))
-  }
-
-  counter(): bigint {
-    return readCounter(this.memory.bytes)
-  }
-
-  checksum(): number {
-    return readCtl(this.memory.bytes, CTL.checksum)
-  }
-
-  setParams(p: Partial<WorkloadParams>): void {
-    const next = { ...this.p, ...p }
-    validateParams(next, this.memory.size)
-    writeParams(this.memory.bytes, next)
-    this.p = next
-  }
-
-  params(): WorkloadParams {
-    return { ...this.p }
   }
 
   async destroy(): Promise<void> {
