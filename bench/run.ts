@@ -22,8 +22,31 @@ import { parseArgs, type Part } from './lib/args.js'
 import { removeRamFiles } from './lib/ramfile.js'
 import { killChildren } from './lib/proc.js'
 
+/** Writes bench.json (when `json`), the charts and summary.md into `dir`; returns the summary. */
+function writeOutputs(dir: string, results: BenchResults, json: boolean): string {
+  fs.mkdirSync(dir, { recursive: true })
+  const write = (name: string, text: string) => {
+    const p = path.join(dir, name)
+    fs.writeFileSync(p + '.tmp', text)
+    fs.renameSync(p + '.tmp', p)
+  }
+  if (json) write('bench.json', JSON.stringify(results, null, 2) + '\n')
+  for (const [name, svg] of Object.entries(charts(results))) write(name, svg)
+  const md = summaryMarkdown(results)
+  write('summary.md', md)
+  return md
+}
+
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2))
+  if (opts.render) {
+    const dir = opts.quick ? path.join(RESULTS_DIR, 'quick') : RESULTS_DIR
+    const file = path.join(dir, 'bench.json')
+    if (!fs.existsSync(file)) throw new Error(`bench --render: no ${file}; run the bench first`)
+    writeOutputs(dir, JSON.parse(fs.readFileSync(file, 'utf8')) as BenchResults, false)
+    console.log(`redrew ${dir}`)
+    return
+  }
   const t0 = Date.now()
   const ctx = new BenchContext(opts.quick, opts.repeats)
   const M = 1 << 20
@@ -81,17 +104,7 @@ async function main(): Promise<void> {
   results.machine.loadavg[1] = os.loadavg()[0]
   results.skipped = ctx.skipped
   const dir = opts.quick ? path.join(RESULTS_DIR, 'quick') : RESULTS_DIR
-  fs.mkdirSync(dir, { recursive: true })
-  const write = (name: string, text: string) => {
-    const p = path.join(dir, name)
-    fs.writeFileSync(p + '.tmp', text)
-    fs.renameSync(p + '.tmp', p)
-  }
-  write('bench.json', JSON.stringify(results, null, 2) + '\n')
-  for (const [name, svg] of Object.entries(charts(results))) write(name, svg)
-  const md = summaryMarkdown(results)
-  write('summary.md', md)
-  ctx.log('\n' + md)
+  ctx.log('\n' + writeOutputs(dir, results, true))
   ctx.log(`results in ${dir} (${results.durationS.toFixed(0)} s)`)
   if (results.errors.length) process.exitCode = 1
 }

@@ -10,10 +10,12 @@ export interface Options {
   repeats: number
   qemu: boolean
   install: boolean
+  /** Only redraw summary.md and the charts from an earlier run's bench.json. */
+  render: boolean
 }
 
 export function parseArgs(argv: string[]): Options {
-  const o: Options = { quick: false, only: new Set(PARTS), repeats: 0, qemu: true, install: true }
+  const o: Options = { quick: false, only: new Set(PARTS), repeats: 0, qemu: true, install: true, render: false }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const val = () => {
@@ -24,6 +26,7 @@ export function parseArgs(argv: string[]): Options {
     if (a === '--quick') o.quick = true
     else if (a === '--no-qemu') o.qemu = false
     else if (a === '--no-install') o.install = false
+    else if (a === '--render') o.render = true
     else if (a.startsWith('--only')) {
       const parts = val().split(',').map(s => s.trim()).filter(Boolean)
       const bad = parts.filter(p => !(PARTS as readonly string[]).includes(p))
@@ -34,7 +37,7 @@ export function parseArgs(argv: string[]): Options {
       if (!Number.isInteger(n) || n < 1 || n > 50) throw new Error(`bench: --repeats must be an integer in 1..50, got ${JSON.stringify(n)}`)
       o.repeats = n
     } else if (a === '--help' || a === '-h') {
-      throw new Error('usage: npm run bench -- [--quick] [--only ' + PARTS.join(',') + '] [--repeats N] [--no-qemu] [--no-install]')
+      throw new Error('usage: npm run bench -- [--quick] [--only ' + PARTS.join(',') + '] [--repeats N] [--no-qemu] [--no-install] [--render]')
     } else throw new Error(`bench: unknown argument ${JSON.stringify(a)} (try --help)`)
   }
   if (!o.repeats) o.repeats = o.quick ? 3 : 5

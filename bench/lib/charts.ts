@@ -32,6 +32,16 @@ export function charts(r: BenchResults): Record<string, string> {
       series: modes.map(m => ({ label: m, points: dt.filter(p => p.mode === m).map(p => ({ x: p.size / (1 << 20), y: p.downtimeMs!.median })) })),
       refLines: limits.map(l => ({ label: `pre-copy limit ${l} ms`, value: l })),
     })
+    // STOP_COPY's seconds flatten the pre-copy lines above: the same without it.
+    const pre = dt.filter(p => p.mode !== 'stop-copy')
+    if (pre.length) {
+      out['device-downtime-precopy.svg'] = lineChart({
+        title: 'Downtime vs device-state size, pre-copy modes',
+        xLabel: 'device state (MiB)', yLabel: 'downtime (ms)', xLog2: true,
+        series: modes.filter(m => m !== 'stop-copy').map(m => ({ label: m, points: pre.filter(p => p.mode === m).map(p => ({ x: p.size / (1 << 20), y: p.downtimeMs!.median })) })),
+        refLines: limits.map(l => ({ label: `limit ${l} ms`, value: l })),
+      })
+    }
   }
   const live = r.live.filter(l => l.pending.length)
   if (live.length) {

@@ -14,7 +14,7 @@ export function summaryMarkdown(r: BenchResults): string {
   const m = r.machine
   const out: string[] = []
   out.push(`# Benchmark summary${r.quick ? ' (quick run)' : ''}`, '')
-  out.push(`${r.date}, ${r.durationS.toFixed(0)} s. Machine: ${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, Node ${m.node}, QEMU ${m.qemu ?? 'n/a'}, KVM: ${m.kvm}; load average ${m.loadavg.map(v => v.toFixed(1)).join(' at start, ')} at end (the 2 cores may be shared: load skews every figure, ratios are paired within the run).`)
+  out.push(`${r.date}, ${r.durationS.toFixed(0)} s. Machine: ${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}, Node ${m.node}, QEMU ${m.qemu ?? 'n/a'}, KVM: ${m.kvm}; load average ${(m.loadavg ?? []).map(v => v.toFixed(1)).join(' at start, ')} at end (the 2 cores may be shared: load skews every figure, ratios are paired within the run).`)
   out.push(`Each figure: median of ${r.repeats} runs (fewer for 1 GiB and up), min-max in brackets.`, '')
 
   out.push('## Limits of this machine', '')
@@ -82,6 +82,6 @@ export function summaryMarkdown(r: BenchResults): string {
     for (const e of r.errors) out.push(`- ${e}`)
     out.push('')
   }
-  out.push('Charts: ram-throughput.svg, device-throughput.svg, device-downtime.svg, live-pending.svg (beside this file).', '')
+  out.push('Charts: ram-throughput.svg, device-throughput.svg, device-downtime.svg, device-downtime-precopy.svg, live-pending.svg (beside this file).', '')
   return out.join('\n')
 }
