@@ -242,3 +242,21 @@ t.test('a cancel after the whole stream was sent is not honoured (no split brain
   t.equal(src.vm.state, 'postmigrate')
   t.equal(dst.vm.state, 'running')
 })
+
+t.test('state that can only move with the VM stopped, over a link never measured: a clear error, not a hang', async t => {
+  const src = await makeVm('source', [{ flags: 1, stateSize: 4 << 20 }])
+  const dst = await makeVm('dest', [{ flags: 1, stateSize: 4 << 20 }])
+  const { result, inc } = await pair(`unix:${join(tmp(), 's')}`, src, dst)
+  await t.rejects(result, /can only move with the VM stopped.*avail-switchover-bandwidth/)
+  await t.rejects(inc)
+  t.equal(src.vm.state, 'running')
+  t.equal(src.emus[0].state, 'RUNNING')
+  // With the bandwidth given, the same migration completes within the limit.
+  const src2 = await makeVm('source', [{ flags: 1, stateSize: 4 << 20, seed: 3 }])
+  const dst2 = await makeVm('dest', [{ flags: 1, stateSize: 4 << 20 }])
+  const p2 = await pair(`unix:${join(tmp(), 's')}`, src2, dst2, {}, { availSwitchoverBandwidth: 1 << 30 })
+  const stats = await p2.result
+  await p2.inc
+  t.equal(stats.status, 'completed')
+  t.equal(await dst2.emus[0].digest(), await src2.emus[0].digest())
+})

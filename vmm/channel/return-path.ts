@@ -18,6 +18,8 @@ export const RpMsg = {
   RESUME_OK: 0x100,
   /** Project extension: why the destination failed, UTF-8, sent before SHUT. */
   FAIL_REASON: 0x101,
+  /** Project extension: be64 bytes of the stream the destination has loaded so far. */
+  LOAD_PROGRESS: 0x102,
 } as const
 
 /** Largest message accepted; QEMU's are far smaller. */
@@ -71,6 +73,12 @@ export class ReturnPathWriter {
     let b = Buffer.from(text, 'utf8')
     if (b.length > RP_MAX_LEN) b = b.subarray(0, RP_MAX_LEN)
     return this.send(RpMsg.FAIL_REASON, b)
+  }
+
+  loadProgress(bytes: number): Promise<void> {
+    const b = Buffer.alloc(8)
+    b.writeBigUInt64BE(BigInt(Math.max(0, Math.floor(bytes))))
+    return this.send(RpMsg.LOAD_PROGRESS, b)
   }
 
   resumeOk(t: ResumeTiming): Promise<void> {

@@ -57,12 +57,25 @@ export async function incoming(machine: MigratableVm, source: string | Listener 
   const onAbort = () => f.shutdown('incoming migration cancelled')
   opts.signal?.addEventListener('abort', onAbort, { once: true })
   const t0 = performance.now()
+  // Tell the source how far loading has got, so it can count what is still
+  // queued here as pending (see the pre-copy loop in outgoing.ts).
+  let reported = -1
+  const ticker = rp
+    ? setInterval(() => {
+      const n = f.bytesRead
+      if (n !== reported && !f.error) {
+        reported = n
+        rp.loadProgress(n).catch(() => undefined)
+      }
+    }, 20)
+    : undefined
   try {
     const res = await loadvm(f, registry, {
       machine: machine.machine,
       capabilities: validatedCapabilities(caps),
       onSwitchoverAck: rp ? () => rp.switchoverAck() : undefined,
     })
+    clearInterval(ticker)
     const loaded = performance.now()
     await machine.vfio?.finishIncoming()
     await vm.vmStart()
@@ -77,6 +90,7 @@ export async function incoming(machine: MigratableVm, source: string | Listener 
     }
     throw e instanceof MigrationError ? e : new MigrationError(`incoming migration failed: ${(e as Error).message}`, (e as { code?: string }).code ?? 'EIO', { cause: e })
   } finally {
+    clearInterval(ticker)
     opts.signal?.removeEventListener('abort', onAbort)
     await f.close().catch(() => undefined)
   }

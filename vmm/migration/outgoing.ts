@@ -56,6 +56,8 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
   private rpClosed = false
   /** The destination's own words for its failure (FAIL_REASON), if it sent them. */
   private remoteReason: string | undefined
+  /** Bytes the destination reported loaded (LOAD_PROGRESS), -1 until it reports. */
+  private destLoaded = -1
   /** Set once EOF is on the wire: from then on the destination may run the guest, so a cancel could split it in two. */
   private committed = false
 
@@ -130,6 +132,8 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
           this.acked = true
         } else if (m.type === RpMsg.RESUME_OK) {
           this.resumed = { ok: true, at: now() }
+        } else if (m.type === RpMsg.LOAD_PROGRESS && m.data.length === 8) {
+          this.destLoaded = Number(m.data.readBigUInt64BE(0))
         } else if (m.type === RpMsg.FAIL_REASON) {
           this.remoteReason = m.data.toString('utf8')
         } else if (m.type === RpMsg.SHUT) {
@@ -213,16 +217,22 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       this.set('active')
 
       // ---- pre-copy ----
+      // The link's rate is measured over wall-clock time, throttle waits
+      // included: a round that only fills socket buffers says nothing about
+      // how fast bytes leave. Where the destination reports its progress
+      // (LOAD_PROGRESS on the return path), the rate is what it actually
+      // loaded, and what it has not loaded yet counts as pending: without
+      // that, a destination slower than the link (a device that takes its
+      // time to absorb state) would still be chewing on pre-copy data during
+      // the downtime, and the limit would not hold.
       const meter = new BandwidthMeter()
       let lastSyncPending = -1
       let sentSinceSync = 0
       let lastSyncAt = now()
-      // The link's rate is measured over wall-clock time, throttle waits
-      // included: a round that only fills socket buffers says nothing about
-      // how fast bytes leave, and an optimistic estimate would stop the VM
-      // too early and break the downtime limit.
       let sampleAt = now()
       let sampleBytes = f.transferred
+      let idleRounds = 0
+      const progress = () => (this.destLoaded >= 0 ? this.destLoaded : f.transferred)
       for (;;) {
         this.checkCancel()
         const before = f.transferred
@@ -231,21 +241,29 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
         sentSinceSync += sent
         await f.flush()
         const t = now()
-        const bw = t - sampleAt >= 20 || done ? meter.sample(f.transferred - sampleBytes, t - sampleAt) : meter.bytesPerMs
-        if (t - sampleAt >= 20 || done) {
+        if (sent === 0 && !done) {
+          // An idle round says how much there was to send, not how fast the
+          // link is: leave it out of the measurement.
           sampleAt = t
-          sampleBytes = f.transferred
+          sampleBytes = progress()
+        } else if (t - sampleAt >= 20) {
+          meter.sample(progress() - sampleBytes, t - sampleAt)
+          sampleAt = t
+          sampleBytes = progress()
         }
+        const bw = meter.bytesPerMs
         this.mbps = (bw * 1000 * 8) / 1e6
-        let pending = save.pendingEstimate().precopyOnly
+        const backlog = this.destLoaded >= 0 ? Math.max(0, f.transferred - this.destLoaded) : 0
+        let pending = save.pendingEstimate().precopyOnly + backlog
         const input = { pending, bytesPerMs: bw, downtimeLimitMs: p.downtimeLimitMs, availSwitchoverBandwidth: p.availSwitchoverBandwidth }
         if (done || pending <= thresholdBytes(input)) {
-          pending = (await save.pendingExact()).precopyOnly
+          const exact = (await save.pendingExact()).precopyOnly
+          pending = exact + backlog
           this.iterations++
-          const t = now()
+          const ts = now()
           if (lastSyncPending >= 0) {
-            const dirtied = Math.max(0, pending - Math.max(0, lastSyncPending - sentSinceSync))
-            this.dirtyRate = (dirtied / 4096) / Math.max(0.001, (t - lastSyncAt) / 1000)
+            const dirtied = Math.max(0, exact - Math.max(0, lastSyncPending - sentSinceSync))
+            this.dirtyRate = (dirtied / 4096) / Math.max(0.001, (ts - lastSyncAt) / 1000)
             if (this.capabilities.autoConverge) {
               const th = auto.period(dirtied, sentSinceSync)
               if (th !== this.throttle) {
@@ -254,23 +272,34 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
               }
             }
           }
-          lastSyncPending = pending
+          lastSyncPending = exact
           sentSinceSync = 0
-          lastSyncAt = t
+          lastSyncAt = ts
           input.pending = pending
           this.remaining = pending
           this.expected = expectedDowntimeMs(input)
-          const fits = bw > 0 || p.availSwitchoverBandwidth > 0 ? pending <= thresholdBytes(input) : pending === 0
+          const rateKnown = bw > 0 || p.availSwitchoverBandwidth > 0
+          const fits = rateKnown ? pending <= thresholdBytes(input) : pending === 0
           if (fits && (!this.capabilities.switchoverAck || this.acked)) break
+          // Nothing moves in pre-copy and the link was never measured: the
+          // state left can only move with the VM stopped, and how long that
+          // takes is unknown. Stopping anyway could break the limit.
+          idleRounds = sent === 0 && !rateKnown ? idleRounds + 1 : 0
+          if (idleRounds >= 200) {
+            throw new MigrationError(
+              `${pending} bytes can only move with the VM stopped and the link rate was never measured (nothing to send in pre-copy); ` +
+              'set avail-switchover-bandwidth to the bandwidth the switchover may assume', 'EINVAL')
+          }
         } else {
           this.remaining = pending
           this.expected = expectedDowntimeMs(input)
         }
         this.emit('progress', this.stats())
         if (p.xMaxIterations > 0 && this.iterations >= p.xMaxIterations) {
-          throw new MigrationError(
-            `did not converge in ${this.iterations} iterations: expected downtime ${Math.round(this.expected)} ms > limit ${p.downtimeLimitMs} ms`,
-            'ETIMEDOUT')
+          const why = this.capabilities.switchoverAck && !this.acked && this.expected <= p.downtimeLimitMs
+            ? 'the destination has not acked the switchover (switchover-ack)'
+            : `expected downtime ${Math.round(this.expected)} ms > limit ${p.downtimeLimitMs} ms`
+          throw new MigrationError(`did not converge in ${this.iterations} iterations: ${why}`, 'ETIMEDOUT')
         }
         if (f.rateLimitExceeded()) await f.throttle()
         else if (sent === 0) await new Promise(r => setTimeout(r, 5)) // nothing to send now: let the guest run
