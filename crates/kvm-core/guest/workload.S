@@ -21,7 +21,9 @@
  */
     .code64
     .set CTL, 0x9000
-    .set EXIT_MMIO, 0x3fe00000
+    /* layout.rs EXIT_VADDR: sign-extended from the 32-bit displacement, mapped
+       onto the exit page at 0xc0000000 just above the largest RAM. */
+    .set EXIT_MMIO, 0xffffffffc0000000
     .text
     .globl _start
 _start:

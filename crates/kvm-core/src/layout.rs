@@ -5,25 +5,47 @@ use crate::error::{Error, Result};
 use crate::ram::GuestRam;
 
 pub const PAGE_SIZE: u64 = 4096;
-/// One 2 MiB guest page per page-directory entry keeps the page tables at three
+/// One 2 MiB guest page per page-directory entry keeps the page tables at a few
 /// fixed pages; KVM still dirty-logs at 4 KiB because logging splits host mappings.
 pub const RAM_ALIGN: u64 = 2 << 20;
-/// One page directory maps 1 GiB; its last 2 MiB entry is the exit MMIO page.
-pub const MAX_RAM: u64 = (1 << 30) - RAM_ALIGN;
+/// RAM is one slot from 0; the fourth GiB stays a hole, as on a PC: the exit
+/// MMIO page lives there, and so do the pages Intel KVM reserves for its
+/// real-mode TSS (KVM_SET_TSS_ADDR takes a 32-bit address and refuses overlap
+/// with a slot). Three page directories (0x4000..0x6fff) map the RAM.
+pub const MAX_RAM: u64 = 3 << 30;
+const GIB: u64 = 1 << 30;
 
 pub const GDT_ADDR: u64 = 0x1000;
 pub const TSS_ADDR: u64 = 0x1080;
 pub const TSS_LIMIT: u32 = 103;
 pub const PML4_ADDR: u64 = 0x2000;
 pub const PDPT_ADDR: u64 = 0x3000;
+/// Four page directories back to back, so entry `gpa / 2 MiB` of the flat array
+/// at PD_ADDR maps `gpa` for every address below 4 GiB.
 pub const PD_ADDR: u64 = 0x4000;
 pub const CODE_ADDR: u64 = 0x8000;
 pub const CTL_ADDR: u64 = 0x9000;
 /// First page the data region may use: everything below is the layout above.
 pub const FIRST_DATA_PAGE: u32 = 16;
 /// The workload stores here to leave the run loop: no memory slot covers it,
-/// so KVM exits with KVM_EXIT_MMIO (I/O ports fault at CPL3 under PVM).
-pub const EXIT_MMIO: u64 = 0x3fe0_0000;
+/// so KVM exits with KVM_EXIT_MMIO (I/O ports fault at CPL3 under PVM). The
+/// first 2 MiB above the largest RAM, so it is never RAM.
+pub const EXIT_MMIO: u64 = MAX_RAM;
+/// The address the program stores to: a 32-bit displacement is sign-extended,
+/// so EXIT_MMIO is reached through the top of the address space, which the
+/// page tables map onto it (PML4[511] -> the PDPT, PDPT[511] -> the hole's PD).
+/// Same instruction length as before, so the program's layout is unchanged.
+pub const EXIT_VADDR: u64 = 0xffff_ffff_0000_0000 | EXIT_MMIO;
+/// Where programs installed by layouts up to 1 GiB - 2 MiB stored to leave. A
+/// restored RAM image carries its own program and page tables, so such a guest
+/// still exits there; below that limit no slot covers the address either.
+pub const LEGACY_EXIT_MMIO: u64 = 0x3fe0_0000;
+
+// The page directories must fit below the program, the exit page inside the
+// 32-bit hole, and its alias inside a sign-extended 32-bit displacement.
+const _: () = assert!(PD_ADDR + (EXIT_MMIO / GIB + 1) * PAGE_SIZE <= CODE_ADDR);
+const _: () = assert!(EXIT_MMIO + RAM_ALIGN <= 1 << 32 && EXIT_MMIO % RAM_ALIGN == 0);
+const _: () = assert!(EXIT_VADDR as i64 == EXIT_VADDR as i64 as i32 as i64);
 
 pub const SEL_USER_CS: u16 = 0x18 | 3;
 pub const SEL_USER_DS: u16 = 0x20 | 3;
@@ -92,7 +114,7 @@ impl WorkloadParams {
 pub fn validate_ram_size(ram_size: u64) -> Result<()> {
     if ram_size == 0 || ram_size % RAM_ALIGN != 0 || ram_size > MAX_RAM {
         return Err(Error::invalid(format!(
-            "guest RAM size {ram_size} must be a non-zero multiple of 2 MiB and at most 1 GiB - 2 MiB"
+            "guest RAM size {ram_size} must be a non-zero multiple of 2 MiB and at most 3 GiB"
         )));
     }
     Ok(())
@@ -130,8 +152,15 @@ pub fn install(ram: &GuestRam, params: &WorkloadParams) -> Result<()> {
     const A: u64 = 1 << 5;
     const D: u64 = 1 << 6;
     const PS: u64 = 1 << 7;
-    ram.write_u64(PML4_ADDR, PDPT_ADDR | P | RW | US | A)?;
-    ram.write_u64(PDPT_ADDR, PD_ADDR | P | RW | US | A)?;
+    let table = PDPT_ADDR | P | RW | US | A;
+    ram.write_u64(PML4_ADDR, table)?;
+    ram.write_u64(PML4_ADDR + 511 * 8, table)?;
+    for g in 0..size.div_ceil(GIB) {
+        ram.write_u64(PDPT_ADDR + g * 8, (PD_ADDR + g * PAGE_SIZE) | P | RW | US | A)?;
+    }
+    let exit_pd = (PD_ADDR + (EXIT_MMIO / GIB) * PAGE_SIZE) | P | RW | US | A;
+    ram.write_u64(PDPT_ADDR + (EXIT_MMIO / GIB) * 8, exit_pd)?;
+    ram.write_u64(PDPT_ADDR + ((EXIT_VADDR >> 30) & 511) * 8, exit_pd)?;
     for i in 0..size / RAM_ALIGN {
         ram.write_u64(PD_ADDR + i * 8, (i * RAM_ALIGN) | P | RW | US | A | D | PS)?;
     }
@@ -186,8 +215,10 @@ mod tests {
     #[test]
     fn validates_sizes_and_params() {
         assert!(validate_ram_size(3 << 20).is_err());
-        assert!(validate_ram_size(1 << 30).is_err());
         validate_ram_size(4 << 20).unwrap();
+        validate_ram_size(2 << 30).unwrap();
+        validate_ram_size(MAX_RAM).unwrap();
+        assert!(validate_ram_size(MAX_RAM + RAM_ALIGN).is_err());
         let p = WorkloadParams::default_for(4 << 20);
         p.validate(4 << 20).unwrap();
         assert!(WorkloadParams { seed: 0, ..p }.validate(4 << 20).is_err());
@@ -208,5 +239,56 @@ mod tests {
         assert_eq!(code, WORKLOAD_CODE);
         // The program hard-codes the control block and exit port.
         assert_eq!(&WORKLOAD_CODE[0..5], &[0xbb, 0x00, 0x90, 0x00, 0x00]);
+    }
+
+    /// The CPU's 4-level walk over the tables in guest RAM: the physical address
+    /// `va` reaches at CPL3 with a write, or None where it would fault.
+    fn walk(ram: &GuestRam, va: u64) -> Option<u64> {
+        const NEED: u64 = 1 | 2 | 4; // present, writable, user
+        let pml4e = ram.read_u64(PML4_ADDR + ((va >> 39) & 511) * 8).unwrap();
+        if pml4e & NEED != NEED {
+            return None;
+        }
+        let pdpte = ram.read_u64((pml4e & !0xfff) + ((va >> 30) & 511) * 8).unwrap();
+        if pdpte & NEED != NEED || pdpte & 0x80 != 0 {
+            return None;
+        }
+        let pde = ram.read_u64((pdpte & !0xfff) + ((va >> 21) & 511) * 8).unwrap();
+        if pde & (NEED | 0x80) != NEED | 0x80 {
+            return None;
+        }
+        Some((pde & !(RAM_ALIGN - 1) & ((1 << 52) - 1)) | (va & (RAM_ALIGN - 1)))
+    }
+
+    #[test]
+    fn page_tables_map_all_ram_and_the_exit_page_only() {
+        for size in [2u64 << 20, 1 << 30, (1 << 30) + RAM_ALIGN, 2 << 30, MAX_RAM] {
+            let ram = GuestRam::new(size as usize).unwrap();
+            install(&ram, &WorkloadParams { region_pages: 1, ..WorkloadParams::default_for(size) }).unwrap();
+            for va in [0, CTL_ADDR, (1 << 30) - 4, 1 << 30, (2 << 30) - 4, 2 << 30, size - 4] {
+                if va < size {
+                    assert_eq!(walk(&ram, va), Some(va), "RAM at {va:#x} of {size:#x}");
+                }
+            }
+            // At MAX_RAM the next byte is the exit page itself, mapped 1:1 as well.
+            let past = if size == EXIT_MMIO { Some(EXIT_MMIO) } else { None };
+            assert_eq!(walk(&ram, size), past, "first byte past RAM of {size:#x}");
+            assert_eq!(walk(&ram, size + RAM_ALIGN), None, "past RAM of {size:#x}");
+            assert_eq!(walk(&ram, EXIT_VADDR), Some(EXIT_MMIO));
+            assert_eq!(walk(&ram, EXIT_VADDR + RAM_ALIGN), None);
+            // Entries are preset Accessed (and Dirty on leaves): the CPU never writes them.
+            let pde = ram.read_u64(PD_ADDR + (size / RAM_ALIGN - 1) * 8).unwrap();
+            assert_eq!(pde & 0x60, 0x60);
+        }
+    }
+
+    #[test]
+    fn program_stores_to_the_exit_alias() {
+        // mov %eax, disp32 (89 04 25 d32): the displacement is sign-extended.
+        let at = WORKLOAD_CODE.windows(3).position(|w| w == [0x89, 0x04, 0x25]).expect("exit store");
+        let d = &WORKLOAD_CODE[at + 3..at + 7];
+        let va = i32::from_le_bytes([d[0], d[1], d[2], d[3]]) as i64 as u64;
+        assert_eq!(va, EXIT_VADDR);
+        assert!(EXIT_MMIO >= MAX_RAM && LEGACY_EXIT_MMIO < EXIT_MMIO);
     }
 }

@@ -4,7 +4,7 @@
 //! state save for the vCPU mutex inside the kernel.
 use crate::error::{Error, Result};
 use crate::kick;
-use crate::layout::{self, WorkloadParams, EXIT_MMIO};
+use crate::layout::{self, WorkloadParams, EXIT_MMIO, LEGACY_EXIT_MMIO};
 use crate::ram::GuestRam;
 use crate::state::VcpuState;
 use crate::vcpu;
@@ -285,7 +285,7 @@ fn run_loop(vcpu: &mut VcpuFd, sh: &Shared) {
             break StopReason::Paused;
         }
         match vcpu.run() {
-            Ok(VcpuExit::MmioWrite(addr, _)) if addr == EXIT_MMIO => {
+            Ok(VcpuExit::MmioWrite(addr, _)) if addr == EXIT_MMIO || addr == LEGACY_EXIT_MMIO => {
                 // KVM finishes an MMIO exit only on the next KVM_RUN; do that now
                 // (immediate_exit makes it return at once) so a state save
                 // taken after this stop is consistent.

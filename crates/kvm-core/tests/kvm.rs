@@ -166,3 +166,89 @@ fn state_saved_at_a_guest_exit_resumes_elsewhere() {
     assert_eq!(b.save_state().err().unwrap().errno, libc::EBUSY);
     assert_eq!(b.pause().unwrap(), StopReason::Paused);
 }
+
+fn dirty_pages(log: &[u8]) -> Vec<u64> {
+    (0..log.len() as u64 * 8).filter(|i| log[(*i / 8) as usize] & (1 << (i % 8)) != 0).collect()
+}
+
+/// Guests above the old 1 GiB - 2 MiB limit, up to MAX_RAM: the region is the
+/// top of RAM (the last page directory in use), the guest leaves through the
+/// exit page above RAM, and a move copies only the fixed pages and what the
+/// dirty log reported, so the test touches a few hundred KiB of each guest.
+#[test]
+fn big_guests_run_dirty_and_move() {
+    if !kvm_or_skip() {
+        return;
+    }
+    for ram in [2u64 << 30, MAX_RAM] {
+        let pages = ram / PAGE_SIZE;
+        let p = WorkloadParams {
+            region_start: (pages - 64) as u32,
+            region_pages: 64,
+            pages_per_iter: 4,
+            spin: 200,
+            ..WorkloadParams::default_for(ram)
+        };
+        let a = Machine::new(ram, p).unwrap();
+        quiesce(&a);
+        // Clears what reaching the first stop check logged (here the host marks
+        // the program's and control block's pages on their first access).
+        let mut moved = dirty_pages(&a.sync_dirty_log().unwrap());
+        let (cur0, c0) = (ctl_u32(&a, CTL_CURSOR) as u64, counter(&a));
+        a.start().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        quiesce(&a);
+        let iters = counter(&a) - c0;
+        assert!(iters > 0, "{ram:#x}: guest did not run");
+        let mut want: Vec<u64> = (0..(iters * 4).min(64)).map(|k| pages - 64 + (cur0 + k) % 64).collect();
+        want.push(CTL_ADDR / PAGE_SIZE);
+        want.sort();
+        let logged = dirty_pages(&a.sync_dirty_log().unwrap());
+        assert_eq!(logged, want, "{ram:#x}: dirty log after {iters} iterations");
+        moved.extend(logged);
+        assert_eq!(ctl_u32(&a, CTL_CHECKSUM), region_sum(a.ram(), &p).unwrap());
+
+        a.start().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        a.pause().unwrap();
+        let bytes = a.save_state().unwrap().to_bytes();
+        moved.extend(dirty_pages(&a.sync_dirty_log().unwrap()));
+        moved.extend(0..FIRST_DATA_PAGE as u64); // installed before logging began
+        moved.sort();
+        moved.dedup();
+        assert!(moved.iter().all(|&pg| pg < FIRST_DATA_PAGE as u64 || pg == CTL_ADDR / PAGE_SIZE || pg >= pages - 64));
+        let c = counter(&a);
+        let b = Machine::new(ram, WorkloadParams { seed: 5, ..p }).unwrap();
+        let mut buf = vec![0u8; PAGE_SIZE as usize];
+        for pg in &moved {
+            a.ram().read(pg * PAGE_SIZE, &mut buf).unwrap();
+            b.ram().write(pg * PAGE_SIZE, &buf).unwrap();
+        }
+        drop(a);
+        b.restore_state(VcpuState::from_bytes(&bytes).unwrap()).unwrap();
+        b.start().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        quiesce(&b);
+        assert!(counter(&b) > c, "{ram:#x}: counter did not advance after the move");
+        assert_eq!(ctl_u32(&b, CTL_CHECKSUM), region_sum(b.ram(), &p).unwrap(), "{ram:#x}: checksum after the move");
+        eprintln!("kvm {} MiB: {iters} iterations, {} pages moved", ram >> 20, moved.len());
+    }
+}
+
+/// A RAM image from the previous layout (exit page at 0x3fe00000, program
+/// storing there) still stops cleanly: restored RAM carries its own program.
+#[test]
+fn previous_layouts_exit_page_still_stops() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let ram = 4 << 20;
+    let m = Machine::new(ram, params(ram)).unwrap();
+    let at = WORKLOAD_CODE.windows(3).position(|w| w == [0x89, 0x04, 0x25]).unwrap() as u64 + 3;
+    m.ram().write(CODE_ADDR + at, &(LEGACY_EXIT_MMIO as u32).to_le_bytes()).unwrap();
+    m.ram().write_u64(PD_ADDR + (LEGACY_EXIT_MMIO / RAM_ALIGN) * 8, LEGACY_EXIT_MMIO | 0xe7).unwrap();
+    m.start().unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    quiesce(&m);
+    assert!(counter(&m) > 0);
+}
