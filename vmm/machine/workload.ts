@@ -4,7 +4,8 @@
 
 export const PAGE_SIZE = 4096
 export const RAM_ALIGN = 2 * 1024 * 1024
-export const MAX_RAM = 1024 * 1024 * 1024 - RAM_ALIGN
+/** RAM is 0..3 GiB; the fourth GiB is the KVM vCPU's MMIO hole (exit page). */
+export const MAX_RAM = 3 * 1024 * 1024 * 1024
 export const CODE_ADDR = 0x8000
 export const CTL_ADDR = 0x9000
 export const CTL_PAGE = CTL_ADDR / PAGE_SIZE
@@ -58,7 +59,7 @@ export const EINVAL = 22
 
 export function validateRamSize(ramSize: number): void {
   if (!Number.isSafeInteger(ramSize) || ramSize <= 0 || ramSize % RAM_ALIGN !== 0 || ramSize > MAX_RAM) {
-    throw new MachineError(`guest RAM size ${ramSize} must be a non-zero multiple of 2 MiB and at most 1 GiB - 2 MiB`, EINVAL)
+    throw new MachineError(`guest RAM size ${ramSize} must be a non-zero multiple of 2 MiB and at most 3 GiB`, EINVAL)
   }
 }
 
