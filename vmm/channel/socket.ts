@@ -4,6 +4,7 @@
 import type { Readable, Writable } from 'node:stream'
 import type { Channel, ChannelKind } from './types.js'
 import { StreamError, toStreamError } from '../stream/errors.js'
+import { LandingReader } from './landing.js'
 
 interface HandleLike { fd?: number; reading?: boolean; readStop?: () => number; readStart?: () => number }
 type Internal = { _handle?: HandleLike | null; _read: (n: number) => void }
@@ -19,6 +20,9 @@ export class SocketChannel implements Channel {
   private readonly input: Readable
   private readonly output: Writable
   private leftover: Buffer | null = null
+  /** Chunks read before the switch to landing-buffer reads, consumed first. */
+  private queued: Buffer[] = []
+  private readonly landing: LandingReader | null = null
   private error: StreamError | null = null
   private ended = false
   private closed = false
@@ -36,6 +40,15 @@ export class SocketChannel implements Channel {
     if ((output as unknown) !== input) output.on('error', onErr)
     input.on('end', () => { this.ended = true })
     input.pause()
+    const l = LandingReader.attach(input)
+    if (l) {
+      this.landing = l.reader
+      this.queued = l.queued
+      const wake = () => l.reader.wake(0)
+      input.on('end', wake)
+      input.on('close', wake)
+      input.on('error', wake)
+    }
   }
 
   get fd(): number | undefined {
@@ -48,6 +61,7 @@ export class SocketChannel implements Channel {
 
   async read(buf: Uint8Array, offset: number, length: number): Promise<number> {
     if (length <= 0) return 0
+    if (this.landing) return this.readLanding(buf, offset, length)
     for (;;) {
       let chunk = this.leftover
       this.leftover = null
@@ -61,6 +75,25 @@ export class SocketChannel implements Channel {
       if (this.error) throw this.error
       if (this.ended || this.input.readableEnded || this.closed) return 0
       await this.waitReadable()
+    }
+  }
+
+  private async readLanding(buf: Uint8Array, offset: number, length: number): Promise<number> {
+    const l = this.landing!
+    for (;;) {
+      const q = this.queued[0]
+      if (q) {
+        const n = Math.min(length, q.length)
+        buf.set(n === q.length ? q : q.subarray(0, n), offset)
+        if (n < q.length) this.queued[0] = q.subarray(n)
+        else this.queued.shift()
+        return n
+      }
+      const n = l.take(buf, offset, length)
+      if (n > 0) return n
+      if (this.error) throw this.error
+      if (this.ended || this.input.readableEnded || this.closed || this.input.destroyed) return 0
+      await l.wait()
     }
   }
 
@@ -99,8 +132,28 @@ export class SocketChannel implements Channel {
   }
 
   async quiesce(): Promise<Uint8Array[]> {
+    if (this.landing) {
+      // Reads run only while read() waits, so stopping the handle is enough;
+      // everything already read is handed back in order.
+      if (this.quiesced) return []
+      this.quiesced = (this.input as unknown as Internal)._read
+      this.landing.stop()
+      const out: Uint8Array[] = this.queued.splice(0)
+      const rest = this.landing.takeAll()
+      if (rest) out.push(rest)
+      return out
+    }
+    if (this.quiesced) return []
     const h = (this.input as unknown as Internal)._handle
-    if (!h || typeof h.readStop !== 'function' || this.quiesced) return []
+    if (!h || typeof h.readStop !== 'function') {
+      // The handle is gone (a pipe at EOF): nothing reads any more, but what
+      // was read before still belongs to the caller.
+      const out: Uint8Array[] = []
+      if (this.leftover) out.push(this.leftover)
+      this.leftover = null
+      for (let c = this.input.read() as Buffer | null; c; c = this.input.read() as Buffer | null) out.push(c)
+      return out
+    }
     const inst = this.input as unknown as Internal
     // While quiesced nothing may read the fd behind the caller's back, and
     // Readable.read() would restart the handle through _read.
@@ -119,6 +172,10 @@ export class SocketChannel implements Channel {
 
   resumeReads(): void {
     if (!this.quiesced) return
+    if (this.landing) {
+      this.quiesced = null
+      return
+    }
     const inst = this.input as unknown as Internal
     inst._read = this.quiesced
     this.quiesced = null

@@ -62,7 +62,8 @@ export class RamLoader {
       switch (flags & ~RamFlag.CONTINUE) {
         case RamFlag.ZERO:
         case RamFlag.PAGE: {
-          const b = await this.blockFromStream(f, flags, at)
+          // CONTINUE (nearly every page) needs no await.
+          const b = flags & RamFlag.CONTINUE ? this.continued(at) : await this.namedBlock(f, at)
           if (addr + RAM_PAGE_SIZE > b.length) {
             throw new RamOffsetError(`page at offset 0x${addr.toString(16)} is outside block '${b.name}' of ${b.length} bytes`, { offset: at })
           }
@@ -75,7 +76,7 @@ export class RamLoader {
             this.stats.zeroPages++
           } else {
             if (f.available < RAM_PAGE_SIZE) await need(f, RAM_PAGE_SIZE, 'ram', 'page data')
-            b.memory.set(f.view(RAM_PAGE_SIZE), addr)
+            f.takeInto(b.memory, addr, RAM_PAGE_SIZE)
             this.stats.normalPages++
           }
           break
@@ -93,20 +94,21 @@ export class RamLoader {
     }
   }
 
-  private async blockFromStream(f: MigStream, flags: number, at: number): Promise<RamBlock> {
-    if (flags & RamFlag.CONTINUE) {
-      if (!this.last) throw new RamNoBlockError('CONTINUE before any block was named', { offset: at })
-      return this.last
-    }
+  private continued(at: number): RamBlock {
+    if (!this.last) throw new RamNoBlockError('CONTINUE before any block was named', { offset: at })
+    return this.last
+  }
+
+  private async namedBlock(f: MigStream, at: number): Promise<RamBlock> {
     const b = await this.readBlockName(f, at)
     this.last = b
     return b
   }
 
   private async readBlockName(f: MigStream, at: number): Promise<RamBlock> {
-    await need(f, 1, 'ram', 'block id length')
+    if (f.available < 1) await need(f, 1, 'ram', 'block id length')
     const len = f.u8()
-    await need(f, len, 'ram', 'block id')
+    if (f.available < len) await need(f, len, 'ram', 'block id')
     const name = f.view(len).toString('utf8')
     const b = this.layout.byName.get(name)
     if (!b) {

@@ -22,7 +22,7 @@ import { readFd, writeAllFd } from './fdio.js'
 import { nativeFdTransfer, type FdTransfer } from './transfer.js'
 
 export const IO_BUF_SIZE = 32768
-const READ_BUF_SIZE = 65536
+const READ_BUF_SIZE = 256 << 10
 const BOUNCE_SIZE = 1 << 20
 /** Hard cap on bytes queued but not flushed: a caller that never flushes gets ENOBUFS, not an OOM. */
 const DEFAULT_MAX_PENDING = 256 << 20
@@ -308,7 +308,10 @@ export class MigStream {
       this.setError(new StreamError('EMSGSIZE', `fill(${n}) exceeds ${MAX_FILL} bytes; use getBuffer`))
       return this.rend - this.rpos
     }
-    if (this.rpos + n > this.rbuf.length) this.compact(n)
+    // Move the unread tail to the front when n would not fit, and also when
+    // little room is left and little is to move, so reads stay large.
+    const len = this.rbuf.length
+    if (this.rpos + n > len || (len - this.rend < len / 4 && this.rend - this.rpos <= len / 8)) this.compact(n)
     while (this.rend - this.rpos < n && !this.eof) {
       let got: number
       try {
@@ -397,6 +400,21 @@ export class MigStream {
     const b = this.rbuf.subarray(this.rpos, this.rpos + n)
     this.rpos += n
     return b
+  }
+
+  /**
+   * Copy n filled bytes into dest at destOffset and consume them: a page
+   * goes from the stream buffer into its place without a view in between.
+   */
+  takeInto(dest: Uint8Array, destOffset: number, n: number): boolean {
+    if (!this.need(n)) return false
+    if (destOffset < 0 || destOffset + n > dest.length) {
+      this.setError(new StreamError('EINVAL', `takeInto: ${n} bytes at ${destOffset} do not fit a destination of ${dest.length}`))
+      return false
+    }
+    this.rbuf.copy(dest, destOffset, this.rpos, this.rpos + n)
+    this.rpos += n
+    return true
   }
 
   /** Byte at `offset` past the read position, without consuming. */
