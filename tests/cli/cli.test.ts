@@ -75,7 +75,7 @@ t.test('arguments', async (t) => {
     [['demo', '--ram', '--json'], /--ram needs a value/],
     [['demo', '--vcpu', 'xen'], /'xen' is not one of auto, kvm, soft/],
     [['demo', '--ram', '3M'], /not a multiple of 2 MiB/],
-    [['demo', '--ram', '2G'], /between 4M and 1022M/],
+    [['demo', '--ram', '4G'], /between 4M and 3072M/],
     [['demo', '--downtime-limit', '0'], /outside 1\.\./],
     [['demo', '--downtime-limit', '1.5'], /not a whole number/],
     [['demo', '--json=1'], /takes no value/],

@@ -1,12 +1,12 @@
-// [big] The largest guests the vCPUs take: 1 GiB - 2 MiB (one page directory
-// of 2 MiB pages; the software vCPU shares the limit). Few and marked: each
-// moves a gigabyte through loopback twice over (plus hashing on both sides).
+// [big] Large guests: 1022 MiB and 2 GiB (the vCPUs take up to 3 GiB). Few
+// and marked: each moves gigabytes through loopback (plus hashing on both
+// sides).
 // VMM_E2E_BIG=0 skips them.
 import t from 'tap'
 import { Proc, checkArrived, killAll, kvmReason, missingBuild, tempDir, MiB } from './helpers.js'
 import { migratePair } from './lib.js'
 
-t.setTimeout(300_000)
+t.setTimeout(480_000)
 t.teardown(killAll)
 
 const noBuild = missingBuild()
@@ -21,14 +21,18 @@ t.test('[big] unix, soft vCPU, 1022 MiB', { skip: noBig }, async (t) => {
   checkArrived(t, RAM, 'soft', src, dst, true)
 })
 
-t.test('[big] tcp, KVM vCPU, 1022 MiB', { skip: noKvm }, async (t) => {
-  const { src, dst } = await migratePair({ transport: 'tcp', vcpu: 'kvm', ram: RAM, dir: tempDir(t), common, timeoutMs: 150_000 })
-  checkArrived(t, RAM, 'kvm', src, dst, true)
+// 2 GiB, the top of the range the issue asks for: on KVM where it works, else
+// on the software vCPU, so the size is always covered.
+const BIG = 2048 * MiB
+const bigVcpu = noKvm ? 'soft' : 'kvm'
+t.test(`[big] tcp, ${bigVcpu} vCPU, 2 GiB`, { skip: noBig }, async (t) => {
+  const { src, dst } = await migratePair({ transport: 'tcp', vcpu: bigVcpu, ram: BIG, dir: tempDir(t), common, timeoutMs: 300_000 })
+  checkArrived(t, BIG, bigVcpu, src, dst, true)
 })
 
-t.test('beyond the limit: 2 GiB is refused with the reason, before any VM exists', { skip: noBuild }, async (t) => {
-  const p = new Proc(['migrate', 'tcp:127.0.0.1:1', '--ram', '2G', '--vcpu', 'soft'], 'source')
+t.test('beyond the limit: 3 GiB + 2 MiB is refused with the reason, before any VM exists', { skip: noBuild }, async (t) => {
+  const p = new Proc(['migrate', 'tcp:127.0.0.1:1', '--ram', '3074M', '--vcpu', 'soft'], 'source')
   const ex = await p.exit(30_000)
   t.equal(ex.code, 2, 'usage error')
-  t.match(p.stderr, /--ram: must be between 4M and 1022M/, 'names the option and the range')
+  t.match(p.stderr, /--ram: must be between 4M and 3072M/, 'names the option and the range')
 })

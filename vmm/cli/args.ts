@@ -1,5 +1,6 @@
 // Command-line parsing for vmm-migrate: no dependency, every mistake a
 // UsageError naming the option and what was wrong with it.
+import { MAX_RAM } from '../machine/workload.js'
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -164,7 +165,7 @@ export function parseArgs(argv: readonly string[]): Parsed {
   }
   if (positional.length) throw new UsageError(`unexpected argument '${positional[0]}'`)
   if (options.ram % (2 << 20) !== 0) throw new UsageError(`--ram: ${options.ram} bytes is not a multiple of 2 MiB`)
-  if (options.ram < (4 << 20) || options.ram > (1 << 30) - (2 << 20)) throw new UsageError('--ram: must be between 4M and 1022M')
+  if (options.ram < (4 << 20) || options.ram > MAX_RAM) throw new UsageError(`--ram: must be between 4M and ${MAX_RAM / (1 << 20)}M`)
   if (options.workingSet < 4096) throw new UsageError('--working-set: must be at least 4K')
   return { command, target, options, given }
 }
