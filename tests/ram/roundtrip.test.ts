@@ -145,3 +145,22 @@ t.test('a round stops at the rate limit; cleanup then a second migration starts 
   }
   t.equal(syncs, 4, 'setup and complete synced the tracker, twice')
 })
+
+t.test('isZeroPage: a single non-zero byte anywhere in the page counts, at any offset', async t => {
+  const { isZeroPage } = await import('../../vmm/ram/zero.js')
+  const PAGE = 4096
+  const m = new Uint8Array(3 * PAGE)
+  t.ok(isZeroPage(m, PAGE), 'all-zero page')
+  let missed = 0
+  for (let i = 0; i < PAGE; i++) {
+    m[PAGE + i] = 1 + (i % 255)
+    if (isZeroPage(m, PAGE)) missed++
+    m[PAGE + i] = 0
+  }
+  t.equal(missed, 0, 'every byte position makes the page non-zero')
+  m[PAGE - 1] = 9
+  m[2 * PAGE] = 9
+  t.ok(isZeroPage(m, PAGE), 'bytes of the neighbouring pages do not count')
+  const view = new Uint8Array(m.buffer, 5, PAGE)
+  t.notOk(isZeroPage(view, 0), 'an unaligned view sees byte PAGE - 1 of the buffer as its byte PAGE - 6')
+})

@@ -27,7 +27,7 @@ const BOUNCE_SIZE = 1 << 20
 /** Hard cap on bytes queued but not flushed: a caller that never flushes gets ENOBUFS, not an OOM. */
 const DEFAULT_MAX_PENDING = 256 << 20
 /** maybeFlush() writes once this much is queued (or IOV_MAX buffers). */
-const FLUSH_THRESHOLD = 512 << 10
+const FLUSH_THRESHOLD = 1 << 20
 const IOV_MAX = 1024
 /** The largest single fill(); bigger reads go through getBuffer/readInto. */
 const MAX_FILL = 16 << 20
