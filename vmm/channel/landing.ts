@@ -78,6 +78,14 @@ export class LandingReader {
     return n
   }
 
+  /** Everything buffered, in place: valid until the next wait(). */
+  lendAll(): Buffer | null {
+    if (this.end === this.start) return null
+    const b = this.landing.subarray(this.start, this.end)
+    this.start = this.end
+    return b
+  }
+
   /** Everything buffered, as a copy (for a caller about to read the fd itself). */
   takeAll(): Buffer | null {
     if (this.end === this.start) return null

@@ -78,6 +78,24 @@ export class SocketChannel implements Channel {
     }
   }
 
+  /** Only with landing-buffer reads; the stream then reads pages in place. */
+  get lend(): (() => Promise<Uint8Array | null>) | undefined {
+    return this.landing ? this.lendLanding : undefined
+  }
+
+  private readonly lendLanding = async (): Promise<Uint8Array | null> => {
+    const l = this.landing!
+    for (;;) {
+      const q = this.queued.shift()
+      if (q) return q
+      const v = l.lendAll()
+      if (v) return v
+      if (this.error) throw this.error
+      if (this.ended || this.input.readableEnded || this.closed || this.input.destroyed) return null
+      await l.wait()
+    }
+  }
+
   private async readLanding(buf: Uint8Array, offset: number, length: number): Promise<number> {
     const l = this.landing!
     for (;;) {

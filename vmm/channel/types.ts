@@ -18,6 +18,13 @@ export interface Channel {
   /** Read up to `length` bytes into buf at offset. Resolves 0 at end of stream. */
   read(buf: Uint8Array, offset: number, length: number): Promise<number>
   /**
+   * Optional zero-copy read: a view of the next bytes in the channel's own
+   * buffer (at least one), or null at end of stream. The view is the
+   * caller's to read until its next read(), lend() or quiesce() on this
+   * channel, which may overwrite it.
+   */
+  lend?(): Promise<Uint8Array | null>
+  /**
    * Write all buffers in order. Resolves when the OS has them, so the caller
    * may reuse the buffers afterwards.
    */

@@ -27,7 +27,7 @@ const BOUNCE_SIZE = 1 << 20
 /** Hard cap on bytes queued but not flushed: a caller that never flushes gets ENOBUFS, not an OOM. */
 const DEFAULT_MAX_PENDING = 256 << 20
 /** maybeFlush() writes once this much is queued (or IOV_MAX buffers). */
-const FLUSH_THRESHOLD = 1 << 20
+const FLUSH_THRESHOLD = 512 << 10
 const IOV_MAX = 1024
 /** The largest single fill(); bigger reads go through getBuffer/readInto. */
 const MAX_FILL = 16 << 20
@@ -61,7 +61,10 @@ export class MigStream {
   private flushing: Promise<void> | null = null
 
   // read side
-  private rbuf: Buffer = Buffer.allocUnsafe(READ_BUF_SIZE)
+  private own: Buffer = Buffer.allocUnsafe(READ_BUF_SIZE)
+  /** The bytes being read: `own`, or a view the channel lent (read in place, never written). */
+  private rbuf: Buffer = this.own
+  private lent = false
   private rpos = 0
   private rend = 0
   private consumedBefore = 0
@@ -285,10 +288,12 @@ export class MigStream {
   }
 
   private compact(need: number): void {
-    if (need > this.rbuf.length) {
-      const nb = Buffer.allocUnsafe(Math.max(need, this.rbuf.length * 2))
-      this.rbuf.copy(nb, 0, this.rpos, this.rend)
-      this.rbuf = nb
+    if (this.lent || need > this.own.length) {
+      // A lent view goes back to the channel: what is unread moves into our own buffer.
+      if (need > this.own.length) this.own = Buffer.allocUnsafe(Math.max(need, this.own.length * 2))
+      this.rbuf.copy(this.own, 0, this.rpos, this.rend)
+      this.rbuf = this.own
+      this.lent = false
     } else {
       this.rbuf.copy(this.rbuf, 0, this.rpos, this.rend)
     }
@@ -308,10 +313,34 @@ export class MigStream {
       this.setError(new StreamError('EMSGSIZE', `fill(${n}) exceeds ${MAX_FILL} bytes; use getBuffer`))
       return this.rend - this.rpos
     }
+    if (this.rend === this.rpos && this.channel.lend && !this.eof) {
+      // Nothing unread: read in place from the channel's own buffer instead
+      // of copying into ours (a record cut at the end of the view is then
+      // copied into ours below).
+      let v: Uint8Array | null
+      try {
+        v = await this.channel.lend()
+      } catch (e) {
+        this.setError(e, `read from ${this.channel.description}`)
+        return 0
+      }
+      this.consumedBefore += this.rpos
+      this.rpos = this.rend = 0
+      if (v === null || v.length === 0) {
+        this.eof = true
+        this.rbuf = this.own
+        this.lent = false
+        return 0
+      }
+      this.rbuf = Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength)
+      this.rend = v.length
+      this.lent = this.rbuf !== this.own
+      if (this.rend >= n) return this.rend
+    }
     // Move the unread tail to the front when n would not fit, and also when
     // little room is left and little is to move, so reads stay large.
-    const len = this.rbuf.length
-    if (this.rpos + n > len || (len - this.rend < len / 4 && this.rend - this.rpos <= len / 8)) this.compact(n)
+    const len = this.own.length
+    if (this.lent || this.rpos + n > len || (len - this.rend < len / 4 && this.rend - this.rpos <= len / 8)) this.compact(n)
     while (this.rend - this.rpos < n && !this.eof) {
       let got: number
       try {
@@ -464,7 +493,7 @@ export class MigStream {
     this.rpos += take
     let off = take
     while (off < dest.length) {
-      if (dest.length - off < this.rbuf.length / 2) {
+      if (dest.length - off < this.own.length / 2) {
         if (!(await this.fill(dest.length - off))) return false
         dest.set(this.rbuf.subarray(this.rpos, this.rpos + dest.length - off), off)
         this.rpos += dest.length - off
@@ -499,7 +528,7 @@ export class MigStream {
   /** Discard n bytes. */
   async skip(n: number): Promise<boolean> {
     while (n > 0 && !this.err) {
-      const step = Math.min(n, this.rbuf.length)
+      const step = Math.min(n, this.own.length)
       if (!(await this.fill(step))) return false
       this.rpos += step
       n -= step
