@@ -22,6 +22,6 @@ for (const vcpu of ['soft', 'kvm'] as const) {
     t.comment(`throttle reached ${src.maxThrottle} % after ${src.stats.iterations} iterations`)
     t.ok(src.maxThrottle > 0, `the throttle rose above 0 (${src.maxThrottle} %)`)
     t.ok(src.maxThrottle >= 20, 'at least cpu-throttle-initial (20 %)')
-    checkArrived(t, RAM, vcpu, src, dst, true)
+    checkArrived(t, RAM, vcpu, src, dst)
   })
 }
