@@ -14,7 +14,7 @@ mod faults;
 mod feature;
 mod machine;
 mod session;
-pub mod sha256;
+pub mod hash;
 pub mod stream;
 mod sys;
 

@@ -14,7 +14,7 @@ use super::content::{digest_of, region_hash, DeviceContent, Rng};
 use super::dma::{DmaEngine, DmaLog, GuestMem};
 use super::faults::Faults;
 use super::session::{LoadSession, SaveSession};
-use super::sha256::hex;
+use super::hash::hex;
 use super::sys::{self, errno};
 
 #[derive(Clone, Debug, Default)]
@@ -274,7 +274,7 @@ impl EmuDevice {
         })
     }
 
-    /// SHA-256 over the layout and every region's hash, hex: equal digests
+    /// BLAKE3 over the layout and every region's hash, hex: equal digests
     /// mean byte-equal device state. Regions never hashed are generated and
     /// hashed outside the lock.
     pub fn digest(&self) -> String {

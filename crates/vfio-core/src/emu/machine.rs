@@ -105,7 +105,10 @@ fn open_resuming(shared: &Arc<Shared>, st: &mut State) -> io::Result<OwnedFd> {
 }
 
 /// Leaving RESUMING: everything userspace wrote before this ioctl is in the
-/// pipe; parse it all, then accept the image whole or refuse it.
+/// pipe. The session thread has judged all but what is still queued (at
+/// most a pipe's worth), so this parses that rest, takes the verdict the
+/// parser already holds and installs the image by moving its bookkeeping:
+/// no pass over the state inside the migration's downtime.
 fn finish_resuming(st: &mut State) -> io::Result<()> {
     let Some(s) = st.resuming.as_mut() else {
         return Err(st.fail(libc::EINVAL, "RESUMING without a resume file".into()));
@@ -114,12 +117,10 @@ fn finish_resuming(st: &mut State) -> io::Result<()> {
     let verdict = s.loader.finish();
     match verdict {
         Ok(()) => {
-            let l = &s.loader;
+            let l = &mut s.loader;
             st.content.seed = l.seed;
-            st.content.gens.clone_from(&l.gens);
-            for (slot, (g, h)) in st.content.hashes.iter_mut().zip(l.gens.iter().zip(&l.hashes)) {
-                *slot = Some((*g, h.expect("finish() checked every region")));
-            }
+            st.content.gens = std::mem::take(&mut l.gens);
+            st.content.hashes = std::mem::take(&mut l.hashes);
             st.close_sessions();
             Ok(())
         }

@@ -42,9 +42,11 @@ pub struct SaveSession {
     pub written: u64,
     records: u64,
     pub end_produced: bool,
+    /// The piece of stream being written: `buf[off..end]` is still to go.
+    /// `buf` only grows (to one record), so producing never zero-fills.
     buf: Vec<u8>,
     off: usize,
-    scratch: Vec<u8>,
+    end: usize,
     corrupt: Vec<u64>,
     pub broken: bool,
 }
@@ -117,7 +119,7 @@ impl SaveSession {
             end_produced: false,
             buf: Vec::new(),
             off: 0,
-            scratch: Vec::new(),
+            end: 0,
             corrupt,
             broken: false,
         };
@@ -140,24 +142,38 @@ impl SaveSession {
         let initial_unproduced = self.initial_total.saturating_sub(self.produced);
         let unread = self.produced - read + initial_unproduced + self.dirty_pending;
         let initial = self.initial_total.saturating_sub(read);
-        let deferred: u64 =
-            (self.deferred..layout.regions()).map(|i| stream::record_len(layout.region_len(i))).sum();
+        let deferred = stream::records_len(layout, self.deferred);
         let end = if self.end_produced { 0 } else { stream::END_LEN };
         Remaining { initial, dirty: unread - initial, stop_copy: unread + deferred + end, queued }
     }
 
     /// Everything produced, written and the pipe closed on our side.
     pub fn finished(&self) -> bool {
-        self.end_produced && self.off == self.buf.len()
+        self.end_produced && self.off == self.end
     }
 
+    fn room(&mut self, n: usize) {
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
+        }
+        self.end = n;
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.room(bytes.len());
+        self.buf[..bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// Generates the region straight into the buffer behind the room left
+    /// for its header: one pass to fill, one to hash, one copy into the pipe.
     fn emit_region(&mut self, content: &mut DeviceContent, i: u32) {
-        let mut payload = std::mem::take(&mut self.scratch);
-        let hash = content.render(i, &mut payload);
+        let len = content.layout.region_len(i);
+        let total = stream::RECORD_HDR_LEN + len as usize;
+        self.room(total);
+        let hash = content.render(i, &mut self.buf[stream::RECORD_HDR_LEN..total]);
         let gen = content.gens[i as usize];
-        stream::encode_record_hdr(stream::TAG_DATA, i, gen, payload.len() as u32, &hash, &mut self.buf);
-        self.buf.extend_from_slice(&payload);
-        self.scratch = payload;
+        let hdr = stream::record_hdr(stream::TAG_DATA, i, gen, len, &hash);
+        self.buf[..stream::RECORD_HDR_LEN].copy_from_slice(&hdr);
         self.sent_gen[i as usize] = gen;
         self.records += 1;
     }
@@ -166,10 +182,12 @@ impl SaveSession {
     /// is nothing to send right now.
     fn produce(&mut self, content: &mut DeviceContent) -> bool {
         let layout = content.layout;
-        self.buf.clear();
         self.off = 0;
+        self.end = 0;
+        let mut small = Vec::new();
         if !self.header_done {
-            stream::encode_header(layout, content.seed, &mut self.buf);
+            stream::encode_header(layout, content.seed, &mut small);
+            self.put(&small);
             self.header_done = true;
         } else if self.cursor < self.initial_regions {
             let i = self.cursor;
@@ -184,14 +202,15 @@ impl SaveSession {
             self.deferred += 1;
             self.emit_region(content, i);
         } else if self.stop_copy && !self.end_produced {
-            stream::encode_end(layout.regions(), self.records, self.produced, &mut self.buf);
+            stream::encode_end(layout.regions(), self.records, self.produced, &mut small);
+            self.put(&small);
             self.end_produced = true;
         } else {
             return false;
         }
         // Fault injection: flip the requested stream bytes as they go out.
         let start = self.produced;
-        let end = start + self.buf.len() as u64;
+        let end = start + self.end as u64;
         for &at in &self.corrupt {
             if at >= start && at < end {
                 self.buf[(at - start) as usize] ^= 0xff;
@@ -202,15 +221,23 @@ impl SaveSession {
     }
 
     /// Moves bytes into the pipe until it is full, the batch is done or
-    /// there is nothing to send. Returns whether we wait for POLLOUT.
+    /// there is nothing to send. Returns whether we wait for POLLOUT: also
+    /// after a full batch, since a reader that keeps pace never fills the
+    /// pipe and nothing else would wake us for the rest.
     fn pump(&mut self, content: &mut DeviceContent) -> bool {
         let Some(w) = self.w.clone() else { return false };
         let mut moved = 0;
-        while moved < BATCH && !self.broken {
-            if self.off == self.buf.len() && !self.produce(content) {
+        loop {
+            if self.broken {
+                return false;
+            }
+            if moved >= BATCH {
+                return true;
+            }
+            if self.off == self.end && !self.produce(content) {
                 break;
             }
-            match sys::write(w.as_raw_fd(), &self.buf[self.off..]) {
+            match sys::write(w.as_raw_fd(), &self.buf[self.off..self.end]) {
                 Ok(n) => {
                     self.off += n;
                     self.written += n as u64;
@@ -238,7 +265,7 @@ impl LoadSession {
             thread: None,
             loader: Loader::new(layout),
             writer_gone: false,
-            buf: vec![0; 256 * 1024],
+            buf: vec![0; 1 << 20],
         };
         Ok((s, w))
     }

@@ -7,20 +7,23 @@
 //!              region_size u32 | regions u32 | seed u64 | reserved 16 |
 //!              check u64 (mix of bytes 0..56)
 //! record (56 + len): tag u32 | region u32 | generation u32 | len u32 |
-//!              hash [32] = sha256(region | len | payload) | check u64 (mix of bytes 0..48)
+//!              hash [32] = blake3(region | len | payload) | check u64 (mix of bytes 0..48)
 //!              then `len` payload bytes
 //! END record: tag 2, region = regions, len 16, payload = records u64 | bytes u64
 //!              (the DATA record count and the stream length before END)
 //! ```
 //! A region may appear several times (pre-copy sends it again when it was
 //! dirtied); the last copy wins. The destination never stores payloads: it
-//! checks each record's hash and keeps it as the region's hash.
+//! checks each record's hash as the bytes arrive and keeps it as the
+//! region's hash, so judging a complete image takes O(1).
+//! Version 2: BLAKE3 record hashes and counter-based content (version 1,
+//! SHA-256, is refused like any unknown version).
 
-use super::content::{region_hasher, Layout};
-use super::sha256::Sha256;
+use super::content::{region_hasher, start_region, Layout};
+use super::hash::{finish, Hasher};
 
 pub const MAGIC: u64 = 0x7646_494f_454d_5531; // "1UMEOIFv" in memory
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 64;
 pub const RECORD_HDR_LEN: usize = 56;
 pub const TAG_DATA: u32 = 1;
@@ -43,6 +46,16 @@ pub fn record_len(payload: u32) -> u64 {
     RECORD_HDR_LEN as u64 + payload as u64
 }
 
+/// Bytes of the DATA records of regions `first..` (one copy each).
+pub fn records_len(layout: Layout, first: u32) -> u64 {
+    let n = layout.regions();
+    if first >= n {
+        return 0;
+    }
+    let payload = layout.state_size - first as u64 * layout.region_size as u64;
+    (n - first) as u64 * RECORD_HDR_LEN as u64 + payload
+}
+
 /// Bytes of a full image of `layout` (header, every region once, END).
 pub fn full_len(layout: Layout) -> u64 {
     HEADER_LEN as u64 + layout.regions() as u64 * RECORD_HDR_LEN as u64 + layout.state_size + END_LEN
@@ -62,14 +75,20 @@ pub fn encode_header(layout: Layout, seed: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(&m.to_le_bytes());
 }
 
-pub fn encode_record_hdr(tag: u32, region: u32, gen: u32, len: u32, hash: &[u8; 32], out: &mut Vec<u8>) {
-    let start = out.len();
-    for v in [tag, region, gen, len] {
-        out.extend_from_slice(&v.to_le_bytes());
+/// A record header, for writing in front of a payload already in place.
+pub fn record_hdr(tag: u32, region: u32, gen: u32, len: u32, hash: &[u8; 32]) -> [u8; RECORD_HDR_LEN] {
+    let mut b = [0u8; RECORD_HDR_LEN];
+    for (k, v) in [tag, region, gen, len].into_iter().enumerate() {
+        b[k * 4..k * 4 + 4].copy_from_slice(&v.to_le_bytes());
     }
-    out.extend_from_slice(hash);
-    let m = mix(&out[start..start + 48]);
-    out.extend_from_slice(&m.to_le_bytes());
+    b[16..48].copy_from_slice(hash);
+    let m = mix(&b[..48]);
+    b[48..].copy_from_slice(&m.to_le_bytes());
+    b
+}
+
+pub fn encode_record_hdr(tag: u32, region: u32, gen: u32, len: u32, hash: &[u8; 32], out: &mut Vec<u8>) {
+    out.extend_from_slice(&record_hdr(tag, region, gen, len, hash));
 }
 
 pub fn encode_end(regions: u32, records: u64, bytes_before: u64, out: &mut Vec<u8>) {
@@ -78,7 +97,7 @@ pub fn encode_end(regions: u32, records: u64, bytes_before: u64, out: &mut Vec<u
     payload[8..].copy_from_slice(&bytes_before.to_le_bytes());
     let mut h = region_hasher(regions, END_PAYLOAD_LEN as u32);
     h.update(&payload);
-    encode_record_hdr(TAG_END, regions, 0, END_PAYLOAD_LEN as u32, &h.finish(), out);
+    encode_record_hdr(TAG_END, regions, 0, END_PAYLOAD_LEN as u32, &finish(&h), out);
     out.extend_from_slice(&payload);
 }
 
@@ -115,21 +134,29 @@ impl Reject {
 enum Phase {
     Header,
     RecordHdr,
-    Payload { tag: u32, region: u32, gen: u32, len: u32, left: u32, hash: [u8; 32], h: Box<Sha256> },
+    Payload { tag: u32, region: u32, gen: u32, len: u32, left: u32, hash: [u8; 32] },
     Done,
 }
 
 /// The destination's incremental parser: bytes in any segmentation, state
-/// out as per-region (generation, hash).
+/// out as per-region (generation, hash). Every check happens as the bytes
+/// arrive, so the verdict on a complete image is ready without a pass over
+/// the state.
 pub struct Loader {
     expect: Layout,
     phase: Phase,
     acc: Vec<u8>,
+    /// The running hash of the payload being received (reset per record).
+    h: Box<Hasher>,
     end_payload: Vec<u8>,
     end_at: u64,
     pub seed: u64,
     pub gens: Vec<u32>,
-    pub hashes: Vec<Option<[u8; 32]>>,
+    /// `(generation, hash)` of the last good record of each region: the
+    /// device's content bookkeeping as is, so installing an image is a move.
+    pub hashes: Vec<Option<(u32, [u8; 32])>>,
+    /// Regions with no good record yet.
+    missing: usize,
     pub bytes: u64,
     pub records: u64,
     pub error: Option<Reject>,
@@ -142,11 +169,13 @@ impl Loader {
             expect,
             phase: Phase::Header,
             acc: Vec::with_capacity(RECORD_HDR_LEN),
+            h: Box::new(Hasher::new()),
             end_payload: Vec::new(),
             end_at: 0,
             seed: 0,
             gens: vec![0; n],
             hashes: vec![None; n],
+            missing: n,
             bytes: 0,
             records: 0,
             error: None,
@@ -172,6 +201,18 @@ impl Loader {
             match &mut self.phase {
                 Phase::Header | Phase::RecordHdr => {
                     let want = if matches!(self.phase, Phase::Header) { HEADER_LEN } else { RECORD_HDR_LEN };
+                    if self.acc.is_empty() && data.len() >= want {
+                        // The common case: the whole header is in this piece.
+                        let (hdr, rest) = data.split_at(want);
+                        data = rest;
+                        self.bytes += want as u64;
+                        if want == HEADER_LEN {
+                            self.header(hdr);
+                        } else {
+                            self.record_hdr(hdr, offset);
+                        }
+                        continue;
+                    }
                     let take = (want - self.acc.len()).min(data.len());
                     self.acc.extend_from_slice(&data[..take]);
                     data = &data[take..];
@@ -187,9 +228,9 @@ impl Loader {
                         self.acc.clear();
                     }
                 }
-                Phase::Payload { tag, region, gen, len, left, hash, h } => {
+                Phase::Payload { tag, region, gen, len, left, hash } => {
                     let take = (*left as usize).min(data.len());
-                    h.update(&data[..take]);
+                    self.h.update(&data[..take]);
                     if *tag == TAG_END {
                         self.end_payload.extend_from_slice(&data[..take]);
                     }
@@ -198,17 +239,19 @@ impl Loader {
                     self.bytes += take as u64;
                     if *left == 0 {
                         let (tag, region, gen, len, hash) = (*tag, *region, *gen, *len, *hash);
-                        let Phase::Payload { h, .. } = std::mem::replace(&mut self.phase, Phase::RecordHdr) else {
-                            unreachable!()
-                        };
-                        let got = h.finish();
+                        self.phase = Phase::RecordHdr;
+                        let got = finish(&self.h);
                         if got != hash {
                             self.fail(Reject::Corrupt(format!(
                                 "record for region {region} (generation {gen}, {len} bytes) fails its hash"
                             )));
                         } else if tag == TAG_DATA {
+                            let slot = &mut self.hashes[region as usize];
+                            if slot.is_none() {
+                                self.missing -= 1;
+                            }
+                            *slot = Some((gen, got));
                             self.gens[region as usize] = gen;
-                            self.hashes[region as usize] = Some(got);
                             self.records += 1;
                         } else {
                             self.end();
@@ -273,7 +316,8 @@ impl Loader {
         if tag == TAG_END {
             self.end_at = at;
         }
-        self.phase = Phase::Payload { tag, region, gen, len, left: len, hash, h: Box::new(region_hasher(region, len)) };
+        start_region(&mut self.h, region, len);
+        self.phase = Phase::Payload { tag, region, gen, len, left: len, hash };
     }
 
     fn end(&mut self) {
@@ -288,7 +332,8 @@ impl Loader {
         self.phase = Phase::Done;
     }
 
-    /// The verdict when leaving RESUMING.
+    /// The verdict when leaving RESUMING, O(1): everything was judged as it
+    /// arrived.
     pub fn finish(&self) -> Result<(), Reject> {
         if let Some(e) = &self.error {
             return Err(e.clone());
@@ -297,9 +342,28 @@ impl Loader {
             Phase::Done => {}
             _ => return Err(Reject::Corrupt(format!("image truncated after {} bytes (no END record)", self.bytes))),
         }
-        if let Some(i) = self.hashes.iter().position(|h| h.is_none()) {
-            return Err(Reject::Corrupt(format!("region {i} never received")));
+        if self.missing > 0 {
+            // Only on a refused image: the scan names the first gap.
+            let i = self.hashes.iter().position(|h| h.is_none()).unwrap_or(0);
+            return Err(Reject::Corrupt(format!("region {i} never received ({} missing)", self.missing)));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_len_is_the_sum_of_the_records() {
+        for (state_size, region_size) in [(0u64, 4096u32), (1, 4096), (4096, 4096), (4097, 4096), (10 * 4096 + 5, 4096)] {
+            let l = Layout { state_size, region_size };
+            for first in 0..=l.regions() + 1 {
+                let sum: u64 = (first..l.regions()).map(|i| record_len(l.region_len(i))).sum();
+                assert_eq!(records_len(l, first), sum, "{l:?} from {first}");
+            }
+            assert_eq!(full_len(l), HEADER_LEN as u64 + records_len(l, 0) + END_LEN);
+        }
     }
 }
