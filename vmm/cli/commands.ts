@@ -42,7 +42,7 @@ export function consoleOut(): Out {
 export function verificationRows(v: Verification): [string, string][] {
   return [
     ['RAM sha256', v.ramDigest],
-    ['device sha256', v.deviceDigest || '(no device)'],
+    ['device digest', v.deviceDigest || '(no device)'],
     ['vCPU counter', v.counter],
     ['guest checksum', `0x${v.checksum.toString(16).padStart(8, '0')} (${v.checksumConsistent ? 'matches RAM' : 'DOES NOT match RAM'})`],
     ['timer ticks', v.timer.ticks],

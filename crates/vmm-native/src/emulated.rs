@@ -186,7 +186,7 @@ impl EmulatedDevice {
         self.dev.last_error()
     }
 
-    /// SHA-256 (hex) of the whole device state: equal digests, equal bytes.
+    /// BLAKE3 (hex) of the whole device state: equal digests, equal bytes.
     /// May hash gigabytes, hence a Promise.
     #[napi(ts_return_type = "Promise<string>")]
     pub fn digest(&self) -> AsyncTask<Blocking<String>> {

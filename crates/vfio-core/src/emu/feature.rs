@@ -11,17 +11,17 @@ use super::machine::set_state;
 use super::stream;
 use super::sys::errno;
 
-pub const FEATURE_MASK: u32 = 0xffff;
-pub const FEATURE_GET: u32 = 1 << 16;
-pub const FEATURE_SET: u32 = 1 << 17;
-pub const FEATURE_PROBE: u32 = 1 << 18;
-
-pub const F_MIGRATION: u32 = 1;
-pub const F_MIG_DEVICE_STATE: u32 = 2;
-pub const F_DMA_LOGGING_START: u32 = 6;
-pub const F_DMA_LOGGING_STOP: u32 = 7;
-pub const F_DMA_LOGGING_REPORT: u32 = 8;
-pub const F_MIG_DATA_SIZE: u32 = 9;
+// The uAPI's numbers, from the one table in vfio-uapi, under the short names
+// this module's decoding reads best with.
+pub use vfio_uapi::ioctl::{
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT as F_DMA_LOGGING_REPORT,
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_START as F_DMA_LOGGING_START,
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP as F_DMA_LOGGING_STOP, VFIO_DEVICE_FEATURE_GET as FEATURE_GET,
+    VFIO_DEVICE_FEATURE_MASK as FEATURE_MASK, VFIO_DEVICE_FEATURE_MIGRATION as F_MIGRATION,
+    VFIO_DEVICE_FEATURE_MIG_DATA_SIZE as F_MIG_DATA_SIZE,
+    VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE as F_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_PROBE as FEATURE_PROBE,
+    VFIO_DEVICE_FEATURE_SET as FEATURE_SET,
+};
 
 /// The payload as the kernel sees it: `argsz - 8` bytes at `arg->data`.
 /// Touching bytes the caller's buffer does not have is the EFAULT a bad
