@@ -160,7 +160,7 @@ t.test('save to a file, analyze it, restore it', async (t) => {
   const file2 = join(dir, 'vm2.sav')
   const h = await inProcess(['save', `file:${file2}`, '--ram', '8M', '--vcpu', 'soft', '--device-state', '0', '--run', '50'])
   t.equal(h.code, 0)
-  t.match(h.stdout, /migration completed\n[\s\S]*RAM sha256 +[0-9a-f]{64}[\s\S]*device sha256 +\(no device\)/)
+  t.match(h.stdout, /migration completed\n[\s\S]*RAM sha256 +[0-9a-f]{64}[\s\S]*device digest +\(no device\)/)
   t.ok(h.progress.length > 0, 'progress reported')
   const hr = await inProcess(['restore', `file:${file2}`, '--ram', '8M', '--vcpu', 'soft', '--device-state', '0', '--run-after', '0'])
   t.equal(hr.code, 0)

@@ -199,7 +199,7 @@ export function checkArrived(t: Assert, ram: number, vcpu: string, src: SourceRe
   t.ok(l, 'destination verified the image before its vCPU started')
   if (!l) return
   t.equal(l.ramDigest, src.verification.ramDigest, 'RAM sha256 equal')
-  t.equal(l.deviceDigest, src.verification.deviceDigest, 'device sha256 equal')
+  t.equal(l.deviceDigest, src.verification.deviceDigest, 'device digest equal')
   t.equal(l.counter, src.verification.counter, 'vCPU counter equal at the switchover')
   t.same(l.timer, src.verification.timer, 'timer state equal')
   t.ok(src.verification.checksumConsistent, 'source checksum matches its RAM')
