@@ -7,16 +7,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { native } from '../../vmm/native/addon.js'
 
-type NativeError = Error & { code: string; errno: number; syscall: string }
-
-async function rejection(p: Promise<unknown>): Promise<NativeError> {
-  try {
-    await p
-  } catch (e) {
-    return e as NativeError
-  }
-  throw new Error('expected a rejection')
-}
+import { rejection } from './helpers.js'
 
 function tmpFile(t: Tap.Test, name: string): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'helpers-'))

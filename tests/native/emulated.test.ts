@@ -3,16 +3,7 @@
 import t from 'tap'
 import { native } from '../../vmm/native/addon.js'
 
-type NativeError = Error & { code: string; errno: number; syscall: string }
-
-async function rejection(p: Promise<unknown>): Promise<NativeError> {
-  try {
-    await p
-  } catch (e) {
-    return e as NativeError
-  }
-  throw new Error('expected a rejection')
-}
+import { rejection, type NativeError } from './helpers.js'
 
 type DataFd = InstanceType<typeof native.DataFd>
 type Device = ReturnType<InstanceType<typeof native.EmulatedDevice>['device']>

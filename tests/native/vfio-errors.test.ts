@@ -4,16 +4,7 @@
 import t from 'tap'
 import { native } from '../../vmm/native/addon.js'
 
-type NativeError = Error & { code: string; errno: number; syscall: string }
-
-async function rejection(p: Promise<unknown>): Promise<NativeError> {
-  try {
-    await p
-  } catch (e) {
-    return e as NativeError
-  }
-  throw new Error('expected a rejection')
-}
+import { rejection } from './helpers.js'
 
 t.test('opening the container without VFIO fails ENOENT with the full error shape', async t => {
   const e = await rejection(native.Container.open())
