@@ -663,30 +663,6 @@ export class MigStream {
     return moved
   }
 
-  /**
-   * Let `fn` write straight to the channel's fd (native code, off the JS
-   * thread) after everything queued is flushed; `fn` resolves the bytes it
-   * wrote, which are accounted like puts. Resolves false, without calling
-   * `fn`, when the channel has no fd or still holds unwritten bytes: the
-   * caller then writes through the stream instead. A throw from `fn` fails
-   * the stream (true: the bytes may be half out, so there is no falling back).
-   */
-  async writeDirect(fn: (fd: number) => Promise<number>): Promise<boolean> {
-    if (this.err || this.transfer === null) return false
-    const fd = this.channel.fd
-    if (fd === undefined) return false
-    await this.flush()
-    if (this.err || this.channel.writableLength !== 0) return false
-    try {
-      const n = await fn(fd)
-      this.rateLimiter.account(n)
-      this.written += n
-    } catch (e) {
-      this.setError(e, `writeDirect(fd ${fd})`)
-    }
-    return true
-  }
-
   // ---- lifecycle ----------------------------------------------------------
 
   /** Fail the stream (ECANCELED) and stop the channel at once. */

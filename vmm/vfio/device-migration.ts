@@ -297,18 +297,13 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
 
   /**
    * Move device data into the stream until the fd has nothing more (0 or
-   * ENOMSG), or, for a pre-copy `round`, until `round.limit` bytes or the
-   * stream's rate limit, checked after every block. Over a socket the frames
-   * go fd to fd in native code (pumpFrames); otherwise each block goes to
-   * the channel by reference (writev), never through the stream's buffer,
-   * and two buffers alternate: the next block is read from the device while
-   * the previous one is being written.
+   * ENOMSG) or `budget` says stop. Each block goes to the socket by
+   * reference (writev), never through the stream's buffer, and two buffers
+   * alternate: the next block is read from the device while the previous one
+   * is being written, so device and link work at the same time.
    */
-  private async pump(f: MigStream, onBlock: (n: number) => void, round?: { limit: number }): Promise<number> {
+  private async pump(f: MigStream, budget: (sent: number) => boolean, onBlock: (n: number) => void): Promise<number> {
     const fd = this.requireDataFd('save')
-    const more = (sent: number) => round === undefined || (sent < round.limit && !f.rateLimitExceeded())
-    const direct = await this.pumpDirect(f, fd, more, onBlock, round !== undefined)
-    if (direct !== null) return direct
     let sent = 0
     let slot = 0
     let writing: Promise<void> | null = null
@@ -324,65 +319,16 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
         f.putBe64n(n)
         f.putBufferAsync(buf.subarray(0, n))
         sent += n
-        this.countSaved(n)
+        this.stats.bytesSaved += n
+        if (isPrecopy(this.state)) this.stats.precopyBytes += n
+        else this.stats.stopCopyBytes += n
         trace(() => ({ event: 'save-block', device: this.name, size: n }))
         writing = f.flush()
         slot ^= 1
-        if (!more(sent)) break
+        if (!budget(sent)) break
       }
     } finally {
       if (writing) await writing
-    }
-    this.streamError(f, 'save device data')
-    return sent
-  }
-
-  private countSaved(n: number): void {
-    this.stats.bytesSaved += n
-    if (isPrecopy(this.state)) this.stats.precopyBytes += n
-    else this.stats.stopCopyBytes += n
-  }
-
-  /**
-   * The native path of pump; null when the stream cannot take direct
-   * writes. A budgeted round goes one block per call so the rate limit is
-   * checked where the JS path checks it; otherwise one call until the end.
-   */
-  private async pumpDirect(f: MigStream, fd: DataFd, more: (sent: number) => boolean, onBlock: (n: number) => void, perBlock: boolean): Promise<number | null> {
-    let sent = 0
-    for (;;) {
-      let failure: unknown = null
-      let end = 'limit'
-      const used = await f.writeDirect(async sock => {
-        try {
-          // maxBytes 1: stop after the first block, whatever its size.
-          const maxBytes = perBlock ? 1 : Number.MAX_SAFE_INTEGER
-          const r = await fd.pumpFrames(sock, { blockSize: this.blockSize, maxBytes, marker: VFIO_MIG_FLAG_DEV_DATA_STATE, idleTimeoutMs: 100_000 })
-          end = r.end
-          sent += r.bytes
-          // accountBlock of a sum equals accountBlock of each block in turn.
-          if (r.bytes > 0) onBlock(r.bytes)
-          this.countSaved(r.bytes)
-          // One event per call: the native side does not report each block's size.
-          if (r.bytes > 0) trace(() => ({ event: 'save-block', device: this.name, size: r.bytes }))
-          return r.bytes + 16 * r.frames
-        } catch (e) {
-          failure = e
-          throw e
-        }
-      })
-      if (!used) {
-        if (sent === 0) return null
-        break // the stream failed between calls; streamError below reports it
-      }
-      if (failure !== null) {
-        throw new VfioMigrationError(`${this.name}: saving device state failed: ${errText(failure)}`, errCode(failure), { cause: failure })
-      }
-      if (end !== 'limit') {
-        onBlock(0)
-        break
-      }
-      if (!more(sent)) break
     }
     this.streamError(f, 'save device data')
     return sent
@@ -480,7 +426,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   /** One round: read blocks until the device has nothing now or the stream's budget is spent. */
   private async saveIterate(f: MigStream): Promise<boolean> {
     const limit = 8 * this.blockSize
-    const sent = await this.pump(f, n => this.accountBlock(n), { limit })
+    const sent = await this.pump(f, n => !f.rateLimitExceeded() && n < limit, n => this.accountBlock(n))
     if (this.opts.switchoverAck?.() && this.hasPrecopy && this.precopyInit === 0 && !this.initialDataSent) {
       f.putBe64(VFIO_MIG_FLAG_DEV_INIT_DATA_SENT)
       this.initialDataSent = true
@@ -496,7 +442,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   private async saveComplete(f: MigStream): Promise<void> {
     // Reached with the VM stopped: device in STOP (no PRE_COPY) or STOP_COPY.
     if (this.state !== 'STOP_COPY') await this.setState('STOP_COPY', 'STOP')
-    const total = await this.pump(f, () => undefined)
+    const total = await this.pump(f, () => true, () => undefined)
     f.putBe64(VFIO_MIG_FLAG_END_OF_STATE)
     await f.flush()
     this.streamError(f, 'save complete')

@@ -1,7 +1,7 @@
 //! `DataFd`: the migration data fd as a JS object. It owns the fd; every
 //! call runs on a worker thread and `close()` waits for calls in flight.
 
-use crate::error::{blocking, fd_arg, len_arg, u64_arg, Blocking};
+use crate::error::{blocking, fd_arg, len_arg, Blocking};
 use crate::transfer::{options, TransferOptions, TransferStats};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -23,28 +23,6 @@ pub struct PollResult {
     pub hangup: bool,
     pub error: bool,
     pub timed_out: bool,
-}
-
-#[napi(object)]
-pub struct PumpFramesOptions {
-    /// Largest payload of one frame, one read from the data fd (1..64 MiB).
-    pub block_size: u32,
-    /// Stop once this much payload went out; the last frame is never cut.
-    pub max_bytes: f64,
-    /// The be64 opening each frame (DATA_STATE, 0xffffffffef100004).
-    pub marker: BigInt,
-    /// Longest wait for either fd to become ready, in ms; omitted: forever.
-    pub idle_timeout_ms: Option<f64>,
-}
-
-#[napi(object)]
-pub struct PumpFramesResult {
-    pub bytes: f64,
-    pub frames: u32,
-    /// 'eof' (end of the state), 'enomsg' (PRE_COPY, nothing more for now)
-    /// or 'limit' (maxBytes reached).
-    #[napi(ts_type = "'eof' | 'enomsg' | 'limit'")]
-    pub end: String,
 }
 
 #[napi]
@@ -176,28 +154,6 @@ impl DataFd {
             let n = len_arg(bytes, "bytes", "transfer")?;
             let opts = options(options_.as_ref())?;
             Ok(TransferStats::from(d.transfer_from(fd, n, &opts)?))
-        })
-    }
-
-    /// Reads the data fd and writes each block to `toFd` as a QEMU VFIO
-    /// frame (be64 marker, be64 size, the bytes), all on a worker thread with
-    /// one native buffer. `toFd` may be a non-blocking socket.
-    #[napi(ts_return_type = "Promise<PumpFramesResult>")]
-    pub fn pump_frames(&self, to_fd: i32, opts: PumpFramesOptions) -> AsyncTask<Blocking<PumpFramesResult>> {
-        let d = self.inner.clone();
-        blocking(move || {
-            let to = fd_arg(to_fd, "toFd", "pumpFrames")?;
-            let o = datafd::FrameOptions {
-                block_size: opts.block_size as usize,
-                max_bytes: len_arg(opts.max_bytes, "maxBytes", "pumpFrames")?,
-                marker: u64_arg(&opts.marker, "marker", "pumpFrames")?,
-                idle_timeout: match opts.idle_timeout_ms {
-                    None => None,
-                    Some(t) => Some(Duration::from_millis(len_arg(t, "idleTimeoutMs", "pumpFrames")?)),
-                },
-            };
-            let st = d.pump_frames(to, &o)?;
-            Ok(PumpFramesResult { bytes: st.bytes as f64, frames: st.frames.min(u32::MAX as u64) as u32, end: st.end.name().to_string() })
         })
     }
 }
