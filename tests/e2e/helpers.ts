@@ -7,6 +7,11 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+// The shapes the CLI prints as JSON: the types it is written with.
+import type { Verification } from '../../vmm/microvm/index.js'
+import type { IncomingReport } from '../../vmm/cli/commands.js'
+
+export type { Verification, IncomingReport }
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 export const MAIN = join(root, 'dist/vmm/cli/main.js')
@@ -160,29 +165,11 @@ export const MiB = 1 << 20
 /** The bound of the task: peak RSS within guest RAM + 128 MiB. */
 export const rssBound = (ram: number) => ram + 128 * MiB
 
-export interface Verification {
-  ramDigest: string
-  deviceDigest: string
-  counter: string
-  checksum: number
-  checksumConsistent: boolean
-  timer: Record<string, unknown>
-}
-
 export interface SourceResult {
   stats: { status: string; cpuThrottlePercentage: number; iterations: number; downtime?: number }
   verification: Verification
   maxThrottle: number
   maxRssBytes: number
-}
-
-export interface IncomingReport {
-  loaded?: Verification
-  counterAtStart: string
-  counterAfter: string
-  checksumConsistentAfter: boolean
-  vcpu: string
-  maxRssBytes?: number
 }
 
 interface Assert {

@@ -122,7 +122,6 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   private blockSize: number
   private buffers: Buffer[] = []
   private broken: VfioDeviceBrokenError | null = null
-  private loading = false
 
   /** Use realizeVfioMigration(). */
   constructor(
@@ -481,7 +480,6 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
 
   private async loadSetup(): Promise<void> {
     if (this.broken) throw this.broken
-    this.loading = true
     await this.setState('RESUMING', this.state)
   }
 
@@ -550,13 +548,11 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
    * lets go of its VM. On failure the device is reset.
    */
   async finishIncoming(): Promise<void> {
-    this.loading = false
     if (this.state === 'RESUMING') await this.setStateOrReset('STOP')
   }
 
   /** Destination, the migration failed: abandon RESUMING by reset. */
   async abortIncoming(): Promise<void> {
-    this.loading = false
     await this.closeDataFd()
     if (this.state === 'RESUMING' || this.state === 'ERROR') await this.resetDevice('incoming migration failed')
   }

@@ -54,14 +54,14 @@ export async function loadState(
   for (const field of vmsd.fields) {
     if ((field.since ?? 0) > versionId) continue
     if (field.exists && !field.exists(obj, versionId)) continue
-    await loadField(f, vmsd, field, obj, ctx, section)
+    await loadField(f, vmsd, field, obj, section)
   }
   await loadSubsections(f, vmsd, obj, ctx, section)
   if (vmsd.postLoad) await hook(() => vmsd.postLoad!(obj, versionId), vmsd, 'postLoad', f, section)
 }
 
 async function loadField(
-  f: MigStream, vmsd: VMStateDescription, field: VMStateField, obj: State, ctx: LoadContext, section: string,
+  f: MigStream, vmsd: VMStateDescription, field: VMStateField, obj: State, section: string,
 ): Promise<void> {
   const what = `${vmsd.name}.${field.name}`
   if (field.type === 'buffer') {
