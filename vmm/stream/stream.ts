@@ -663,6 +663,60 @@ export class MigStream {
     return moved
   }
 
+  /**
+   * Let `fn` write straight to the channel's fd (native code, off the JS
+   * thread) after everything queued is flushed; `fn` resolves the bytes it
+   * wrote, which are accounted like puts. Resolves false, without calling
+   * `fn`, when the channel has no fd or still holds unwritten bytes: the
+   * caller then writes through the stream instead. A throw from `fn` fails
+   * the stream (true: the bytes may be half out, so there is no falling back).
+   */
+  async writeDirect(fn: (fd: number) => Promise<number>): Promise<boolean> {
+    if (this.err || this.transfer === null) return false
+    const fd = this.channel.fd
+    if (fd === undefined) return false
+    await this.flush()
+    if (this.err || this.channel.writableLength !== 0) return false
+    try {
+      const n = await fn(fd)
+      this.rateLimiter.account(n)
+      this.written += n
+    } catch (e) {
+      this.setError(e, `writeDirect(fd ${fd})`)
+    }
+    return true
+  }
+
+  /**
+   * Let `fn` read straight from the channel's fd (native code, off the JS
+   * thread) while the stream holds nothing read ahead; `fn` resolves how many
+   * bytes it took from the fd, which then count as read. Resolves false,
+   * without calling `fn`, when the channel has no fd or bytes were already
+   * read ahead of the caller: the caller then reads through the stream. A
+   * throw from `fn` fails the stream (true: bytes may be half taken).
+   */
+  async readDirect(fn: (fd: number) => Promise<number>): Promise<boolean> {
+    if (this.err || this.transfer === null || this.eof || this.rend > this.rpos) return false
+    const fd = this.channel.fd
+    if (fd === undefined) return false
+    const ahead = await this.channel.quiesce()
+    try {
+      if (ahead.some(c => c.length > 0)) {
+        // unread() puts bytes in front, so the last chunk goes back first.
+        for (let i = ahead.length - 1; i >= 0; i--) if (ahead[i].length) this.unread(ahead[i])
+        return false
+      }
+      try {
+        this.consumedBefore += await fn(fd)
+      } catch (e) {
+        this.setError(e, `readDirect(fd ${fd})`)
+      }
+      return true
+    } finally {
+      this.channel.resumeReads()
+    }
+  }
+
   // ---- lifecycle ----------------------------------------------------------
 
   /** Fail the stream (ECANCELED) and stop the channel at once. */

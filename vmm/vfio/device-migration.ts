@@ -1,7 +1,7 @@
 // One VFIO device's part in a migration: QEMU's hw/vfio/migration.c over the
 // native Device/DataFd, with every device state change going through one
 // chokepoint, setState(new, recover).
-import type { DataFd, Device } from '../../native/index.js'
+import type { DataFd, Device, LoadFramesResult } from '../../native/index.js'
 import type { MigStream } from '../stream/stream.js'
 import type { LoadHandlerContext, PendingSize, SaveVMHandlers } from '../savevm/registry.js'
 import type { ChangeStateHandler, RunState } from '../runstate/index.js'
@@ -82,6 +82,11 @@ function errCode(e: unknown): string {
 }
 
 const isPrecopy = (s: DeviceState) => s === 'PRE_COPY' || s === 'PRE_COPY_P2P'
+
+/** Longest a native frame loop waits on the channel: a stalled peer fails the step instead of hanging it. */
+const IDLE_TIMEOUT_MS = 100_000
+/** Payload per native load step; the destination's stream position (its reported progress) moves between steps. */
+const LOAD_STEP = 8 << 20
 
 /**
  * Realize the migration side of a VFIO device (QEMU's vfio_migration_realize):
@@ -296,13 +301,18 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
 
   /**
    * Move device data into the stream until the fd has nothing more (0 or
-   * ENOMSG) or `budget` says stop. Each block goes to the socket by
-   * reference (writev), never through the stream's buffer, and two buffers
-   * alternate: the next block is read from the device while the previous one
-   * is being written, so device and link work at the same time.
+   * ENOMSG), or, for a pre-copy `round`, until `round.limit` bytes or the
+   * stream's rate limit, checked after every block. Over a socket the frames
+   * go fd to fd in native code (pumpFrames); otherwise each block goes to
+   * the channel by reference (writev), never through the stream's buffer,
+   * and two buffers alternate: the next block is read from the device while
+   * the previous one is being written.
    */
-  private async pump(f: MigStream, budget: (sent: number) => boolean, onBlock: (n: number) => void): Promise<number> {
+  private async pump(f: MigStream, onBlock: (n: number) => void, round?: { limit: number }): Promise<number> {
     const fd = this.requireDataFd('save')
+    const more = (sent: number) => round === undefined || (sent < round.limit && !f.rateLimitExceeded())
+    const direct = await this.pumpDirect(f, fd, more, onBlock, round !== undefined)
+    if (direct !== null) return direct
     let sent = 0
     let slot = 0
     let writing: Promise<void> | null = null
@@ -318,16 +328,65 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
         f.putBe64n(n)
         f.putBufferAsync(buf.subarray(0, n))
         sent += n
-        this.stats.bytesSaved += n
-        if (isPrecopy(this.state)) this.stats.precopyBytes += n
-        else this.stats.stopCopyBytes += n
+        this.countSaved(n)
         trace(() => ({ event: 'save-block', device: this.name, size: n }))
         writing = f.flush()
         slot ^= 1
-        if (!budget(sent)) break
+        if (!more(sent)) break
       }
     } finally {
       if (writing) await writing
+    }
+    this.streamError(f, 'save device data')
+    return sent
+  }
+
+  private countSaved(n: number): void {
+    this.stats.bytesSaved += n
+    if (isPrecopy(this.state)) this.stats.precopyBytes += n
+    else this.stats.stopCopyBytes += n
+  }
+
+  /**
+   * The native path of pump; null when the stream cannot take direct
+   * writes. A budgeted round goes one block per call so the rate limit is
+   * checked where the JS path checks it; otherwise one call until the end.
+   */
+  private async pumpDirect(f: MigStream, fd: DataFd, more: (sent: number) => boolean, onBlock: (n: number) => void, perBlock: boolean): Promise<number | null> {
+    let sent = 0
+    for (;;) {
+      let failure: unknown = null
+      let end = 'limit'
+      const used = await f.writeDirect(async sock => {
+        try {
+          // maxBytes 1: stop after the first block, whatever its size.
+          const maxBytes = perBlock ? 1 : Number.MAX_SAFE_INTEGER
+          const r = await fd.pumpFrames(sock, { blockSize: this.blockSize, maxBytes, marker: VFIO_MIG_FLAG_DEV_DATA_STATE, idleTimeoutMs: IDLE_TIMEOUT_MS })
+          end = r.end
+          sent += r.bytes
+          // accountBlock of a sum equals accountBlock of each block in turn.
+          if (r.bytes > 0) onBlock(r.bytes)
+          this.countSaved(r.bytes)
+          // One event per call: the native side does not report each block's size.
+          if (r.bytes > 0) trace(() => ({ event: 'save-block', device: this.name, size: r.bytes }))
+          return r.bytes + 16 * r.frames
+        } catch (e) {
+          failure = e
+          throw e
+        }
+      })
+      if (!used) {
+        if (sent === 0) return null
+        break // the stream failed between calls; streamError below reports it
+      }
+      if (failure !== null) {
+        throw new VfioMigrationError(`${this.name}: saving device state failed: ${errText(failure)}`, errCode(failure), { cause: failure })
+      }
+      if (end !== 'limit') {
+        onBlock(0)
+        break
+      }
+      if (!more(sent)) break
     }
     this.streamError(f, 'save device data')
     return sent
@@ -425,7 +484,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   /** One round: read blocks until the device has nothing now or the stream's budget is spent. */
   private async saveIterate(f: MigStream): Promise<boolean> {
     const limit = 8 * this.blockSize
-    const sent = await this.pump(f, n => !f.rateLimitExceeded() && n < limit, n => this.accountBlock(n))
+    const sent = await this.pump(f, n => this.accountBlock(n), { limit })
     if (this.opts.switchoverAck?.() && this.hasPrecopy && this.precopyInit === 0 && !this.initialDataSent) {
       f.putBe64(VFIO_MIG_FLAG_DEV_INIT_DATA_SENT)
       this.initialDataSent = true
@@ -441,7 +500,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   private async saveComplete(f: MigStream): Promise<void> {
     // Reached with the VM stopped: device in STOP (no PRE_COPY) or STOP_COPY.
     if (this.state !== 'STOP_COPY') await this.setState('STOP_COPY', 'STOP')
-    const total = await this.pump(f, () => true, () => undefined)
+    const total = await this.pump(f, () => undefined)
     f.putBe64(VFIO_MIG_FLAG_END_OF_STATE)
     await f.flush()
     this.streamError(f, 'save complete')
@@ -484,8 +543,11 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   }
 
   private async loadState(f: MigStream, ctx: LoadHandlerContext): Promise<void> {
+    // A marker the native frame loop already took off the stream.
+    let taken: bigint | null = null
     for (;;) {
-      const tag = await f.getBe64()
+      const tag = taken ?? await f.getBe64()
+      taken = null
       this.streamError(f, 'load state')
       trace(() => ({ event: 'load-tag', device: this.name, tag: markerName(tag) }))
       switch (tag) {
@@ -519,6 +581,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
             if (!ok) this.streamError(f, `writing ${size} bytes of device state`)
             this.stats.bytesLoaded += size
             trace(() => ({ event: 'load-data', device: this.name, size }))
+            taken = await this.loadFramesDirect(f, fd)
           }
           break
         }
@@ -532,6 +595,31 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
         default:
           throw new VfioMigrationError(`${this.name}: unknown tag ${markerName(tag)} in device state`, 'EINVAL')
       }
+    }
+  }
+
+  /**
+   * The DATA_STATE frames that follow one just loaded, taken fd to fd by
+   * native code in steps of LOAD_STEP bytes (so the stream's position, which
+   * the destination reports as its progress, moves between steps). Resolves
+   * the be64 that ended the run, already off the stream, or null when the
+   * stream must go on reading (it had read ahead, or has no fd).
+   */
+  private async loadFramesDirect(f: MigStream, fd: DataFd): Promise<bigint | null> {
+    for (;;) {
+      let r: LoadFramesResult | null = null
+      const used = await f.readDirect(async sock => {
+        r = await fd.loadFrames(sock, { marker: VFIO_MIG_FLAG_DEV_DATA_STATE, maxBytes: LOAD_STEP, idleTimeoutMs: IDLE_TIMEOUT_MS })
+        return r.consumed
+      })
+      if (!used) return null
+      this.streamError(f, 'load device data')
+      const { bytes, frames, end, next } = r!
+      this.stats.bytesLoaded += bytes
+      if (bytes > 0) trace(() => ({ event: 'load-data', device: this.name, size: bytes, frames }))
+      if (end === 'marker') return next!
+      // 'eof': the stream's own read reports the end where it is an error.
+      if (end === 'eof') return null
     }
   }
 

@@ -14,6 +14,9 @@ use std::time::Duration;
 use vfio_uapi::abi::{vfio_precopy_info, Pod};
 use vfio_uapi::DeviceState;
 
+mod frames;
+pub use frames::{FrameOptions, FrameStats, LoadEnd, LoadFrameOptions, LoadFrameStats, MAX_FRAME_BLOCK};
+
 pub struct DataFd {
     // Every operation holds the read lock for its whole syscall, so close
     // (the write lock) never frees a number another thread is still using.
@@ -175,3 +178,4 @@ impl DeviceBackend for PlainBackend {
         &self.name
     }
 }
+

@@ -1,7 +1,7 @@
 //! `DataFd`: the migration data fd as a JS object. It owns the fd; every
 //! call runs on a worker thread and `close()` waits for calls in flight.
 
-use crate::error::{blocking, fd_arg, len_arg, Blocking};
+use crate::error::{blocking, fd_arg, len_arg, u64_arg, Blocking};
 use crate::transfer::{options, TransferOptions, TransferStats};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -23,6 +23,60 @@ pub struct PollResult {
     pub hangup: bool,
     pub error: bool,
     pub timed_out: bool,
+}
+
+#[napi(object)]
+pub struct PumpFramesOptions {
+    /// Largest payload of one frame, one read from the data fd (1..64 MiB).
+    pub block_size: u32,
+    /// Stop once this much payload went out; the last frame is never cut.
+    pub max_bytes: f64,
+    /// The be64 opening each frame (DATA_STATE, 0xffffffffef100004).
+    pub marker: BigInt,
+    /// Longest wait for either fd to become ready, in ms; omitted: forever.
+    pub idle_timeout_ms: Option<f64>,
+    /// false reads the data fd even where splice would work. Default true:
+    /// splice where the kernel allows it (a kernel VFIO data fd does not).
+    pub allow_splice: Option<bool>,
+}
+
+#[napi(object)]
+pub struct PumpFramesResult {
+    pub bytes: f64,
+    pub frames: u32,
+    /// Frames whose payload went fd to fd by splice, never entering userspace.
+    pub spliced: u32,
+    /// 'eof' (end of the state), 'enomsg' (PRE_COPY, nothing more for now)
+    /// or 'limit' (maxBytes reached).
+    #[napi(ts_type = "'eof' | 'enomsg' | 'limit'")]
+    pub end: String,
+}
+
+#[napi(object)]
+pub struct LoadFramesOptions {
+    /// The be64 opening each frame to take (DATA_STATE, 0xffffffffef100004).
+    pub marker: BigInt,
+    /// Stop at the first frame boundary at or past this much payload; omitted: no limit.
+    pub max_bytes: Option<f64>,
+    /// Longest wait for the channel to become readable, in ms; omitted: forever.
+    pub idle_timeout_ms: Option<f64>,
+    /// false writes the data fd even where splice would work.
+    pub allow_splice: Option<bool>,
+}
+
+#[napi(object)]
+pub struct LoadFramesResult {
+    /// Payload bytes written into the data fd.
+    pub bytes: f64,
+    pub frames: u32,
+    /// Bytes taken from the channel (headers, payloads, the ending marker).
+    pub consumed: f64,
+    /// 'marker' (another be64 came next: `next`), 'limit' (maxBytes
+    /// reached, at a frame boundary) or 'eof' (the channel ended at a boundary).
+    #[napi(ts_type = "'marker' | 'limit' | 'eof'")]
+    pub end: String,
+    /// The be64 that ended the run, when `end` is 'marker'.
+    pub next: Option<BigInt>,
 }
 
 #[napi]
@@ -154,6 +208,61 @@ impl DataFd {
             let n = len_arg(bytes, "bytes", "transfer")?;
             let opts = options(options_.as_ref())?;
             Ok(TransferStats::from(d.transfer_from(fd, n, &opts)?))
+        })
+    }
+
+    /// Writes the data fd's bytes to `toFd` as QEMU VFIO frames (be64
+    /// marker, be64 size, the bytes), all on a worker thread: spliced fd to
+    /// fd where the data fd allows it, else read into reused native buffers.
+    /// `toFd` may be a non-blocking socket.
+    #[napi(ts_return_type = "Promise<PumpFramesResult>")]
+    pub fn pump_frames(&self, to_fd: i32, opts: PumpFramesOptions) -> AsyncTask<Blocking<PumpFramesResult>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            let to = fd_arg(to_fd, "toFd", "pumpFrames")?;
+            let o = datafd::FrameOptions {
+                block_size: opts.block_size as usize,
+                max_bytes: len_arg(opts.max_bytes, "maxBytes", "pumpFrames")?,
+                marker: u64_arg(&opts.marker, "marker", "pumpFrames")?,
+                idle_timeout: match opts.idle_timeout_ms {
+                    None => None,
+                    Some(t) => Some(Duration::from_millis(len_arg(t, "idleTimeoutMs", "pumpFrames")?)),
+                },
+                allow_splice: opts.allow_splice.unwrap_or(true),
+            };
+            let st = d.pump_frames(to, &o)?;
+            Ok(PumpFramesResult { bytes: st.bytes as f64, frames: st.frames.min(u32::MAX as u64) as u32, spliced: st.spliced.min(u32::MAX as u64) as u32, end: st.end.name().to_string() })
+        })
+    }
+
+    /// Takes frames (be64 marker, be64 size, payload) from `fromFd` while
+    /// their marker is `marker` and writes each payload into the data fd
+    /// (RESUMING), on a worker thread. Reads nothing past the be64 that ends
+    /// the run, which comes back as `next`. `fromFd` may be non-blocking.
+    #[napi(ts_return_type = "Promise<LoadFramesResult>")]
+    pub fn load_frames(&self, from_fd: i32, opts: LoadFramesOptions) -> AsyncTask<Blocking<LoadFramesResult>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            let from = fd_arg(from_fd, "fromFd", "loadFrames")?;
+            let o = datafd::LoadFrameOptions {
+                marker: u64_arg(&opts.marker, "marker", "loadFrames")?,
+                max_bytes: match opts.max_bytes {
+                    None => u64::MAX,
+                    Some(m) => len_arg(m, "maxBytes", "loadFrames")?,
+                },
+                idle_timeout: match opts.idle_timeout_ms {
+                    None => None,
+                    Some(t) => Some(Duration::from_millis(len_arg(t, "idleTimeoutMs", "loadFrames")?)),
+                },
+                allow_splice: opts.allow_splice.unwrap_or(true),
+            };
+            let st = d.load_frames(from, &o)?;
+            let (end, next) = match st.end {
+                datafd::LoadEnd::Marker(m) => ("marker", Some(BigInt::from(m))),
+                datafd::LoadEnd::Limit => ("limit", None),
+                datafd::LoadEnd::Eof => ("eof", None),
+            };
+            Ok(LoadFramesResult { bytes: st.bytes as f64, frames: st.frames.min(u32::MAX as u64) as u32, consumed: st.consumed() as f64, end: end.to_string(), next })
         })
     }
 }

@@ -329,7 +329,7 @@ impl Run<'_> {
 }
 
 /// The errnos by which the kernel says "no splice for this file".
-fn refuses_splice(e: &io::Error) -> bool {
+pub(crate) fn refuses_splice(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP))
 }
 

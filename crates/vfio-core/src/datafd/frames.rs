@@ -1,0 +1,737 @@
+//! DATA_STATE frames from a saving data fd straight to the migration
+//! channel's fd, off the JavaScript thread: be64 marker, be64 size, payload.
+//!
+//! Where the kernel allows splice on the data fd (the emulated device's pipe)
+//! the payload never enters userspace: it is spliced into a private pipe,
+//! which tells its size for the frame header, then spliced on to the socket.
+//! A data fd that refuses splice (a kernel VFIO migration file has no
+//! splice_read: EINVAL) is read block by block into reused buffers, with a
+//! reader thread filling one block while the other is written.
+//! Either way the data fd's own verdicts (ENOMSG in PRE_COPY, end of state,
+//! an error after a reset) come from its backend, never from the pipe alone.
+//!
+//! The resuming side is the mirror: [`DataFd::load_frames`] reads each
+//! header with exact reads (never a byte past it, so whatever follows the
+//! frames stays in the channel for its owner) and moves the payload from the
+//! channel's fd into the data fd with the transfer engine.
+
+use super::{DataEnd, DataFd};
+use crate::kernel::error::{Result, VfioError};
+use crate::kernel::sys;
+use crate::kernel::transfer::{self, PlainFd};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What [`DataFd::pump_frames`] is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameOptions {
+    /// Largest payload of one frame (one read from the data fd).
+    pub block_size: usize,
+    /// Stop once this much payload is out. Frames are never cut, so the last
+    /// one may pass it by less than `block_size`: the same blocks the JS path sends.
+    pub max_bytes: u64,
+    /// The be64 that opens each frame (QEMU's VFIO_MIG_FLAG_DEV_DATA_STATE).
+    pub marker: u64,
+    /// Longest wait for either fd to become ready; None waits forever.
+    pub idle_timeout: Option<Duration>,
+    /// false: read/write even where splice would work (tests, measurements).
+    pub allow_splice: bool,
+}
+
+/// Largest frame payload accepted: far above any useful block, low enough
+/// that a bad argument cannot make the pump allocate without bound.
+pub const MAX_FRAME_BLOCK: usize = 64 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameStats {
+    pub bytes: u64,
+    pub frames: u64,
+    /// Frames whose payload went fd to fd by splice (the rest were read).
+    pub spliced: u64,
+    pub end: transfer::End,
+}
+
+thread_local! {
+    // One block buffer per worker thread, reused by every pump on it.
+    static FRAME_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl DataFd {
+    /// Reads the data fd block by block and writes each block to `to` as a
+    /// QEMU VFIO frame: be64 marker, be64 size, the bytes. Ends at the end of
+    /// the state ('eof'), at ENOMSG in PRE_COPY ('enomsg') or once
+    /// `max_bytes` of payload went out ('limit'). `to` may be non-blocking.
+    pub fn pump_frames(&self, to: RawFd, o: &FrameOptions) -> Result<FrameStats> {
+        let ctx = format!("{}: pumpFrames to fd {to}", self.label);
+        if o.block_size == 0 || o.block_size > MAX_FRAME_BLOCK {
+            return Err(VfioError::invalid("pumpFrames", &ctx, &format!("blockSize must be 1..{MAX_FRAME_BLOCK}, got {}", o.block_size)));
+        }
+        self.with_fd("pumpFrames", |fd| {
+            sys::check_open(to).map_err(|e| VfioError::from_io(&e, "pumpFrames", &ctx))?;
+            if o.allow_splice {
+                if let Some(st) = self.pump_spliced(fd, to, o, &ctx)? {
+                    return Ok(st);
+                }
+            }
+            if o.max_bytes > o.block_size as u64 {
+                return self.pump_overlapped(fd, to, o, &ctx);
+            }
+            FRAME_BUF.with(|cell| {
+                let mut buf = cell.borrow_mut();
+                if buf.len() < o.block_size {
+                    buf.resize(o.block_size, 0);
+                }
+                let mut st = FrameStats { bytes: 0, frames: 0, spliced: 0, end: transfer::End::Limit };
+                while st.bytes < o.max_bytes {
+                    let n = match self.read_block(fd, &mut buf[..o.block_size], o, &ctx, st.bytes)? {
+                        Some(0) => {
+                            st.end = transfer::End::Eof;
+                            return Ok(st);
+                        }
+                        Some(n) => n,
+                        None => {
+                            st.end = transfer::End::NoData;
+                            return Ok(st);
+                        }
+                    };
+                    write_frame(to, &header(o.marker, n), &buf[..n], o, &ctx, st.bytes)?;
+                    st.bytes += n as u64;
+                    st.frames += 1;
+                }
+                Ok(st)
+            })
+        })
+    }
+
+    /// The splice path; None when the data fd refuses splice before any
+    /// byte moved (a kernel data fd), and the caller reads it instead.
+    fn pump_spliced(&self, fd: RawFd, to: RawFd, o: &FrameOptions, ctx: &str) -> Result<Option<FrameStats>> {
+        let (pr, pw) = sys::pipe().map_err(|e| VfioError::from_io(&e, "pipe2", ctx))?;
+        // The private pipe's fill level is the frame's size, so a frame is at
+        // most what the pipe holds: ask for a block, take what is granted
+        // (above pipe-max-size an unprivileged process gets EPERM).
+        let want = o.block_size.min(i32::MAX as usize) as libc::c_int;
+        let mut cap = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+        if cap <= 0 {
+            cap = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        }
+        let block = if cap > 0 { o.block_size.min(cap as usize) } else { o.block_size.min(4096) };
+        let mut st = FrameStats { bytes: 0, frames: 0, spliced: 0, end: transfer::End::Limit };
+        let fail = |e: &io::Error, call: &str, on: &str, done: u64| VfioError::from_io(e, call, format!("{ctx}: {call} on {on} after {done} payload bytes"));
+        while st.bytes < o.max_bytes {
+            let mut have = 0usize;
+            while have < block {
+                match splice_nb(fd, pw.as_raw_fd(), block - have) {
+                    Ok(0) => break,
+                    Ok(n) => have += n,
+                    // The private pipe has room, so the data fd is empty right now.
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+                    Err(e) if st.bytes == 0 && have == 0 && transfer::refuses_splice(&e) => return Ok(None),
+                    Err(e) => return Err(fail(&e, "splice", "the data fd", st.bytes)),
+                }
+            }
+            if have > 0 {
+                write_all(to, &header(o.marker, have), o, ctx, st.bytes)?;
+                let mut left = have;
+                while left > 0 {
+                    match splice_nb(pr.as_raw_fd(), to, left) {
+                        Ok(0) => return Err(fail(&io::Error::from_raw_os_error(libc::EIO), "splice", "the channel", st.bytes)),
+                        Ok(n) => left -= n,
+                        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => wait_writable(to, o.idle_timeout).map_err(|e| wait_error(&e, ctx, st.bytes))?,
+                        Err(e) => return Err(fail(&e, "splice", "the channel", st.bytes)),
+                    }
+                }
+                st.bytes += have as u64;
+                st.frames += 1;
+                st.spliced += 1;
+                continue;
+            }
+            // An empty pipe (or its closed end) is no verdict: only the device
+            // knows whether this is a pause, ENOMSG, the end of the state or
+            // a failed session, and a read through its backend says which.
+            let n = FRAME_BUF.with(|cell| -> Result<Option<usize>> {
+                let mut buf = cell.borrow_mut();
+                if buf.len() < block {
+                    buf.resize(block, 0);
+                }
+                let n = self.read_block(fd, &mut buf[..block], o, ctx, st.bytes)?;
+                if let Some(n @ 1..) = n {
+                    write_frame(to, &header(o.marker, n), &buf[..n], o, ctx, st.bytes)?;
+                }
+                Ok(n)
+            })?;
+            match n {
+                Some(0) => {
+                    st.end = transfer::End::Eof;
+                    return Ok(Some(st));
+                }
+                None => {
+                    st.end = transfer::End::NoData;
+                    return Ok(Some(st));
+                }
+                Some(n) => {
+                    st.bytes += n as u64;
+                    st.frames += 1;
+                }
+            }
+        }
+        Ok(Some(st))
+    }
+
+    /// The same frames with the device and the socket working at once: a
+    /// scoped reader thread fills one buffer while this thread writes the
+    /// other. The reader applies the limit itself, so it never reads a block
+    /// that would not be sent.
+    fn pump_overlapped(&self, fd: RawFd, to: RawFd, o: &FrameOptions, ctx: &str) -> Result<FrameStats> {
+        enum Msg {
+            Block(Vec<u8>, usize),
+            End(transfer::End),
+            Failed(VfioError),
+        }
+        let (full_tx, full_rx) = mpsc::sync_channel::<Msg>(2);
+        let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(2);
+        for _ in 0..2 {
+            free_tx.send(vec![0u8; o.block_size]).expect("the receiver is alive");
+        }
+        // move: the writer's channel ends drop when it returns, so a reader
+        // waiting on them wakes up and ends before the scope joins it.
+        std::thread::scope(move |sc| {
+            sc.spawn(move || {
+                let mut read = 0u64;
+                loop {
+                    // Err: the writer gave up (its error is what gets reported).
+                    let Ok(mut buf) = free_rx.recv() else { return };
+                    let msg = match self.read_block(fd, &mut buf, o, ctx, read) {
+                        Ok(Some(0)) => Msg::End(transfer::End::Eof),
+                        Ok(None) => Msg::End(transfer::End::NoData),
+                        Ok(Some(n)) => {
+                            read += n as u64;
+                            Msg::Block(buf, n)
+                        }
+                        Err(e) => Msg::Failed(e),
+                    };
+                    let last = !matches!(msg, Msg::Block(..));
+                    if full_tx.send(msg).is_err() || last {
+                        return;
+                    }
+                    if read >= o.max_bytes {
+                        let _ = full_tx.send(Msg::End(transfer::End::Limit));
+                        return;
+                    }
+                }
+            });
+            let mut st = FrameStats { bytes: 0, frames: 0, spliced: 0, end: transfer::End::Limit };
+            loop {
+                match full_rx.recv() {
+                    Ok(Msg::Block(buf, n)) => {
+                        // On error, returning drops full_rx and free_tx, which ends the reader.
+                        write_frame(to, &header(o.marker, n), &buf[..n], o, ctx, st.bytes)?;
+                        st.bytes += n as u64;
+                        st.frames += 1;
+                        let _ = free_tx.send(buf);
+                    }
+                    Ok(Msg::End(end)) => {
+                        st.end = end;
+                        return Ok(st);
+                    }
+                    Ok(Msg::Failed(e)) => return Err(e),
+                    Err(_) => return Err(VfioError::new(libc::EIO, "pumpFrames", ctx, Some("the reader thread ended without a word"))),
+                }
+            }
+        })
+    }
+
+    /// One read through the backend; None for ENOMSG. EAGAIN waits for the fd.
+    fn read_block(&self, fd: RawFd, buf: &mut [u8], o: &FrameOptions, ctx: &str, done: u64) -> Result<Option<usize>> {
+        let start = Instant::now();
+        loop {
+            match self.backend.data_read(fd, buf) {
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => return Ok(None),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    // Slices of 100 ms: an emulated fd may not report POLLIN, so retry the read anyway.
+                    let slice = Duration::from_millis(100);
+                    sys::poll(fd, libc::POLLIN, Some(slice)).map_err(|e| VfioError::from_io(&e, "poll", format!("{ctx}: data fd after {done} bytes")))?;
+                    if o.idle_timeout.is_some_and(|t| start.elapsed() >= t) {
+                        return Err(VfioError::new(libc::ETIMEDOUT, "read", format!("{ctx}: data fd after {done} bytes"), Some("device state not ready within the idle timeout")));
+                    }
+                }
+                Err(e) => return Err(VfioError::from_io(&e, "read", format!("{ctx}: data fd after {done} bytes"))),
+            }
+        }
+    }
+}
+
+fn header(marker: u64, n: usize) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[..8].copy_from_slice(&marker.to_be_bytes());
+    h[8..].copy_from_slice(&(n as u64).to_be_bytes());
+    h
+}
+
+/// What [`DataFd::load_frames`] is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadFrameOptions {
+    /// The be64 that opens each frame to take (DATA_STATE).
+    pub marker: u64,
+    /// Stop at the first frame boundary at or past this much payload, so the
+    /// caller can account progress between calls.
+    pub max_bytes: u64,
+    /// Longest wait for the channel to become readable; None waits forever.
+    pub idle_timeout: Option<Duration>,
+    pub allow_splice: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadEnd {
+    /// A be64 other than the frame marker came next; it was consumed.
+    Marker(u64),
+    /// `max_bytes` of payload went in; the channel is at a frame boundary.
+    Limit,
+    /// The channel ended at a frame boundary.
+    Eof,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadFrameStats {
+    pub bytes: u64,
+    pub frames: u64,
+    pub end: LoadEnd,
+}
+
+impl LoadFrameStats {
+    /// Bytes taken from the channel: headers, payloads and a consumed marker.
+    pub fn consumed(&self) -> u64 {
+        self.bytes + 16 * self.frames + if matches!(self.end, LoadEnd::Marker(_)) { 8 } else { 0 }
+    }
+}
+
+impl DataFd {
+    /// Takes frames (be64 marker, be64 size, payload) from `from` while
+    /// their marker is `o.marker`, writing each payload into the data fd
+    /// (RESUMING). Nothing past the last frame is read except the be64 that
+    /// ends the run, which is returned. `from` may be non-blocking.
+    pub fn load_frames(&self, from: RawFd, o: &LoadFrameOptions) -> Result<LoadFrameStats> {
+        let ctx = format!("{}: loadFrames from fd {from}", self.label);
+        self.with_fd("loadFrames", |fd| {
+            sys::check_open(from).map_err(|e| VfioError::from_io(&e, "loadFrames", &ctx))?;
+            let to = DataEnd { fd, backend: &*self.backend, label: &self.label };
+            let topts = transfer::Options { idle_timeout: o.idle_timeout, allow_splice: o.allow_splice, ..transfer::Options::default() };
+            let mut st = LoadFrameStats { bytes: 0, frames: 0, end: LoadEnd::Limit };
+            while st.bytes < o.max_bytes {
+                let Some(marker) = read_be64(from, o, &ctx, &st, true)? else {
+                    st.end = LoadEnd::Eof;
+                    return Ok(st);
+                };
+                if marker != o.marker {
+                    st.end = LoadEnd::Marker(marker);
+                    return Ok(st);
+                }
+                let size = read_be64(from, o, &ctx, &st, false)?.expect("mid-frame end is an error");
+                let moved = transfer::transfer(&PlainFd(from), &to, size, &topts, &ctx)?;
+                if moved.bytes < size {
+                    return Err(VfioError::new(
+                        libc::ENODATA,
+                        "loadFrames",
+                        format!("{ctx}: frame {} after {} payload bytes", st.frames, st.bytes),
+                        Some(&format!("the channel ended {} bytes into a {size}-byte frame", moved.bytes)),
+                    ));
+                }
+                st.bytes += size;
+                st.frames += 1;
+            }
+            Ok(st)
+        })
+    }
+}
+
+/// Exactly 8 bytes from `from` as a be64. None when the channel ends before
+/// the first byte and `boundary` allows it; an end anywhere else is ENODATA.
+fn read_be64(from: RawFd, o: &LoadFrameOptions, ctx: &str, st: &LoadFrameStats, boundary: bool) -> Result<Option<u64>> {
+    let mut b = [0u8; 8];
+    let mut got = 0;
+    let at = || format!("{ctx}: frame {} after {} payload bytes", st.frames, st.bytes);
+    let start = Instant::now();
+    while got < 8 {
+        match sys::read(from, &mut b[got..]) {
+            Ok(0) if got == 0 && boundary => return Ok(None),
+            Ok(0) => return Err(VfioError::new(libc::ENODATA, "read", at(), Some(&format!("the channel ended inside a frame header ({got} of 8 bytes)")))),
+            Ok(n) => got += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                wait_readable(from).map_err(|e| VfioError::from_io(&e, "poll", at()))?;
+                if o.idle_timeout.is_some_and(|t| start.elapsed() >= t) {
+                    return Err(VfioError::new(libc::ETIMEDOUT, "poll", at(), Some("no frame header within the idle timeout")));
+                }
+            }
+            Err(e) => return Err(VfioError::from_io(&e, "read", at())),
+        }
+    }
+    Ok(Some(u64::from_be_bytes(b)))
+}
+
+/// One slice of waiting for input; a closed fd shows as EBADF (see wait_writable).
+fn wait_readable(from: RawFd) -> io::Result<()> {
+    let r = sys::poll(from, libc::POLLIN, Some(Duration::from_millis(200)))?;
+    if r & libc::POLLNVAL != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    if r == 0 {
+        sys::check_open(from)?;
+    }
+    Ok(())
+}
+
+/// One non-blocking splice (EINTR retried): a full or empty pipe answers
+/// EAGAIN, so every wait goes through poll and its timeout.
+fn splice_nb(from: RawFd, to: RawFd, n: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: no offsets; both fds are open for the call's duration.
+        let r = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), n, libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK) };
+        match sys::cvt_size(r) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// A frame header alone (the payload follows by splice).
+fn write_all(to: RawFd, head: &[u8; 16], o: &FrameOptions, ctx: &str, done: u64) -> Result<()> {
+    write_frame(to, head, &[], o, ctx, done)
+}
+
+fn wait_error(e: &io::Error, ctx: &str, done: u64) -> VfioError {
+    match e.raw_os_error() {
+        Some(libc::ETIMEDOUT) => VfioError::new(libc::ETIMEDOUT, "poll", format!("{ctx}: after {done} payload bytes"), Some("destination not writable within the idle timeout")),
+        _ => VfioError::from_io(e, "poll", format!("{ctx}: after {done} payload bytes")),
+    }
+}
+
+/// writev of header + payload until all is out; EAGAIN polls for POLLOUT.
+fn write_frame(to: RawFd, head: &[u8; 16], data: &[u8], o: &FrameOptions, ctx: &str, done: u64) -> Result<()> {
+    let total = head.len() + data.len();
+    let mut off = 0usize;
+    let fail = |e: &io::Error, call: &str, off: usize| VfioError::from_io(e, call, format!("{ctx}: after {} payload bytes, {off} of a {total}-byte frame", done));
+    while off < total {
+        let (a, b): (&[u8], &[u8]) = if off < head.len() { (&head[off..], data) } else { (&data[off - head.len()..], &[]) };
+        let iov = [
+            libc::iovec { iov_base: a.as_ptr() as *mut libc::c_void, iov_len: a.len() },
+            libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() },
+        ];
+        let cnt = if b.is_empty() { 1 } else { 2 };
+        // SAFETY: both iovecs point into live slices that outlive the call.
+        let r = unsafe { libc::writev(to, iov.as_ptr(), cnt) };
+        match sys::cvt_size(r) {
+            Ok(0) => return Err(fail(&io::Error::from_raw_os_error(libc::EIO), "writev", off)),
+            Ok(n) => off += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => wait_writable(to, o.idle_timeout).map_err(|e| match e.raw_os_error() {
+                Some(libc::ETIMEDOUT) => VfioError::new(libc::ETIMEDOUT, "poll", format!("{ctx}: after {done} payload bytes"), Some("destination not writable within the idle timeout")),
+                _ => fail(&e, "poll", off),
+            })?,
+            Err(e) => return Err(fail(&e, "writev", off)),
+        }
+    }
+    Ok(())
+}
+
+/// Polls in short slices: closing an fd does not wake a poll already
+/// sleeping on it, so a stream shut down from the JS thread is noticed here
+/// (EBADF) instead of after the whole timeout, or never.
+fn wait_writable(to: RawFd, timeout: Option<Duration>) -> io::Result<()> {
+    let start = Instant::now();
+    loop {
+        let r = sys::poll(to, libc::POLLOUT, Some(Duration::from_millis(200)))?;
+        if r & libc::POLLNVAL != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if r != 0 {
+            return Ok(()); // POLLHUP/POLLERR: the next writev reports what happened
+        }
+        sys::check_open(to)?;
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+    const DATA_STATE: u64 = 0xffff_ffff_ef10_0004;
+
+    fn opts(block: usize, max: u64, splice: bool) -> FrameOptions {
+        FrameOptions { block_size: block, max_bytes: max, marker: DATA_STATE, idle_timeout: Some(Duration::from_secs(5)), allow_splice: splice }
+    }
+
+    fn frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            assert_eq!(u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap()), DATA_STATE);
+            let n = u64::from_be_bytes(bytes[at + 8..at + 16].try_into().unwrap()) as usize;
+            out.push(bytes[at + 16..at + 16 + n].to_vec());
+            at += 16 + n;
+        }
+        out
+    }
+
+    fn read_to_end(fd: OwnedFd) -> Vec<u8> {
+        let mut got = Vec::new();
+        unsafe { std::fs::File::from_raw_fd(fd.into_raw_fd()) }.read_to_end(&mut got).unwrap();
+        got
+    }
+
+    /// Frames spliced on the splice path, none on the read path.
+    fn spliced(splice: bool, frames: u64) -> u64 {
+        if splice {
+            frames
+        } else {
+            0
+        }
+    }
+
+    #[test]
+    fn frames_a_pipe_into_a_socket_until_eof() {
+        for splice in [true, false] {
+            let (r, w) = sys::pipe().unwrap();
+            let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+            sys::write(w.as_raw_fd(), &data).unwrap();
+            drop(w);
+            let d = DataFd::for_testing(r);
+            let (a, b) = sys::socketpair().unwrap();
+            let st = d.pump_frames(a.as_raw_fd(), &opts(4096, u64::MAX, splice)).unwrap();
+            drop(a);
+            assert_eq!(st, FrameStats { bytes: 10_000, frames: 3, spliced: spliced(splice, 3), end: transfer::End::Eof });
+            let f = frames(&read_to_end(b));
+            assert_eq!(f.iter().map(|x| x.len()).collect::<Vec<_>>(), vec![4096, 4096, 1808]);
+            assert_eq!(f.concat(), data);
+        }
+    }
+
+    #[test]
+    fn stops_after_the_block_that_reaches_the_limit_and_refuses_bad_blocks() {
+        for splice in [true, false] {
+            let (r, w) = sys::pipe().unwrap();
+            sys::write(w.as_raw_fd(), &[1u8; 9000]).unwrap();
+            let d = DataFd::for_testing(r);
+            let (a, _b) = sys::socketpair().unwrap();
+            let st = d.pump_frames(a.as_raw_fd(), &opts(4096, 5000, splice)).unwrap();
+            assert_eq!((st.bytes, st.frames, st.end), (8192, 2, transfer::End::Limit));
+            // One block per call: the 808 bytes left, then nothing more is taken.
+            let st = d.pump_frames(a.as_raw_fd(), &opts(4096, 1, splice)).unwrap();
+            assert_eq!((st.bytes, st.frames, st.end), (808, 1, transfer::End::Limit));
+            let e = d.pump_frames(a.as_raw_fd(), &opts(0, 10, splice)).unwrap_err();
+            assert_eq!(e.errno, libc::EINVAL);
+            let e = d.pump_frames(a.as_raw_fd(), &opts(MAX_FRAME_BLOCK + 1, 10, splice)).unwrap_err();
+            assert_eq!(e.errno, libc::EINVAL);
+            let e = d.pump_frames(-1, &opts(4096, 10, splice)).unwrap_err();
+            assert_eq!(e.errno, libc::EBADF);
+            drop(w);
+        }
+    }
+
+    #[test]
+    fn survives_partial_writes_and_eagain_on_a_full_non_blocking_socket() {
+        for splice in [true, false] {
+            let (r, w) = sys::pipe().unwrap();
+            let data: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+            sys::write(w.as_raw_fd(), &data).unwrap();
+            drop(w);
+            let d = DataFd::for_testing(r);
+            let (a, b) = sys::socketpair().unwrap();
+            unsafe {
+                let small: libc::c_int = 4096;
+                libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &small as *const _ as *const libc::c_void, 4);
+                libc::fcntl(a.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+            }
+            let reader = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                read_to_end(b)
+            });
+            let st = d.pump_frames(a.as_raw_fd(), &opts(16384, u64::MAX, splice)).unwrap();
+            drop(a);
+            assert_eq!((st.bytes, st.frames, st.spliced, st.end), (60_000, 4, spliced(splice, 4), transfer::End::Eof));
+            let f = frames(&reader.join().unwrap());
+            assert_eq!(f.iter().map(|x| x.len()).collect::<Vec<_>>(), vec![16384, 16384, 16384, 10848]);
+            assert_eq!(f.concat(), data);
+        }
+    }
+
+    #[test]
+    fn a_closed_peer_fails_the_pump_without_hanging_the_reader() {
+        for splice in [true, false] {
+            let (r, w) = sys::pipe().unwrap();
+            sys::write(w.as_raw_fd(), &[7u8; 20_000]).unwrap();
+            let d = DataFd::for_testing(r);
+            let (a, b) = sys::socketpair().unwrap();
+            drop(b);
+            drop(w);
+            let e = d.pump_frames(a.as_raw_fd(), &opts(4096, u64::MAX, splice)).unwrap_err();
+            assert_eq!(e.errno, libc::EPIPE, "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_data_fd_that_refuses_splice_is_read_instead() {
+        // eventfd has read but no splice_read, like a kernel VFIO migration
+        // file: splice answers EINVAL and the pump reads (8 bytes: the counter).
+        let efd = unsafe { libc::eventfd(5, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(efd >= 0);
+        let d = DataFd::for_testing(unsafe { OwnedFd::from_raw_fd(efd) });
+        let (a, b) = sys::socketpair().unwrap();
+        let st = d.pump_frames(a.as_raw_fd(), &opts(4096, 1, true)).unwrap();
+        assert_eq!((st.bytes, st.frames, st.spliced, st.end), (8, 1, 0, transfer::End::Limit));
+        drop(a);
+        let f = frames(&read_to_end(b));
+        assert_eq!(f, vec![5u64.to_ne_bytes().to_vec()]);
+    }
+
+    #[test]
+    fn a_block_larger_than_the_pipe_is_cut_to_what_the_pipe_holds() {
+        // 64 MiB is above the default pipe-max-size (1 MiB) only for
+        // unprivileged users; either way no frame exceeds the block.
+        let (r, w) = sys::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![3u8; 1 << 20];
+            for _ in 0..3 {
+                let mut off = 0;
+                while off < chunk.len() {
+                    off += sys::write(w.as_raw_fd(), &chunk[off..]).unwrap();
+                }
+            }
+        });
+        let d = DataFd::for_testing(r);
+        let (a, b) = sys::socketpair().unwrap();
+        let reader = std::thread::spawn(move || read_to_end(b));
+        let st = d.pump_frames(a.as_raw_fd(), &opts(MAX_FRAME_BLOCK, u64::MAX, true)).unwrap();
+        writer.join().unwrap();
+        drop(a);
+        assert_eq!((st.bytes, st.end), (3 << 20, transfer::End::Eof));
+        let f = frames(&reader.join().unwrap());
+        assert!(f.iter().all(|x| x.len() <= MAX_FRAME_BLOCK && !x.is_empty()));
+        assert_eq!(f.concat().len(), 3 << 20);
+    }
+
+    fn lopts(max: u64, splice: bool) -> LoadFrameOptions {
+        LoadFrameOptions { marker: DATA_STATE, max_bytes: max, idle_timeout: Some(Duration::from_secs(5)), allow_splice: splice }
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut v = DATA_STATE.to_be_bytes().to_vec();
+        v.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn loads_frames_until_another_marker_and_leaves_what_follows() {
+        for splice in [true, false] {
+            let (a, b) = sys::socketpair().unwrap();
+            let p1: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+            let p2 = vec![9u8; 70_000];
+            let mut wire = frame(&p1);
+            wire.extend(frame(&p2));
+            wire.extend(0xffff_ffff_ef10_0001u64.to_be_bytes());
+            wire.extend(b"rest");
+            let writer = std::thread::spawn(move || {
+                let mut off = 0;
+                while off < wire.len() {
+                    off += sys::write(a.as_raw_fd(), &wire[off..]).unwrap();
+                }
+                a
+            });
+            let (r, w) = sys::pipe().unwrap();
+            let reader = std::thread::spawn(move || read_to_end(r));
+            let d = DataFd::for_testing(w);
+            let st = d.load_frames(b.as_raw_fd(), &lopts(u64::MAX, splice)).unwrap();
+            assert_eq!(st, LoadFrameStats { bytes: 75_000, frames: 2, end: LoadEnd::Marker(0xffff_ffff_ef10_0001) });
+            assert_eq!(st.consumed(), 75_000 + 32 + 8);
+            d.close();
+            let mut expect = p1.clone();
+            expect.extend(&p2);
+            assert_eq!(reader.join().unwrap(), expect);
+            drop(writer.join().unwrap());
+            assert_eq!(read_to_end(b), b"rest");
+        }
+    }
+
+    #[test]
+    fn stops_at_the_frame_boundary_past_the_limit_and_at_a_clean_end() {
+        let (a, b) = sys::socketpair().unwrap();
+        let mut wire = frame(&[1u8; 100]);
+        wire.extend(frame(&[2u8; 100]));
+        wire.extend(frame(&[3u8; 100]));
+        sys::write(a.as_raw_fd(), &wire).unwrap();
+        drop(a);
+        let (r, w) = sys::pipe().unwrap();
+        let d = DataFd::for_testing(w);
+        let st = d.load_frames(b.as_raw_fd(), &lopts(150, true)).unwrap();
+        assert_eq!((st.bytes, st.frames, st.end), (200, 2, LoadEnd::Limit));
+        let st = d.load_frames(b.as_raw_fd(), &lopts(u64::MAX, true)).unwrap();
+        assert_eq!((st.bytes, st.frames, st.end, st.consumed()), (100, 1, LoadEnd::Eof, 116));
+        d.close();
+        assert_eq!(read_to_end(r).len(), 300);
+    }
+
+    #[test]
+    fn an_end_inside_a_header_or_a_payload_is_enodata() {
+        for (cut, what) in [(4usize, "inside a frame header"), (12, "inside a frame header"), (16 + 50, "50 bytes into a 100-byte frame")] {
+            let (a, b) = sys::socketpair().unwrap();
+            sys::write(a.as_raw_fd(), &frame(&[5u8; 100])[..cut]).unwrap();
+            drop(a);
+            let (_r, w) = sys::pipe().unwrap();
+            let e = DataFd::for_testing(w).load_frames(b.as_raw_fd(), &lopts(u64::MAX, true)).unwrap_err();
+            assert_eq!(e.errno, libc::ENODATA, "{}", e.message);
+            assert!(e.message.contains(what), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn waits_on_a_non_blocking_channel_and_times_out_when_nothing_comes() {
+        let (a, b) = sys::socketpair().unwrap();
+        unsafe { libc::fcntl(b.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let writer = std::thread::spawn(move || {
+            let f = frame(&[6u8; 3000]);
+            for part in f.chunks(7) {
+                std::thread::sleep(Duration::from_micros(200));
+                sys::write(a.as_raw_fd(), part).unwrap();
+            }
+            a
+        });
+        let (r, w) = sys::pipe().unwrap();
+        // Drained as it fills: 7-byte packets spliced in take a pipe slot each.
+        let reader = std::thread::spawn(move || read_to_end(r));
+        let d = DataFd::for_testing(w);
+        let st = d.load_frames(b.as_raw_fd(), &lopts(1, true)).unwrap();
+        assert_eq!((st.bytes, st.end), (3000, LoadEnd::Limit));
+        let _a = writer.join().unwrap();
+        let o = LoadFrameOptions { idle_timeout: Some(Duration::from_millis(300)), ..lopts(u64::MAX, true) };
+        let e = d.load_frames(b.as_raw_fd(), &o).unwrap_err();
+        assert_eq!(e.errno, libc::ETIMEDOUT, "{}", e.message);
+        d.close();
+        assert_eq!(reader.join().unwrap(), vec![6u8; 3000]);
+    }
+
+    #[test]
+    fn a_data_fd_that_refuses_splice_is_written_instead() {
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(efd >= 0);
+        let d = DataFd::for_testing(unsafe { OwnedFd::from_raw_fd(efd) });
+        let (a, b) = sys::socketpair().unwrap();
+        sys::write(a.as_raw_fd(), &frame(&3u64.to_ne_bytes())).unwrap();
+        drop(a);
+        let st = d.load_frames(b.as_raw_fd(), &lopts(u64::MAX, true)).unwrap();
+        assert_eq!((st.bytes, st.end), (8, LoadEnd::Eof));
+        let mut v = [0u8; 8];
+        sys::read(efd, &mut v).unwrap();
+        assert_eq!(u64::from_ne_bytes(v), 3);
+    }
+}
