@@ -18,7 +18,7 @@ export function charts(r: BenchResults): Record<string, string> {
   if (r.device.throughput.length) {
     const groups: BarGroup[] = r.device.throughput.map(row => ({
       label: mib(row.size),
-      bars: [...bar('ours (save/load)', row.oursMiBps), ...bar('raw splice copy', row.spliceMiBps), ...bar('device alone', row.deviceOnlyMiBps)],
+      bars: [...bar('ours (save/load)', row.oursMiBps), ...bar('ours, read/write data fds', row.oursCopyMiBps), ...bar('raw splice copy', row.spliceMiBps), ...bar('device alone', row.deviceOnlyMiBps)],
     }))
     out['device-throughput.svg'] = barChart({ title: 'VFIO device-state throughput', yLabel: 'MiB/s', groups })
   }

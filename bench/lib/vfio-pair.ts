@@ -17,13 +17,13 @@ import { VfioMigrationSet } from '../../vmm/vfio/vfio-set.js'
 
 interface Side { vm: Vm; reg: SaveVMRegistry; set: VfioMigrationSet; emu: EmulatedDevice }
 
-async function side(role: 'source' | 'dest', stateSize: number, seed: number): Promise<Side> {
+async function side(role: 'source' | 'dest', stateSize: number, seed: number, allowSplice: boolean): Promise<Side> {
   const vm = new Vm(role === 'source' ? 'prelaunch' : 'inmigrate')
   if (role === 'source') await vm.vmStart()
   const reg = new SaveVMRegistry()
   const set = new VfioMigrationSet(vm, reg)
   const emu = new native.EmulatedDevice({ name: `bench-${role}`, flags: 1, stateSize, seed })
-  await set.add(emu.device(), { idstr: 'bench/vfio' })
+  await set.add(emu.device(), { idstr: 'bench/vfio', allowSplice })
   return { vm, reg, set, emu }
 }
 
@@ -33,10 +33,14 @@ export interface DeviceThroughput {
   verified: boolean
 }
 
-/** Migrates `stateSize` bytes of device state; resolves the time from prepare to the destination running. */
-export async function deviceThroughput(stateSize: number, verify: boolean): Promise<DeviceThroughput> {
-  const src = await side('source', stateSize, 7)
-  const dst = await side('dest', stateSize, 99)
+/**
+ * Migrates `stateSize` bytes of device state; resolves the time from prepare
+ * to the destination running. `allowSplice` false reads and writes the data
+ * fds (what a kernel VFIO data fd allows) instead of splicing them.
+ */
+export async function deviceThroughput(stateSize: number, verify: boolean, allowSplice = true): Promise<DeviceThroughput> {
+  const src = await side('source', stateSize, 7, allowSplice)
+  const dst = await side('dest', stateSize, 99, allowSplice)
   const dir = mkdtempSync(join(tmpdir(), 'vmm-bench-dev-'))
   const l = await listen(`unix:${join(dir, 's')}`)
   const [a, b] = await Promise.all([connect(l.address), l.accept()])

@@ -1,6 +1,8 @@
 // Child process: one device-state migration (both sides here: the bytes move
-// in native threads, not on this event loop), or, with `source-only`, how
-// fast the emulated device alone produces its state (data fd -> /dev/null).
+// in native threads, not on this event loop; `-copy` modes read and write the
+// data fds as a kernel VFIO fd requires, never splicing them), or, with
+// `source-only`, how fast the emulated device alone produces its state
+// (data fd -> /dev/null).
 // Prints one JSON line.
 import * as fs from 'node:fs'
 import { native } from '../../vmm/native/addon.js'
@@ -8,8 +10,9 @@ import { deviceThroughput } from '../lib/vfio-pair.js'
 
 const size = Number(process.argv[2])
 const mode = process.argv[3] ?? 'migrate'
-if (!Number.isSafeInteger(size) || size <= 0 || !['migrate', 'verify', 'source-only'].includes(mode)) {
-  console.error(`usage: device-throughput SIZE [migrate|verify|source-only] (got ${process.argv.slice(2).join(' ')})`)
+const MODES = ['migrate', 'verify', 'migrate-copy', 'verify-copy', 'source-only']
+if (!Number.isSafeInteger(size) || size <= 0 || !MODES.includes(mode)) {
+  console.error(`usage: device-throughput SIZE [${MODES.join('|')}] (got ${process.argv.slice(2).join(' ')})`)
   process.exit(2)
 }
 
@@ -28,5 +31,7 @@ async function sourceOnly(): Promise<{ bytes: number; ms: number }> {
   }
 }
 
-const r = mode === 'source-only' ? await sourceOnly() : await deviceThroughput(size, mode === 'verify')
+const r = mode === 'source-only'
+  ? await sourceOnly()
+  : await deviceThroughput(size, mode.startsWith('verify'), !mode.endsWith('-copy'))
 console.log(JSON.stringify({ ...r, maxRss: process.resourceUsage().maxRSS * 1024 }))

@@ -163,3 +163,57 @@ t.test('reads resume after a zero-copy getToFd when later data arrives late', as
   await dst.close()
   await l.close()
 })
+
+t.test('readDirect hands the fd over only when nothing was read ahead', async t => {
+  const l = await listen('tcp:127.0.0.1:0')
+  const [src, dst] = await Promise.all([connect(l.address), l.accept()])
+  const w = new MigStream(src)
+  const r = new MigStream(dst, { fdTransfer: jsTransfer })
+  w.putBe32(7)
+  w.putBuffer(pattern(300, 3))
+  await w.flush()
+  t.equal(await r.getBe32(), 7)
+  let called = 0
+  const take8 = async (fd: number) => {
+    called++
+    const b = Buffer.alloc(8)
+    let got = 0
+    while (got < 8) got += await readFd(fd, b, got, 8 - got)
+    t.equal(b.readBigUInt64BE(0), 0x0102030405060708n, 'fn reads the bytes that come next')
+    return 8
+  }
+  t.notOk(await r.readDirect(take8), 'bytes read ahead: the caller goes on through the stream')
+  t.equal(called, 0)
+  t.ok((await r.getBuffer(300)).equals(pattern(300, 3)), 'what was read ahead is still there, in order')
+  const at = r.bytesRead
+  w.putBe64(0x0102030405060708n)
+  w.putBe32(0xc0ffee)
+  await w.flush()
+  await new Promise(res => setTimeout(res, 30))
+  t.ok(await r.readDirect(take8), 'nothing read ahead: fn reads the fd itself')
+  t.equal(called, 1)
+  t.equal(r.bytesRead, at + 8, 'what fn took counts as read')
+  t.equal(await r.getBe32(), 0xc0ffee, 'reads resume after it')
+  t.notOk(await r.readDirect(async () => { throw new Error('no fd here') }).then(ok => ok && !r.error), 'a throw from fn fails the stream')
+  t.match(r.error?.message, /no fd here/)
+  await src.close()
+  await dst.close()
+  await l.close()
+})
+
+t.test('readDirect refuses a channel without an fd, and a stream without the transfer', async t => {
+  const [a, b] = memoryPair()
+  const w = new MigStream(a)
+  w.putBe32(1)
+  await w.flush()
+  const r = new MigStream(b)
+  t.notOk(await r.readDirect(async () => 0))
+  t.equal(await r.getBe32(), 1)
+  const l = await listen('tcp:127.0.0.1:0')
+  const [src, dst] = await Promise.all([connect(l.address), l.accept()])
+  const nofd = new MigStream(dst, { fdTransfer: null })
+  t.notOk(await nofd.readDirect(async () => 0))
+  await src.close()
+  await dst.close()
+  await l.close()
+})

@@ -14,7 +14,7 @@ import { loadvm } from '../../vmm/savevm/load.js'
 import { MigStream } from '../../vmm/stream/stream.js'
 import { connect, listen } from '../../vmm/channel/connect.js'
 import { VfioMigrationSet } from '../../vmm/vfio/vfio-set.js'
-import type { VfioDeviceMigration } from '../../vmm/vfio/device-migration.js'
+import type { VfioDeviceMigration, VfioDeviceMigrationOptions } from '../../vmm/vfio/device-migration.js'
 
 export interface Side {
   vm: Vm
@@ -24,7 +24,7 @@ export interface Side {
   devs: VfioDeviceMigration[]
 }
 
-export async function makeSide(role: 'source' | 'dest', devices: EmulatedDeviceOptions[], switchoverAck = false): Promise<Side> {
+export async function makeSide(role: 'source' | 'dest', devices: EmulatedDeviceOptions[], switchoverAck = false, add: Omit<VfioDeviceMigrationOptions, 'idstr'> = {}): Promise<Side> {
   const vm = new Vm(role === 'source' ? 'prelaunch' : 'inmigrate')
   if (role === 'source') await vm.vmStart()
   const reg = new SaveVMRegistry()
@@ -34,7 +34,7 @@ export async function makeSide(role: 'source' | 'dest', devices: EmulatedDeviceO
   for (const [i, o] of devices.entries()) {
     const emu = new native.EmulatedDevice({ name: `${role}${i}`, ...o })
     emus.push(emu)
-    devs.push(await set.add(emu.device(), { idstr: `dev${i}/vfio` }))
+    devs.push(await set.add(emu.device(), { idstr: `dev${i}/vfio`, ...add }))
   }
   return { vm, reg, set, emus, devs }
 }

@@ -7,21 +7,35 @@ import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { native } from '../../vmm/native/addon.js'
-import type { EmulatedDevice, EmulatedDeviceOptions } from '../../native/index.js'
+import type { EmulatedDevice, EmulatedDeviceOptions, LoadFramesResult, PumpFramesResult } from '../../native/index.js'
 import { connect } from '../../vmm/channel/connect.js'
 import { MigStream } from '../../vmm/stream/stream.js'
 import { SaveVM } from '../../vmm/savevm/save.js'
 import { makeSide, migrate } from './harness.js'
 
-// Count native calls by wrapping the prototype method the device code reaches.
-const proto = native.DataFd.prototype as { pumpFrames: (...a: unknown[]) => Promise<unknown> }
+// Count native calls, and keep what they report, by wrapping the prototype
+// methods the device code reaches.
+type Fn = (...a: unknown[]) => Promise<unknown>
+const proto = native.DataFd.prototype as unknown as { pumpFrames: Fn; loadFrames: Fn }
 const realPump = proto.pumpFrames
+const realLoad = proto.loadFrames
 let nativeCalls = 0
-proto.pumpFrames = function (this: unknown, ...a: unknown[]) {
+let loadCalls = 0
+const pumped: PumpFramesResult[] = []
+const loaded: LoadFramesResult[] = []
+proto.pumpFrames = async function (this: unknown, ...a: unknown[]) {
   nativeCalls++
-  return realPump.apply(this, a)
+  const r = (await realPump.apply(this, a)) as PumpFramesResult
+  pumped.push(r)
+  return r
 }
-t.teardown(() => { proto.pumpFrames = realPump })
+proto.loadFrames = async function (this: unknown, ...a: unknown[]) {
+  loadCalls++
+  const r = (await realLoad.apply(this, a)) as LoadFramesResult
+  loaded.push(r)
+  return r
+}
+t.teardown(() => { proto.pumpFrames = realPump; proto.loadFrames = realLoad })
 
 /** Save one device's VM to a UNIX socket and return every byte the peer received. */
 async function capture(o: EmulatedDeviceOptions, direct: boolean, arm?: (e: EmulatedDevice) => void): Promise<{ bytes: Buffer; calls: number; stats: unknown }> {
@@ -132,6 +146,32 @@ t.test('a full migration over the native path arrives exact and counts every byt
   t.ok(s.precopyBytes > 0)
 })
 
+for (const allowSplice of [true, false]) {
+  t.test(`the destination takes runs of frames natively (allowSplice ${allowSplice})`, async t => {
+    const size = (20 << 20) + 7
+    const src = await makeSide('source', [{ flags: 1, stateSize: size, seed: 31 }], false, { allowSplice })
+    const dst = await makeSide('dest', [{ flags: 1, stateSize: size, seed: 32 }], false, { allowSplice })
+    pumped.length = 0
+    loaded.length = 0
+    const before = loadCalls
+    const r = await migrate(src, dst)
+    t.ok(r.ok, r.error?.message ?? 'migrated')
+    t.equal(await dst.emus[0].digest(), r.sourceDigests[0], 'byte-exact')
+    t.ok(loadCalls > before, `loadFrames used (${loadCalls - before} calls)`)
+    const frames = pumped.reduce((n, p) => n + p.frames, 0)
+    const spliced = pumped.reduce((n, p) => n + p.spliced, 0)
+    t.ok(frames > 1)
+    if (allowSplice) t.equal(spliced, frames, 'every source frame spliced (the emulated fd is a pipe)')
+    else t.equal(spliced, 0, 'no frame spliced when splice is not allowed')
+    t.ok(loaded.every(l => l.end !== 'eof'), 'every run ends at a marker or a step limit')
+    t.ok(loaded.some(l => l.end === 'marker' && l.next === 0xffffffffef100001n), 'the run ends at END_OF_STATE')
+    t.ok(loaded.some(l => l.end === 'limit'), 'long runs come in steps, so progress moves between them')
+    const natBytes = loaded.reduce((n, l) => n + l.bytes, 0)
+    t.ok(natBytes > 0 && natBytes < size, 'all but the first frame natively')
+    t.equal(dst.set.stats()['dest0'].bytesLoaded, src.set.stats()['source0'].bytesSaved, 'every byte loaded is counted once')
+  })
+}
+
 t.test('bad arguments are refused with a clear error', async t => {
   const e = new native.EmulatedDevice({ name: 'args', flags: 1, stateSize: 4096, seed: 1 })
   const fd = await e.device().setState('STOP_COPY')
@@ -141,5 +181,9 @@ t.test('bad arguments are refused with a clear error', async t => {
   await t.rejects(fd!.pumpFrames(1, { blockSize: 0, maxBytes: 10, marker }), { code: 'EINVAL', message: /blockSize/ })
   await t.rejects(fd!.pumpFrames(1, { blockSize: 4096, maxBytes: -1, marker }), { code: 'EINVAL', message: /maxBytes/ })
   await t.rejects(fd!.pumpFrames(1, { blockSize: 4096, maxBytes: 10, marker: -1n }), { code: 'EINVAL', message: /marker/ })
+  await t.rejects(fd!.loadFrames(-1, { marker }), { code: 'EBADF' })
+  await t.rejects(fd!.loadFrames(1, { marker, maxBytes: 1.5 }), { code: 'EINVAL', message: /maxBytes/ })
+  await t.rejects(fd!.loadFrames(1, { marker: 1n << 64n }), { code: 'EINVAL', message: /marker/ })
+  await t.rejects(fd!.loadFrames(1, { marker, idleTimeoutMs: -5 }), { code: 'EINVAL', message: /idleTimeoutMs/ })
   await fd!.close()
 })

@@ -543,9 +543,10 @@ export class MigStream {
   /**
    * Move n bytes from the stream into fd (QEMU's qemu_file_get_to_fd). Uses the
    * native zero-copy transfer when both ends are fds, after first writing out
-   * whatever the stream had already buffered.
+   * whatever the stream had already buffered. `allowSplice: false` makes
+   * that transfer read and write even where splice would work.
    */
-  async getToFd(fd: number, n: number): Promise<boolean> {
+  async getToFd(fd: number, n: number, opts?: { allowSplice?: boolean }): Promise<boolean> {
     if (this.err) return false
     if (!Number.isSafeInteger(n) || n < 0) {
       this.setError(new StreamError('EINVAL', `getToFd: bad length ${n}`))
@@ -577,7 +578,7 @@ export class MigStream {
             if (t < chunk.length) this.unread(chunk.subarray(t))
           }
           while (left > 0) {
-            const moved = await this.transfer(src, fd, left)
+            const moved = await this.transfer(src, fd, left, opts)
             if (moved === 0) break
             this.consumedBefore += moved
             left -= moved

@@ -51,6 +51,13 @@ export interface VfioDeviceMigrationOptions {
   onBroken?: (err: VfioDeviceBrokenError) => void | Promise<void>
   /** Largest block read from the data fd at once (default 1 MiB, QEMU's). */
   blockSize?: number
+  /**
+   * false moves device data with read()/write() even where the data fd would
+   * take splice. A kernel VFIO data fd has no splice, so it always goes that
+   * way; this makes an emulated device's pipe do the same (to measure that
+   * path). Default true: splice where the kernel allows it.
+   */
+  allowSplice?: boolean
 }
 
 export type VfioDeviceEvents = {
@@ -125,6 +132,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   private precopyDirty = 0
   private initialDataSent = false
   private blockSize: number
+  private readonly allowSplice: boolean
   private buffers: Buffer[] = []
   private broken: VfioDeviceBrokenError | null = null
 
@@ -143,6 +151,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
     const bs = opts.blockSize ?? DATA_BUFFER_SIZE
     if (!Number.isSafeInteger(bs) || bs < 4096 || bs > 64 << 20) throw new RangeError(`${device.name}: blockSize ${bs} outside 4 KiB..64 MiB`)
     this.blockSize = bs
+    this.allowSplice = opts.allowSplice ?? true
   }
 
   get name(): string {
@@ -301,24 +310,26 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
 
   /**
    * Move device data into the stream until the fd has nothing more (0 or
-   * ENOMSG), or, for a pre-copy `round`, until `round.limit` bytes or the
-   * stream's rate limit, checked after every block. Over a socket the frames
-   * go fd to fd in native code (pumpFrames); otherwise each block goes to
-   * the channel by reference (writev), never through the stream's buffer,
-   * and two buffers alternate: the next block is read from the device while
-   * the previous one is being written.
+   * ENOMSG), or, for a pre-copy `round`, until exactly `round.limit` bytes
+   * (the last block is cut short) or the stream's rate limit, checked after
+   * every block. Over a socket the frames go fd to fd in native code
+   * (pumpFrames); otherwise each block goes to the channel by reference
+   * (writev), never through the stream's buffer, and two buffers alternate:
+   * the next block is read from the device while the previous one is being
+   * written.
    */
   private async pump(f: MigStream, onBlock: (n: number) => void, round?: { limit: number }): Promise<number> {
     const fd = this.requireDataFd('save')
     const more = (sent: number) => round === undefined || (sent < round.limit && !f.rateLimitExceeded())
-    const direct = await this.pumpDirect(f, fd, more, onBlock, round !== undefined)
+    const room = (sent: number) => (round === undefined ? this.blockSize : Math.min(this.blockSize, round.limit - sent))
+    const direct = await this.pumpDirect(f, fd, more, onBlock, round === undefined ? null : room)
     if (direct !== null) return direct
     let sent = 0
     let slot = 0
     let writing: Promise<void> | null = null
     try {
       for (;;) {
-        const buf = this.buffer(slot)
+        const buf = this.buffer(slot).subarray(0, room(sent))
         const n = await this.readBlock(fd, buf)
         if (writing) await writing
         writing = null
@@ -349,19 +360,19 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
 
   /**
    * The native path of pump; null when the stream cannot take direct
-   * writes. A budgeted round goes one block per call so the rate limit is
-   * checked where the JS path checks it; otherwise one call until the end.
+   * writes. A budgeted round (`room`: what the next block may carry) goes one
+   * block per call so the rate limit is checked where the JS path checks it;
+   * otherwise one call until the end.
    */
-  private async pumpDirect(f: MigStream, fd: DataFd, more: (sent: number) => boolean, onBlock: (n: number) => void, perBlock: boolean): Promise<number | null> {
+  private async pumpDirect(f: MigStream, fd: DataFd, more: (sent: number) => boolean, onBlock: (n: number) => void, room: ((sent: number) => number) | null): Promise<number | null> {
     let sent = 0
     for (;;) {
       let failure: unknown = null
       let end = 'limit'
       const used = await f.writeDirect(async sock => {
         try {
-          // maxBytes 1: stop after the first block, whatever its size.
-          const maxBytes = perBlock ? 1 : Number.MAX_SAFE_INTEGER
-          const r = await fd.pumpFrames(sock, { blockSize: this.blockSize, maxBytes, marker: VFIO_MIG_FLAG_DEV_DATA_STATE, idleTimeoutMs: IDLE_TIMEOUT_MS })
+          const maxBytes = room ? room(sent) : Number.MAX_SAFE_INTEGER
+          const r = await fd.pumpFrames(sock, { blockSize: this.blockSize, maxBytes, marker: VFIO_MIG_FLAG_DEV_DATA_STATE, idleTimeoutMs: IDLE_TIMEOUT_MS, allowSplice: this.allowSplice })
           end = r.end
           sent += r.bytes
           // accountBlock of a sum equals accountBlock of each block in turn.
@@ -577,7 +588,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
           this.streamError(f, 'load data size')
           if (size > 0) {
             const fd = this.requireDataFd('load')
-            const ok = await f.getToFd(fd.fd!, size)
+            const ok = await f.getToFd(fd.fd!, size, { allowSplice: this.allowSplice })
             if (!ok) this.streamError(f, `writing ${size} bytes of device state`)
             this.stats.bytesLoaded += size
             trace(() => ({ event: 'load-data', device: this.name, size }))
@@ -609,7 +620,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
     for (;;) {
       let r: LoadFramesResult | null = null
       const used = await f.readDirect(async sock => {
-        r = await fd.loadFrames(sock, { marker: VFIO_MIG_FLAG_DEV_DATA_STATE, maxBytes: LOAD_STEP, idleTimeoutMs: IDLE_TIMEOUT_MS })
+        r = await fd.loadFrames(sock, { marker: VFIO_MIG_FLAG_DEV_DATA_STATE, maxBytes: LOAD_STEP, idleTimeoutMs: IDLE_TIMEOUT_MS, allowSplice: this.allowSplice })
         return r.consumed
       })
       if (!used) return null

@@ -23,14 +23,16 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use vfio_uapi::abi::{vfio_precopy_info, Pod};
 
 /// What [`DataFd::pump_frames`] is asked to do.
 #[derive(Clone, Copy, Debug)]
 pub struct FrameOptions {
     /// Largest payload of one frame (one read from the data fd).
     pub block_size: usize,
-    /// Stop once this much payload is out. Frames are never cut, so the last
-    /// one may pass it by less than `block_size`: the same blocks the JS path sends.
+    /// Stop once this much payload is out; the last frame is cut short so
+    /// the payload never passes it (a pre-copy round's budget is exact
+    /// whatever sizes the frames come in).
     pub max_bytes: u64,
     /// The be64 that opens each frame (QEMU's VFIO_MIG_FLAG_DEV_DATA_STATE).
     pub marker: u64,
@@ -85,7 +87,8 @@ impl DataFd {
                 }
                 let mut st = FrameStats { bytes: 0, frames: 0, spliced: 0, end: transfer::End::Limit };
                 while st.bytes < o.max_bytes {
-                    let n = match self.read_block(fd, &mut buf[..o.block_size], o, &ctx, st.bytes)? {
+                    let want = room(o.max_bytes, st.bytes, o.block_size);
+                    let n = match self.read_block(fd, &mut buf[..want], o, &ctx, st.bytes)? {
                         Some(0) => {
                             st.end = transfer::End::Eof;
                             return Ok(st);
@@ -112,7 +115,9 @@ impl DataFd {
         // The private pipe's fill level is the frame's size, so a frame is at
         // most what the pipe holds: ask for a block, take what is granted
         // (above pipe-max-size an unprivileged process gets EPERM).
-        let want = o.block_size.min(i32::MAX as usize) as libc::c_int;
+        // Never below the default 64 KiB: a pipe holds a fixed number of
+        // buffers, and partly consumed pages spliced in take one each.
+        let want = o.block_size.clamp(64 << 10, i32::MAX as usize) as libc::c_int;
         let mut cap = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
         if cap <= 0 {
             cap = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_GETPIPE_SZ) };
@@ -120,11 +125,19 @@ impl DataFd {
         let block = if cap > 0 { o.block_size.min(cap as usize) } else { o.block_size.min(4096) };
         let mut st = FrameStats { bytes: 0, frames: 0, spliced: 0, end: transfer::End::Limit };
         let fail = |e: &io::Error, call: &str, on: &str, done: u64| VfioError::from_io(e, call, format!("{ctx}: {call} on {on} after {done} payload bytes"));
+        // Set when a wait for the producer timed out: the next empty pipe
+        // goes to the backend, whose read waits (or fails) as the device says.
+        let mut stalled = false;
         while st.bytes < o.max_bytes {
+            let want = room(o.max_bytes, st.bytes, block);
             let mut have = 0usize;
-            while have < block {
-                match splice_nb(fd, pw.as_raw_fd(), block - have) {
-                    Ok(0) => break,
+            let mut closed = false;
+            while have < want {
+                match splice_nb(fd, pw.as_raw_fd(), want - have) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
                     Ok(n) => have += n,
                     // The private pipe has room, so the data fd is empty right now.
                     Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
@@ -148,6 +161,19 @@ impl DataFd {
                 st.spliced += 1;
                 continue;
             }
+            // Out of pre-copy a device ends its data with EOF, never ENOMSG,
+            // so an empty pipe only means the device is still producing: wait
+            // for it and splice on, rather than take a partial block by copy.
+            // PRECOPY_INFO answers EINVAL exactly there (outside PRE_COPY).
+            if !closed && !stalled && self.outside_precopy(fd) {
+                match sys::poll(fd, libc::POLLIN, Some(Duration::from_millis(100))) {
+                    Ok(r) if r != 0 => continue,
+                    Ok(_) => stalled = true,
+                    Err(e) => return Err(fail(&e, "poll", "the data fd", st.bytes)),
+                }
+                continue;
+            }
+            stalled = false;
             // An empty pipe (or its closed end) is no verdict: only the device
             // knows whether this is a pause, ENOMSG, the end of the state or
             // a failed session, and a read through its backend says which.
@@ -156,7 +182,7 @@ impl DataFd {
                 if buf.len() < block {
                     buf.resize(block, 0);
                 }
-                let n = self.read_block(fd, &mut buf[..block], o, ctx, st.bytes)?;
+                let n = self.read_block(fd, &mut buf[..want], o, ctx, st.bytes)?;
                 if let Some(n @ 1..) = n {
                     write_frame(to, &header(o.marker, n), &buf[..n], o, ctx, st.bytes)?;
                 }
@@ -178,6 +204,13 @@ impl DataFd {
             }
         }
         Ok(Some(st))
+    }
+
+    /// Whether the device is outside PRE_COPY, where its data ends only with EOF.
+    fn outside_precopy(&self, fd: RawFd) -> bool {
+        let mut buf = [0u8; std::mem::size_of::<vfio_precopy_info>()];
+        vfio_precopy_info { argsz: buf.len() as u32, ..Default::default() }.write_to(&mut buf);
+        matches!(self.backend.precopy_info(fd, &mut buf), Err(e) if e.raw_os_error() == Some(libc::EINVAL))
     }
 
     /// The same frames with the device and the socket working at once: a
@@ -203,7 +236,8 @@ impl DataFd {
                 loop {
                     // Err: the writer gave up (its error is what gets reported).
                     let Ok(mut buf) = free_rx.recv() else { return };
-                    let msg = match self.read_block(fd, &mut buf, o, ctx, read) {
+                    let want = room(o.max_bytes, read, o.block_size);
+                    let msg = match self.read_block(fd, &mut buf[..want], o, ctx, read) {
                         Ok(Some(0)) => Msg::End(transfer::End::Eof),
                         Ok(None) => Msg::End(transfer::End::NoData),
                         Ok(Some(n)) => {
@@ -385,6 +419,11 @@ fn wait_readable(from: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Payload the next frame may carry: a block, or less where the budget ends.
+fn room(max: u64, done: u64, block: usize) -> usize {
+    (max - done).min(block as u64) as usize
+}
+
 /// One non-blocking splice (EINTR retried): a full or empty pipe answers
 /// EAGAIN, so every wait goes through poll and its timeout.
 fn splice_nb(from: RawFd, to: RawFd, n: usize) -> io::Result<usize> {
@@ -517,17 +556,18 @@ mod tests {
     }
 
     #[test]
-    fn stops_after_the_block_that_reaches_the_limit_and_refuses_bad_blocks() {
+    fn cuts_the_last_frame_at_the_limit_and_refuses_bad_blocks() {
         for splice in [true, false] {
             let (r, w) = sys::pipe().unwrap();
             sys::write(w.as_raw_fd(), &[1u8; 9000]).unwrap();
             let d = DataFd::for_testing(r);
             let (a, _b) = sys::socketpair().unwrap();
             let st = d.pump_frames(a.as_raw_fd(), &opts(4096, 5000, splice)).unwrap();
-            assert_eq!((st.bytes, st.frames, st.end), (8192, 2, transfer::End::Limit));
-            // One block per call: the 808 bytes left, then nothing more is taken.
+            assert_eq!((st.bytes, st.frames, st.end), (5000, 2, transfer::End::Limit), "the second frame cut at the budget");
             let st = d.pump_frames(a.as_raw_fd(), &opts(4096, 1, splice)).unwrap();
-            assert_eq!((st.bytes, st.frames, st.end), (808, 1, transfer::End::Limit));
+            assert_eq!((st.bytes, st.frames, st.end), (1, 1, transfer::End::Limit));
+            let st = d.pump_frames(a.as_raw_fd(), &opts(4096, 3999, splice)).unwrap();
+            assert_eq!((st.bytes, st.frames, st.end), (3999, 1, transfer::End::Limit), "the rest, nothing more taken");
             let e = d.pump_frames(a.as_raw_fd(), &opts(0, 10, splice)).unwrap_err();
             assert_eq!(e.errno, libc::EINVAL);
             let e = d.pump_frames(a.as_raw_fd(), &opts(MAX_FRAME_BLOCK + 1, 10, splice)).unwrap_err();
@@ -587,7 +627,7 @@ mod tests {
         assert!(efd >= 0);
         let d = DataFd::for_testing(unsafe { OwnedFd::from_raw_fd(efd) });
         let (a, b) = sys::socketpair().unwrap();
-        let st = d.pump_frames(a.as_raw_fd(), &opts(4096, 1, true)).unwrap();
+        let st = d.pump_frames(a.as_raw_fd(), &opts(4096, 8, true)).unwrap();
         assert_eq!((st.bytes, st.frames, st.spliced, st.end), (8, 1, 0, transfer::End::Limit));
         drop(a);
         let f = frames(&read_to_end(b));
