@@ -154,16 +154,36 @@ t.test('exec: outgoing writes to the command, incoming reads its output', async 
   const p = path.join(dir, 'exec.bin')
   const src = await connect(`exec:cat > ${p}`)
   t.equal(src.kind, 'exec')
+  // The command's stdout is read, its stdin written: two fds, and a direct
+  // write must go to the one that reaches the command.
+  t.ok(src.fd !== undefined && src.writeFd !== undefined && src.fd !== src.writeFd, `read fd ${src.fd}, write fd ${src.writeFd}`)
   const w = new MigStream(src)
   w.putBufferAsync(Buffer.alloc(300000, 9))
-  await w.flush()
+  t.ok(await w.writeDirect(async fd => {
+    const tail = Buffer.alloc(1000, 7)
+    let off = 0
+    while (off < tail.length) {
+      try {
+        off += fs.writeSync(fd, tail, off)
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e
+        await new Promise(r => setTimeout(r, 5))
+      }
+    }
+    return tail.length
+  }), 'direct write taken')
+  t.equal(w.error, null)
   await src.endWrites()
   await w.close()
-  t.equal(fs.statSync(p).size, 300000)
+  const got = fs.readFileSync(p)
+  t.equal(got.length, 301000, 'the direct bytes reached the command, after the buffered ones')
+  t.equal(got[299999], 9)
+  t.equal(got[300000], 7)
   const l = await listen(`exec:cat ${p}`)
   const dst = await l.accept()
   const r = new MigStream(dst)
   t.equal((await r.getBuffer(300000))[12345], 9)
+  t.equal((await r.getBuffer(1000))[999], 7)
   t.ok(await r.atEnd())
   await r.close()
 })
@@ -174,6 +194,7 @@ t.test('fd: regular file and socket fds', async t => {
   const ch = await connect(`fd:${fd}`)
   t.equal(ch.kind, 'fd')
   t.equal(ch.fd, fd)
+  t.equal(ch.writeFd, fd)
   const w = new MigStream(ch)
   w.putBe64(42n)
   await w.close()

@@ -42,6 +42,10 @@ export class FileChannel implements Channel {
     return this.fdNum >= 0 ? this.fdNum : undefined
   }
 
+  get writeFd(): number | undefined {
+    return this.fd
+  }
+
   get writableLength(): number {
     return this.pending
   }

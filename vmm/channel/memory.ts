@@ -34,6 +34,7 @@ class Pipe {
 export class MemoryChannel implements Channel {
   readonly kind: ChannelKind = 'memory'
   readonly fd = undefined
+  readonly writeFd = undefined
   constructor(readonly description: string, private readonly rx: Pipe, private readonly tx: Pipe) {}
 
   get writableLength(): number {

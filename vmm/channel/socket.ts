@@ -52,7 +52,11 @@ export class SocketChannel implements Channel {
   }
 
   get fd(): number | undefined {
-    return fdOf(this.input) ?? fdOf(this.output)
+    return fdOf(this.input)
+  }
+
+  get writeFd(): number | undefined {
+    return fdOf(this.output)
   }
 
   get writableLength(): number {

@@ -8,11 +8,18 @@ export interface Channel {
   /** Human-readable address, for error messages. */
   readonly description: string
   /**
-   * The OS file descriptor when there is one (for zero-copy transfers), or
-   * undefined (memory channels). Only usable for direct I/O between
-   * `quiesce()` and `resumeReads()` (reads) or when `writableLength` is 0 (writes).
+   * The OS file descriptor the channel reads from, when there is one (for
+   * zero-copy transfers), or undefined (memory channels). Only usable for
+   * direct reads between `quiesce()` and `resumeReads()`.
    */
   readonly fd: number | undefined
+  /**
+   * The OS file descriptor the channel writes to: the same as `fd` for a
+   * socket or a file, another one for an exec channel (the command's stdin,
+   * where `fd` is its stdout). Only usable for direct writes while
+   * `writableLength` is 0.
+   */
+  readonly writeFd: number | undefined
   /** Bytes accepted by write() that the OS has not taken yet: backpressure. */
   readonly writableLength: number
   /** Read up to `length` bytes into buf at offset. Resolves 0 at end of stream. */

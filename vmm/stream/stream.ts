@@ -79,7 +79,7 @@ export class MigStream {
     this.transfer = opts.fdTransfer === undefined ? nativeFdTransfer() : opts.fdTransfer
   }
 
-  /** Whether getToFd/putFromFd may use the zero-copy path on this stream. */
+  /** Whether getToFd (reads) may use the zero-copy path on this stream. */
   get zeroCopy(): boolean {
     return this.transfer !== null && this.channel.fd !== undefined
   }
@@ -638,7 +638,7 @@ export class MigStream {
     if (this.err) return 0
     let moved = 0
     try {
-      const dst = this.channel.fd
+      const dst = this.channel.writeFd
       if (this.transfer && dst !== undefined && this.channel.writableLength === 0) {
         while (moved < n) {
           const m = await this.transfer(fd, dst, Math.min(n - moved, 1 << 30))
@@ -674,7 +674,7 @@ export class MigStream {
    */
   async writeDirect(fn: (fd: number) => Promise<number>): Promise<boolean> {
     if (this.err || this.transfer === null) return false
-    const fd = this.channel.fd
+    const fd = this.channel.writeFd
     if (fd === undefined) return false
     await this.flush()
     if (this.err || this.channel.writableLength !== 0) return false

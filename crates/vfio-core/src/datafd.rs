@@ -9,6 +9,7 @@ use crate::kernel::sys;
 use crate::kernel::transfer::{self, Endpoint, Options, PlainFd, Stats};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use vfio_uapi::abi::{vfio_precopy_info, Pod};
@@ -23,6 +24,9 @@ pub struct DataFd {
     fd: RwLock<Option<OwnedFd>>,
     backend: Arc<dyn DeviceBackend>,
     label: String,
+    /// Set once splice on this fd was refused (a kernel data fd): later
+    /// frame pumps read at once instead of asking again.
+    splice_refused: AtomicBool,
 }
 
 /// `VFIO_MIG_GET_PRECOPY_INFO`.
@@ -60,7 +64,7 @@ impl DataFd {
     /// `state` is the state whose entry produced the fd, for messages.
     pub fn new(fd: OwnedFd, backend: Arc<dyn DeviceBackend>, state: DeviceState) -> DataFd {
         let label = format!("{}: data fd {} ({state})", backend.name(), fd.as_raw_fd());
-        DataFd { fd: RwLock::new(Some(fd)), backend, label }
+        DataFd { fd: RwLock::new(Some(fd)), backend, label, splice_refused: AtomicBool::new(false) }
     }
 
     /// A DataFd over any fd, reads and writes being plain syscalls. Exists so
@@ -68,7 +72,7 @@ impl DataFd {
     pub fn for_testing(fd: OwnedFd) -> DataFd {
         let backend: Arc<dyn DeviceBackend> = Arc::new(PlainBackend { name: format!("testing:fd{}", fd.as_raw_fd()) });
         let label = format!("{}: data fd {}", backend.name(), fd.as_raw_fd());
-        DataFd { fd: RwLock::new(Some(fd)), backend, label }
+        DataFd { fd: RwLock::new(Some(fd)), backend, label, splice_refused: AtomicBool::new(false) }
     }
 
     pub fn label(&self) -> &str {

@@ -21,6 +21,7 @@ use crate::kernel::sys;
 use crate::kernel::transfer::{self, PlainFd};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use vfio_uapi::abi::{vfio_precopy_info, Pod};
@@ -72,10 +73,11 @@ impl DataFd {
         }
         self.with_fd("pumpFrames", |fd| {
             sys::check_open(to).map_err(|e| VfioError::from_io(&e, "pumpFrames", &ctx))?;
-            if o.allow_splice {
+            if o.allow_splice && !self.splice_refused.load(Ordering::Relaxed) {
                 if let Some(st) = self.pump_spliced(fd, to, o, &ctx)? {
                     return Ok(st);
                 }
+                self.splice_refused.store(true, Ordering::Relaxed);
             }
             if o.max_bytes > o.block_size as u64 {
                 return self.pump_overlapped(fd, to, o, &ctx);
