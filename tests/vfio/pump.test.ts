@@ -11,7 +11,7 @@ import type { EmulatedDevice, EmulatedDeviceOptions, LoadFramesResult, PumpFrame
 import { connect } from '../../vmm/channel/connect.js'
 import { MigStream } from '../../vmm/stream/stream.js'
 import { SaveVM } from '../../vmm/savevm/save.js'
-import { makeSide, migrate } from './harness.js'
+import { makeSide, migrate, socketPair } from './harness.js'
 
 // Count native calls, and keep what they report, by wrapping the prototype
 // methods the device code reaches.
@@ -186,4 +186,24 @@ t.test('bad arguments are refused with a clear error', async t => {
   await t.rejects(fd!.loadFrames(1, { marker: 1n << 64n }), { code: 'EINVAL', message: /marker/ })
   await t.rejects(fd!.loadFrames(1, { marker, idleTimeoutMs: -5 }), { code: 'EINVAL', message: /idleTimeoutMs/ })
   await fd!.close()
+})
+
+t.test('a shutdown wakes a pump blocked on a peer that stopped reading', async t => {
+  const e = new native.EmulatedDevice({ name: 'stall', flags: 1, stateSize: 64 << 20, seed: 3 })
+  const fd = await e.device().setState('STOP_COPY')
+  const [out, inc] = await socketPair() // nothing reads `inc`: the socket fills and the pump waits
+  const marker = 0xffffffffef100004n
+  let failure: unknown = null
+  const pumping = out.writeDirect(sock => fd!.pumpFrames(sock, { blockSize: 1 << 20, maxBytes: Number.MAX_SAFE_INTEGER, marker, idleTimeoutMs: 60_000 })
+    .then(r => r.bytes, err => { failure = err; throw err }))
+  await new Promise(r => setTimeout(r, 300))
+  const t0 = Date.now()
+  out.shutdown('cancelled by the test')
+  t.ok(await pumping, 'the direct write ran')
+  const waited = Date.now() - t0
+  t.ok(waited < 5000, `the pump returned ${waited} ms after the shutdown, not at its 60 s idle timeout`)
+  t.match((failure as { code?: string })?.code, /^(EPIPE|ECONNRESET|EBADF)$/, String(failure))
+  t.ok(out.error, 'the stream failed')
+  await fd!.close()
+  await inc.close()
 })

@@ -4,6 +4,7 @@
 import type { Readable, Writable } from 'node:stream'
 import type { Channel, ChannelKind } from './types.js'
 import { StreamError, toStreamError } from '../stream/errors.js'
+import { wakeSocket } from './wake.js'
 import { LandingReader } from './landing.js'
 
 interface HandleLike { fd?: number; reading?: boolean; readStop?: () => number; readStart?: () => number }
@@ -215,6 +216,9 @@ export class SocketChannel implements Channel {
 
   shutdown(): void {
     this.error ??= new StreamError('ECANCELED', `${this.description}: channel shut down`)
+    // Before the fds close: native transfers on them hold references of their own.
+    wakeSocket(this.fd)
+    if (this.writeFd !== this.fd) wakeSocket(this.writeFd)
     this.input.destroy()
     if ((this.output as unknown) !== this.input) this.output.destroy()
   }

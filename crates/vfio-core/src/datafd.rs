@@ -135,9 +135,9 @@ impl DataFd {
     pub fn transfer_to(&self, to: RawFd, max: u64, opts: &Options) -> Result<Stats> {
         self.with_fd("transfer", |fd| {
             let ctx = format!("{}: transfer to fd {to}", self.label);
-            sys::check_open(to).map_err(|e| VfioError::from_io(&e, "transfer", &ctx))?;
+            let to = hold(to).map_err(|e| VfioError::from_io(&e, "transfer", &ctx))?;
             let from = DataEnd { fd, backend: &*self.backend, label: &self.label };
-            transfer::transfer(&from, &PlainFd(to), max, opts, &ctx)
+            transfer::transfer(&from, &PlainFd(to.as_raw_fd()), max, opts, &ctx)
         })
     }
 
@@ -145,11 +145,20 @@ impl DataFd {
     pub fn transfer_from(&self, from: RawFd, len: u64, opts: &Options) -> Result<Stats> {
         self.with_fd("transfer", |fd| {
             let ctx = format!("{}: transfer from fd {from}", self.label);
-            sys::check_open(from).map_err(|e| VfioError::from_io(&e, "transfer", &ctx))?;
+            let from = hold(from).map_err(|e| VfioError::from_io(&e, "transfer", &ctx))?;
             let to = DataEnd { fd, backend: &*self.backend, label: &self.label };
-            transfer::transfer(&PlainFd(from), &to, len, opts, &ctx)
+            transfer::transfer(&PlainFd(from.as_raw_fd()), &to, len, opts, &ctx)
         })
     }
+}
+
+/// A reference of our own to an fd someone else owns (Node's socket), for
+/// the length of one call: if the owner closes its number meanwhile (a
+/// cancelled migration), the call keeps a valid open file instead of a
+/// number the process may hand to the next open(). The owner wakes the call
+/// with shutdown(2), which reaches every reference to the socket.
+pub(crate) fn hold(fd: RawFd) -> io::Result<OwnedFd> {
+    sys::dup(fd)
 }
 
 /// Backend of [`DataFd::for_testing`]: data calls are plain syscalls, device

@@ -6,7 +6,7 @@ use crate::error::{blocking, fd_arg, len_arg, Blocking, VResult};
 use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::time::Duration;
 use vfio_core::kernel::transfer::{self, Options, PlainFd, Stats};
 use vfio_core::kernel::{sys, VfioError};
@@ -74,10 +74,11 @@ fn run(from: i32, to: i32, length: f64, o: Option<TransferOptions>) -> VResult<S
     let len = len_arg(length, "length", "transfer")?;
     let opts = options(o.as_ref())?;
     let label = format!("fdTransfer fd {from} -> fd {to}");
-    for fd in [from, to] {
-        sys::check_open(fd).map_err(|e| VfioError::from_io(&e, "transfer", format!("{label}: fd {fd}")))?;
-    }
-    transfer::transfer(&PlainFd(from), &PlainFd(to), len, &opts, &label)
+    // Our own references for the call (see vfio_core::datafd's hold): a
+    // number closed by its owner meanwhile is never reused under us.
+    let held = |fd: i32| sys::dup(fd).map_err(|e| VfioError::from_io(&e, "transfer", format!("{label}: fd {fd}")));
+    let (f, t) = (held(from)?, held(to)?);
+    transfer::transfer(&PlainFd(f.as_raw_fd()), &PlainFd(t.as_raw_fd()), len, &opts, &label)
 }
 
 /// Moves up to `length` bytes from `fromFd` to `toFd` (stops early at end of
@@ -112,4 +113,14 @@ pub fn testing_pipe(env: Env) -> Result<Vec<i32>> {
 #[napi]
 pub fn testing_socket_pair(env: Env) -> Result<Vec<i32>> {
     pair(&env, sys::socketpair(), "socketpair")
+}
+
+/// shutdown(2) of both directions of a socket. It never blocks, so it runs
+/// on the calling thread. It wakes every call blocked on the socket,
+/// including native transfers that hold their own reference to it, which
+/// closing the fd would not. False when `fd` is not a connected socket.
+#[napi]
+pub fn shutdown_socket(fd: i32) -> bool {
+    // SAFETY: shutdown takes any integer; a bad one is an error return.
+    fd >= 0 && unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } == 0
 }

@@ -72,7 +72,8 @@ impl DataFd {
             return Err(VfioError::invalid("pumpFrames", &ctx, &format!("blockSize must be 1..{MAX_FRAME_BLOCK}, got {}", o.block_size)));
         }
         self.with_fd("pumpFrames", |fd| {
-            sys::check_open(to).map_err(|e| VfioError::from_io(&e, "pumpFrames", &ctx))?;
+            let held = super::hold(to).map_err(|e| VfioError::from_io(&e, "pumpFrames", &ctx))?;
+            let to = held.as_raw_fd();
             if o.allow_splice && !self.splice_refused.load(Ordering::Relaxed) {
                 if let Some(st) = self.pump_spliced(fd, to, o, &ctx)? {
                     return Ok(st);
@@ -353,7 +354,8 @@ impl DataFd {
     pub fn load_frames(&self, from: RawFd, o: &LoadFrameOptions) -> Result<LoadFrameStats> {
         let ctx = format!("{}: loadFrames from fd {from}", self.label);
         self.with_fd("loadFrames", |fd| {
-            sys::check_open(from).map_err(|e| VfioError::from_io(&e, "loadFrames", &ctx))?;
+            let held = super::hold(from).map_err(|e| VfioError::from_io(&e, "loadFrames", &ctx))?;
+            let from = held.as_raw_fd();
             let to = DataEnd { fd, backend: &*self.backend, label: &self.label };
             let topts = transfer::Options { idle_timeout: o.idle_timeout, allow_splice: o.allow_splice, ..transfer::Options::default() };
             let mut st = LoadFrameStats { bytes: 0, frames: 0, end: LoadEnd::Limit };
