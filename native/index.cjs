@@ -847,5 +847,6 @@ module.exports.fdTransferStats = nativeBinding.fdTransferStats
 module.exports.kvmLayout = nativeBinding.kvmLayout
 module.exports.kvmProbe = nativeBinding.kvmProbe
 module.exports.nativeVersion = nativeBinding.nativeVersion
+module.exports.shutdownSocket = nativeBinding.shutdownSocket
 module.exports.testingPipe = nativeBinding.testingPipe
 module.exports.testingSocketPair = nativeBinding.testingSocketPair
