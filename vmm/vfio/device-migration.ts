@@ -11,7 +11,7 @@ import {
   UNKNOWN_STOP_COPY_SIZE, VFIO_MIG_FLAG_DEV_CONFIG_STATE, VFIO_MIG_FLAG_DEV_DATA_STATE,
   VFIO_MIG_FLAG_DEV_INIT_DATA_SENT, VFIO_MIG_FLAG_DEV_SETUP_STATE, VFIO_MIG_FLAG_END_OF_STATE, markerName,
 } from './markers.js'
-import { trace } from './trace.js'
+import { trace, tracing } from './trace.js'
 
 export type DeviceState = Awaited<ReturnType<Device['getState']>>
 
@@ -371,15 +371,15 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
       let end = 'limit'
       const used = await f.writeDirect(async sock => {
         try {
-          const maxBytes = room ? room(sent) : Number.MAX_SAFE_INTEGER
+          const maxBytes = room ? room(sent) : tracing() ? this.blockSize : Number.MAX_SAFE_INTEGER
           const r = await fd.pumpFrames(sock, { blockSize: this.blockSize, maxBytes, marker: VFIO_MIG_FLAG_DEV_DATA_STATE, idleTimeoutMs: IDLE_TIMEOUT_MS, allowSplice: this.allowSplice })
           end = r.end
           sent += r.bytes
           // accountBlock of a sum equals accountBlock of each block in turn.
           if (r.bytes > 0) onBlock(r.bytes)
           this.countSaved(r.bytes)
-          // One event per call: the native side does not report each block's size.
-          if (r.bytes > 0) trace(() => ({ event: 'save-block', device: this.name, size: r.bytes }))
+          // One event per call; with a listener a call moves one block (see tracing()).
+          if (r.bytes > 0) trace(() => ({ event: 'save-block', device: this.name, size: r.bytes, frames: r.frames }))
           return r.bytes + 16 * r.frames
         } catch (e) {
           failure = e
@@ -620,7 +620,8 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
     for (;;) {
       let r: LoadFramesResult | null = null
       const used = await f.readDirect(async sock => {
-        r = await fd.loadFrames(sock, { marker: VFIO_MIG_FLAG_DEV_DATA_STATE, maxBytes: LOAD_STEP, idleTimeoutMs: IDLE_TIMEOUT_MS, allowSplice: this.allowSplice })
+        // maxBytes 1 ends the call after one frame, so a trace listener sees each.
+        r = await fd.loadFrames(sock, { marker: VFIO_MIG_FLAG_DEV_DATA_STATE, maxBytes: tracing() ? 1 : LOAD_STEP, idleTimeoutMs: IDLE_TIMEOUT_MS, allowSplice: this.allowSplice })
         return r.consumed
       })
       if (!used) return null

@@ -8,12 +8,13 @@ export type VfioTraceEvent =
   | { event: 'reset'; device: string; reason: string; ok: boolean }
   | { event: 'save-setup'; device: string; bufferSize: number; precopy: boolean }
   | { event: 'save-iterate'; device: string; initialBytes: number; dirtyBytes: number; sent: number }
-  | { event: 'save-block'; device: string; size: number }
+  /** One block read from the device; `frames` > 1 when the native path cut it into several frames. */
+  | { event: 'save-block'; device: string; size: number; frames?: number }
   | { event: 'save-complete'; device: string; bytes: number }
   | { event: 'save-cleanup'; device: string }
   | { event: 'pending'; device: string; exact: boolean; bytes: number; stopCopySize?: number; initialBytes: number; dirtyBytes: number }
   | { event: 'load-tag'; device: string; tag: string }
-  | { event: 'load-data'; device: string; size: number }
+  | { event: 'load-data'; device: string; size: number; frames?: number }
   | { event: 'load-cleanup'; device: string }
   | { event: 'dirty-sync'; tracker: string; pages: number }
 
@@ -21,6 +22,14 @@ export type VfioTraceEvent =
 export const VFIO_TRACE_CHANNEL = 'vmm-migration:vfio'
 
 const channel = diagnostics_channel.channel(VFIO_TRACE_CHANNEL)
+
+/**
+ * Whether anybody listens: the native data path then moves one block per
+ * call, so every block gets its event, instead of a whole run per call.
+ */
+export function tracing(): boolean {
+  return channel.hasSubscribers
+}
 
 export function trace(make: () => VfioTraceEvent): void {
   if (channel.hasSubscribers) channel.publish(make())
