@@ -158,8 +158,8 @@ test('data fds: STOP_COPY, PRE_COPY, reset, against the probe', async () => {
   assert.equal(c.readAfterReset, reference.records.find((r) => r.op === 'read_after_reset').errno);
 });
 
-test('migration A -> B through DataFd read/write, then through transferTo/transferFrom', async (t) => {
-  for (const how of ['read-write', 'transfer']) {
+test('migration A -> B through DataFd read/write, transferTo/transferFrom, and pumpFrames/loadFrames', async (t) => {
+  for (const how of ['read-write', 'transfer', 'frames']) {
     await A.device.reset();
     await B.device.reset();
     const src = await A.device.setState('STOP_COPY');
@@ -169,11 +169,34 @@ test('migration A -> B through DataFd read/write, then through transferTo/transf
       const img = await drain(src);
       moved = await dst.write(img.data);
       assert.equal(moved, img.bytes);
+    } else if (how === 'frames') {
+      // The migration's own data path: DATA_STATE frames through a socket.
+      // A kernel data fd has no splice, so every frame must have been read.
+      const [a, b] = native.testingSocketPair();
+      const { closeSync } = await import('node:fs');
+      try {
+        const marker = 0xffffffffef100004n;
+        const out = await src.pumpFrames(a, { blockSize: 1 << 20, maxBytes: Number.MAX_SAFE_INTEGER, marker, idleTimeoutMs: 60_000 });
+        closeSync(a);
+        const inn = await dst.loadFrames(b, { marker, idleTimeoutMs: 60_000 });
+        t.diagnostic(`pumpFrames ${JSON.stringify(out)}, loadFrames ${JSON.stringify({ ...inn, next: String(inn.next) })}`);
+        assert.equal(out.end, 'eof');
+        assert.ok(out.frames >= 1);
+        assert.equal(out.spliced, 0, 'the kernel refused splice on its data fd: every frame was read');
+        assert.equal(inn.end, 'eof');
+        assert.equal(inn.bytes, out.bytes);
+        assert.equal(inn.consumed, out.bytes + 16 * out.frames);
+        moved = inn.bytes;
+      } finally {
+        try { closeSync(a); } catch {}
+        closeSync(b);
+      }
     } else {
       const [r, w] = native.testingPipe();
       try {
         const out = await src.transferTo(w);
         assert.equal(out.end, 'eof');
+        assert.equal(out.fallback, 'EINVAL', 'splice from a kernel data fd is refused with EINVAL');
         const inn = await dst.transferFrom(r, out.bytes);
         t.diagnostic(`transferTo ${JSON.stringify(out)}, transferFrom ${JSON.stringify(inn)}`);
         assert.equal(inn.bytes, out.bytes);
