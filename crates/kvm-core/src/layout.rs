@@ -44,7 +44,7 @@ pub const LEGACY_EXIT_MMIO: u64 = 0x3fe0_0000;
 // The page directories must fit below the program, the exit page inside the
 // 32-bit hole, and its alias inside a sign-extended 32-bit displacement.
 const _: () = assert!(PD_ADDR + (EXIT_MMIO / GIB + 1) * PAGE_SIZE <= CODE_ADDR);
-const _: () = assert!(EXIT_MMIO + RAM_ALIGN <= 1 << 32 && EXIT_MMIO % RAM_ALIGN == 0);
+const _: () = assert!(EXIT_MMIO + RAM_ALIGN <= 1 << 32 && EXIT_MMIO.is_multiple_of(RAM_ALIGN));
 const _: () = assert!(EXIT_VADDR as i64 == EXIT_VADDR as i64 as i32 as i64);
 
 pub const SEL_USER_CS: u16 = 0x18 | 3;
@@ -112,7 +112,7 @@ impl WorkloadParams {
 }
 
 pub fn validate_ram_size(ram_size: u64) -> Result<()> {
-    if ram_size == 0 || ram_size % RAM_ALIGN != 0 || ram_size > MAX_RAM {
+    if ram_size == 0 || !ram_size.is_multiple_of(RAM_ALIGN) || ram_size > MAX_RAM {
         return Err(Error::invalid(format!(
             "guest RAM size {ram_size} must be a non-zero multiple of 2 MiB and at most 3 GiB"
         )));

@@ -17,7 +17,7 @@ unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
     pub fn new(len: usize) -> Result<Self> {
-        if len == 0 || len % 4096 != 0 {
+        if len == 0 || !len.is_multiple_of(4096) {
             return Err(Error::invalid(format!("guest RAM size {len} is not a non-zero multiple of 4096")));
         }
         let name = c"microvm-ram";

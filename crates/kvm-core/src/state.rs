@@ -130,7 +130,7 @@ impl VcpuState {
                 TAG_EVENTS => s.events = pod_from("events", body)?,
                 TAG_DEBUGREGS => s.debugregs = pod_from("debugregs", body)?,
                 TAG_MSRS => {
-                    if body.len() % 16 != 0 {
+                    if !body.len().is_multiple_of(16) {
                         return Err(Error::invalid("vCPU state MSR section is not a whole number of 16-byte records"));
                     }
                     s.msrs = body

@@ -131,7 +131,7 @@ impl Container {
         if pgsize == 0 || !pgsize.is_power_of_two() {
             return Err(VfioError::invalid("VFIO_IOMMU_DIRTY_PAGES", ctx(), "page size must be a power of two"));
         }
-        if size == 0 || size % pgsize != 0 || iova % pgsize != 0 {
+        if size == 0 || !size.is_multiple_of(pgsize) || !iova.is_multiple_of(pgsize) {
             return Err(VfioError::invalid("VFIO_IOMMU_DIRTY_PAGES", ctx(), "range must be non-empty and page aligned"));
         }
         let need = bitmap_bytes(size, pgsize);
