@@ -11,6 +11,7 @@ import type { DirtyBitmap } from '../vfio/dirty-pages.js'
 import { RAM_PAGE_SIZE, RamFlag } from './format.js'
 import type { RamBlock, RamLayout } from './blocks.js'
 import { isZeroPage } from './zero.js'
+import { DirectSender, type DirectLimits } from './direct-save.js'
 
 /** ORs the pages dirtied since its previous call into `into` (and clears its own log). */
 export type DirtySource = (into: DirtyBitmap) => Promise<void>
@@ -50,13 +51,21 @@ export class RamSaver {
   private cursorPage = 0
   private periodStart = 0
   private periodPages = 0
+  private readonly now: () => number
+  /** performance.now() is the clock native code reads too; any other is read here. */
+  private readonly realClock: boolean
+  private readonly direct: DirectSender
   readonly stats: RamSaveStats = RamSaver.emptyStats()
 
   constructor(
     private readonly layout: RamLayout,
     private readonly sources: readonly DirtySource[],
-    private readonly now: () => number = () => performance.now(),
-  ) {}
+    now?: () => number,
+  ) {
+    this.now = now ?? (() => performance.now())
+    this.realClock = now === undefined
+    this.direct = new DirectSender(layout)
+  }
 
   static emptyStats(): RamSaveStats {
     return { normalPages: 0, zeroPages: 0, bytes: 0, dirtySyncCount: 0, dirtyPagesLastSync: 0, dirtyPagesRate: 0, remaining: 0, iterations: 0 }
@@ -124,7 +133,22 @@ export class RamSaver {
     this.lastSent = null
     const t0 = this.now()
     let n = 0
+    // Pages before the next native attempt, after the stream declined one.
+    let jsUntil = DirectSender.usable(f) ? 0 : Infinity
     while (this.dirty > 0 && !f.error && !f.rateLimitExceeded()) {
+      if (n >= jsUntil) {
+        const lim: DirectLimits = { maxPages: this.dirty, roundPages: n, stopAtClock: !this.realClock, rated: true }
+        if (this.realClock) lim.timeLeftMs = MAX_ITERATE_MS - (this.now() - t0)
+        const r = await this.sendDirect(f, lim)
+        if (r === null) {
+          jsUntil = n + CLOCK_EVERY
+          continue
+        }
+        n += r.pages
+        if (r.end === 'time') break
+        if (r.end === 'clock' && this.now() - t0 > MAX_ITERATE_MS) break
+        continue
+      }
       if (!this.sendNext(f)) break
       if (f.flushNeeded) await f.flush()
       if (++n % CLOCK_EVERY === 0 && this.now() - t0 > MAX_ITERATE_MS) break
@@ -141,9 +165,18 @@ export class RamSaver {
     await this.sync()
     const before = f.transferred
     this.lastSent = null
+    let jsUntil = DirectSender.usable(f) ? 0 : Infinity
+    let n = 0
     while (this.dirty > 0 && !f.error) {
+      if (n >= jsUntil) {
+        const r = await this.sendDirect(f, { maxPages: this.dirty, roundPages: n, stopAtClock: false, rated: false })
+        if (r === null) jsUntil = n + CLOCK_EVERY
+        else n += r.pages
+        continue
+      }
       if (!this.sendNext(f)) break
       if (f.flushNeeded) await f.flush()
+      n++
     }
     f.putBe64n(RamFlag.EOS)
     this.stats.bytes += f.transferred - before
@@ -159,6 +192,27 @@ export class RamSaver {
   private need(): DirtyBitmap {
     if (!this.send) throw new Error('ram: the section was not set up (saveSetup did not run)')
     return this.send
+  }
+
+  /**
+   * Pages through native code, from the same cursor and under the same
+   * limits as sendNext; null when the stream declined (nothing was sent).
+   */
+  private async sendDirect(f: MigStream, lim: DirectLimits): Promise<{ pages: number; end: string } | null> {
+    const blocks = this.layout.blocks
+    const last = this.lastSent ? blocks.indexOf(this.lastSent) : -1
+    const r = await this.direct.send(f, this.send!, { block: this.cursorBlock, page: this.cursorPage, lastSent: last }, lim)
+    if (r === null) return f.error ? { pages: 0, end: 'error' } : null
+    const pages = r.normalPages + r.zeroPages
+    this.cursorBlock = r.cursorBlock
+    this.cursorPage = r.cursorPage
+    this.lastSent = r.lastSent >= 0 ? blocks[r.lastSent] : null
+    this.dirty -= pages
+    this.stats.normalPages += r.normalPages
+    this.stats.zeroPages += r.zeroPages
+    // As in sendNext: the count and the bitmap disagree; trust the bitmap.
+    if (r.end === 'exhausted') this.dirty = 0
+    return { pages, end: r.end }
   }
 
   /** Send the next dirty page after the cursor (wrapping, like QEMU's last_seen_block/last_page). */

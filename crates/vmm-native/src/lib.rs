@@ -8,6 +8,7 @@ mod emulated; // EmulatedDevice: configuration and control of the emulated devic
 mod error; // errno-carrying JS errors
 mod group; // Group (/dev/vfio/N)
 mod kvm; // KVM VM, memory slots, vCPU
+mod ram; // guest RAM pages between memory and the migration socket
 mod transfer; // zero-copy fd-to-fd transfer
 
 use napi_derive::napi;
