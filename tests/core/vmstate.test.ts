@@ -92,6 +92,50 @@ t.test('versions, since, subsections, hooks', async t => {
   await t.rejects(roundTrip(failing, { x: 1 }), { code: 'ERR_SAVEVM_HANDLER', message: /h postLoad failed: bad state/ })
 })
 
+
+// QEMU 7.2's x86 "cpu" section has this shape: the subsection cpu/ymmh ends
+// with an array of structs and cpu/pkru follows. A subsection whose name does
+// not start with the vmsd's name belongs to an enclosing vmsd (QEMU's
+// vmstate_subsection_load); before, the nested struct's loader refused
+// "cpu/pkru" as its own unknown subsection and QEMU's stream could not load.
+t.test('subsections after a nested struct or a subsection belong to the enclosing vmsd', async t => {
+  const reg: VMStateDescription = {
+    name: 'ymmh_reg', versionId: 1, fields: [{ name: 'q', type: 'uint64', count: 2 }],
+    subsections: [{ name: 'ymmh_reg/hi', versionId: 1, needed: s => s.hi !== undefined, fields: [{ name: 'hi', type: 'uint8' }] }],
+  }
+  const cpu: VMStateDescription = {
+    name: 'cpu', versionId: 12, fields: [{ name: 'eip', type: 'uint32' }],
+    subsections: [
+      {
+        name: 'cpu/ymmh', versionId: 1, needed: () => true,
+        fields: [{ name: 'ymmh', type: 'struct', vmsd: reg, count: 2 }],
+        subsections: [{ name: 'cpu/ymmh/x', versionId: 1, needed: () => true, fields: [{ name: 'x', type: 'uint8' }] }],
+      },
+      { name: 'cpu/pkru', versionId: 1, needed: () => true, fields: [{ name: 'pkru', type: 'uint32' }] },
+    ],
+  }
+  const state = { eip: 0xfff0, ymmh: [{ q: [1n, 2n] }, { q: [3n, 4n], hi: 9 }], x: 5, pkru: 0x55 }
+  const { into, r, w } = await roundTrip(cpu, state)
+  t.same(into, state, 'nested struct subsection, sub-subsection and sibling subsection all land')
+  t.equal(r.bytesRead, w.transferred)
+
+  // A subsection named under this vmsd but unknown to it is still refused (QEMU: -ENOENT).
+  const [a, b] = memoryPair()
+  const out = new MigStream(a)
+  await saveState(out, { ...cpu, subsections: [{ name: 'cpu/zzz', versionId: 1, needed: () => true, fields: [] }] }, { eip: 1 })
+  await out.flush()
+  await a.endWrites()
+  await t.rejects(loadState(new MigStream(b), cpu, {}, 12), { code: 'ERR_SAVEVM_UNKNOWN_SUBSECTION', message: /cpu has no subsection "cpu\/zzz"/ })
+  // One whose name is not under "cpu" ends cpu's subsections and is left in the stream, as in QEMU.
+  const [c, d] = memoryPair()
+  const out2 = new MigStream(c)
+  await saveState(out2, { ...cpu, subsections: [{ name: 'apic/x', versionId: 1, needed: () => true, fields: [] }] }, { eip: 1 })
+  await out2.flush()
+  await c.endWrites()
+  const in2 = new MigStream(d)
+  await loadState(in2, cpu, {}, 12)
+  t.equal(in2.bytesRead, 4, 'stopped before the foreign subsection')
+})
 t.test('bad values are refused on save', async t => {
   const f = () => new MigStream(memoryPair()[0])
   const one = (type: string, v: unknown) => saveState(f(), { name: 'x', versionId: 1, fields: [{ name: 'v', type } as never] }, { v })

@@ -83,7 +83,12 @@ export interface SaveStateEntry {
 
 export class SaveVMRegistry {
   private list: SaveStateEntry[] = []
-  private nextSectionId = 0
+  // Never 0: QEMU's loader finds the entry of a PART/END section by the id
+  // its START carried, comparing against every entry's last loaded id, which
+  // is 0 for entries not loaded yet; a live section with id 0 goes to the
+  // first such entry instead (e.g. "timer" on x86). QEMU's own ids start at 0
+  // too, but there a non-live entry always takes 0.
+  private nextSectionId = 1
 
   register(o: RegisterOptions): SaveStateEntry {
     if (typeof o.idstr !== 'string' || o.idstr.length === 0 || Buffer.byteLength(o.idstr) > 255) {

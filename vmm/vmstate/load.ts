@@ -107,6 +107,10 @@ async function loadSubsections(f: MigStream, vmsd: VMStateDescription, obj: Stat
     const len = f.peekU8(1)
     await need(f, 2 + len + 4, section, `${vmsd.name} subsection header`)
     const name = f.peek(len, 2).toString('latin1')
+    // QEMU's vmstate_subsection_load: a subsection whose name does not start
+    // with this description's name belongs to an enclosing one (the subsection
+    // after a nested struct, or the parent's next one after a subsection).
+    if (len < Buffer.byteLength(vmsd.name, 'latin1') + 1 || !name.startsWith(vmsd.name)) return
     const sub = vmsd.subsections?.find(s => s.name === name)
     if (!sub) {
       throw new UnknownSubsectionError(`${vmsd.name} has no subsection ${JSON.stringify(name)}`, { section, offset: f.bytesRead })
