@@ -21,7 +21,8 @@ const MAX_VALUE_BYTES = 4096
 /** RAM_SAVE_FLAG_* (QEMU migration/ram.c). */
 const RAM = { ZERO: 0x02, MEM_SIZE: 0x04, PAGE: 0x08, EOS: 0x10, CONTINUE: 0x20 }
 
-interface VmdescField { name: string; type: string; size: number; array_len?: number; index?: number; struct?: VmdescVmsd }
+/** A field; QEMU's VMSTATE_WITH_TMP ("tmp") carries its vmsd keys inline instead of under "struct". */
+interface VmdescField extends VmdescVmsd { name: string; type: string; size: number; array_len?: number; index?: number; struct?: VmdescVmsd }
 interface VmdescVmsd { vmsd_name?: string; version?: number; fields?: VmdescField[]; subsections?: VmdescVmsd[] }
 interface VmdescDevice extends VmdescVmsd { name: string; instance_id: number }
 
@@ -50,6 +51,8 @@ export interface Analysis {
   ram?: { blocks: { name: string; length: number }[]; pages: number; zeroPages: number; pageBytes: number }
   vfio: Record<string, { dataBlocks: number; dataBytes: number; largestBlock: number; configBytes: number; initDataSent: boolean }>
   eof: boolean
+  /** Byte offset of the EOF marker (the VMDESCRIPTION, if any, starts one byte later). */
+  eofOffset?: number
   vmdesc?: unknown
 }
 
@@ -70,12 +73,21 @@ async function findVmdesc(r: FileReader): Promise<{ at: number; json: unknown } 
   return undefined
 }
 
+/**
+ * Integer types by QEMU's VMStateInfo names: "int32 equal" & co. are checked
+ * integers, "int32 le" is little-endian (VMSTATE_INT32_POSITIVE_LE, e.g. a PCI
+ * device's version_id), "timer" is the be64 expiry in ns (-1: not armed).
+ */
+const INT_TYPE = /^(u?)int(8|16|32|64)( equal| le)?$/
+
 function scalar(b: Buffer, type: string): unknown {
   if (type === 'bool') return b[0] !== 0
-  if (/^u?int(8|16|32|64)$/.test(type) && b.length <= 8) {
+  const m = type === 'timer' ? ['', '', '64'] : INT_TYPE.exec(type)
+  if (m && b.length === Number(m[2]) / 8) {
+    const bytes = m[3] === ' le' ? Buffer.from(b).reverse() : b
     let v = 0n
-    for (const x of b) v = (v << 8n) | BigInt(x)
-    if (type.startsWith('int') && b.length > 0 && (b[0]! & 0x80)) v -= 1n << BigInt(8 * b.length)
+    for (const x of bytes) v = (v << 8n) | BigInt(x)
+    if (m[1] !== 'u' && (bytes[0]! & 0x80)) v -= 1n << BigInt(8 * bytes.length)
     return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString()
   }
   return b.length <= 64 ? b.toString('hex') : { bytes: b.length, head: b.subarray(0, 32).toString('hex') }
@@ -90,6 +102,8 @@ async function decodeFields(r: FileReader, d: VmdescVmsd, where: string): Promis
     for (let i = 0; i < n; i++) {
       if (f.type === 'struct' && f.struct) {
         vals.push(await decodeFields(r, f.struct, `${where}.${f.name}`))
+      } else if (Array.isArray(f.fields)) {
+        vals.push(await decodeFields(r, f, `${where}.${f.name}`))
       } else if (f.size > MAX_VALUE_BYTES) {
         await r.skip(f.size, `${where}.${f.name}`)
         vals.push({ bytes: f.size })
@@ -100,10 +114,14 @@ async function decodeFields(r: FileReader, d: VmdescVmsd, where: string): Promis
     const key = f.index !== undefined ? `${f.name}[${f.index}]` : f.name
     out[key] = f.array_len !== undefined ? vals : vals[0]
   }
-  while (d.subsections?.length && r.remaining > 0 && (await r.peekU8('subsection')) === QEMU_VM_SUBSECTION) {
-    await r.u8('subsection')
-    const len = await r.u8('subsection name length')
-    const name = (await r.bytes(len, 'subsection name')).toString('latin1')
+  while (d.subsections?.length && r.remaining > 1 && (await r.peekU8('subsection')) === QEMU_VM_SUBSECTION) {
+    const head = await r.readAt(r.pos, 2 + 255)
+    const len = head[1]!
+    const name = head.subarray(2, 2 + len).toString('latin1')
+    // As QEMU's vmstate_subsection_load: a name without this vmsd's name as
+    // prefix is the enclosing description's next subsection.
+    if (d.vmsd_name !== undefined && (len < Buffer.byteLength(d.vmsd_name, 'latin1') + 1 || !name.startsWith(d.vmsd_name))) break
+    await r.skip(2 + len, 'subsection name')
     const version = await r.be32('subsection version')
     const sub = d.subsections.find((s) => s.vmsd_name === name)
     if (!sub) throw new AnalyzeError(`${where}: subsection '${name}' is not in the vmdesc`, r.pos)
@@ -250,6 +268,7 @@ async function analyze(r: FileReader, path: string): Promise<Analysis> {
     const type = await r.u8('section type')
     if (type === QEMU_VM_EOF) {
       a.eof = true
+      a.eofOffset = at
       break
     }
     if (type === QEMU_VM_COMMAND) {
