@@ -381,10 +381,13 @@ function pcArgs(memFile: string): string[] {
     '-object', `memory-backend-file,id=ram0,size=${RAM_MB}M,mem-path=${memFile},share=on`]
 }
 
-/** A pc destination waiting with -incoming defer; its RAM is `memFile` (all zero). */
+/**
+ * A pc destination waiting with -incoming defer. Its RAM is `memFile`, all
+ * 0xa5 at first, so only a ZERO record QEMU honoured leaves a page zero.
+ */
 async function destination(dir: string, tag: string): Promise<{ q: Qemu; memFile: string; machine: string }> {
   const memFile = join(dir, `${tag}.ram`)
-  await writeFile(memFile, Buffer.alloc(RAM_MB << 20))
+  await writeFile(memFile, Buffer.alloc(RAM_MB << 20, 0xa5))
   const q = await startQemu(dir, tag, [...pcArgs(memFile), '-incoming', 'defer'])
   return { q, memFile, machine: await machineType(q) }
 }
@@ -481,6 +484,8 @@ if (!found.version) {
       await noVmdesc!.q.qmp.execute('migrate-incoming', { uri: `exec:cat ${f3}` })
       await waitMigration(noVmdesc!.q, 'QEMU loading a stream without vmdesc')
       t.match(noVmdesc!.q.stderr(), /Expected vmdescription section, but got 0/)
+      // Nor does it hold a globalstate section: QEMU obeys -S, so 'prelaunch' above came from ours.
+      t.equal(((await noVmdesc!.q.qmp.execute('query-status')) as { status: string }).status, 'paused')
     } finally {
       await Promise.all([unknown, wrongMachine, noVmdesc].map(d => d!.q.stop()))
     }
