@@ -56,7 +56,7 @@ interface Qemu {
 async function startQemu(dir: string, name: string, args: string[]): Promise<Qemu> {
   const sock = join(dir, `${name}.qmp`)
   const child = spawn(QEMU, [
-    '-nodefaults', '-display', 'none', '-serial', 'none', '-monitor', 'none', '-S',
+    '-nodefaults', '-display', 'none', '-serial', 'none', '-monitor', 'none',
     '-qmp', `unix:${sock},server=on,wait=off`, ...args,
   ], { stdio: ['ignore', 'ignore', 'pipe'] })
   let err = ''
@@ -210,29 +210,48 @@ interface SourceRun {
   low: Buffer
 }
 
-async function qemuSave(dir: string, tag: string, machineArgs: string[], file: string): Promise<SourceRun> {
+/**
+ * QEMU saves into `file`; `bandwidth` (bytes/s) makes it take several rounds.
+ * Everything but the runstate is read from QEMU after the migration: the VM
+ * is then stopped (postmigrate) in exactly the state the stream holds, also
+ * when it ran during the migration.
+ */
+async function qemuSave(dir: string, tag: string, machineArgs: string[], file: string, bandwidth?: number): Promise<SourceRun> {
   const q = await startQemu(dir, tag, machineArgs)
   try {
+    // globalstate records the runstate the migration started from.
+    const status = ((await q.qmp.execute('query-status')) as { status: string }).status
+    // QEMU switches over once what is left fits the downtime limit at this bandwidth (300 ms: most of
+    // the RAM); 20 ms leaves the bulk of it to PART sections.
+    if (bandwidth) await q.qmp.execute('migrate-set-parameters', { 'max-bandwidth': bandwidth, 'downtime-limit': 20 })
+    await q.qmp.execute('migrate', { uri: `exec:cat > ${file}` })
+    const info = await waitMigration(q, `${tag} save`)
     const machine = await machineType(q)
     const blocks = await ramBlocks(q)
     const regs = await registers(q)
-    const status = ((await q.qmp.execute('query-status')) as { status: string }).status
     const biosLen = blocks.find(b => b.name === 'pc.bios')?.length
     if (!biosLen) throw new Error(`${tag}: no pc.bios block in ${JSON.stringify(blocks)}`)
     // The BIOS block is mapped just below 4 GiB, the first 640 KiB of RAM at 0: QEMU's view of both.
     const bios = await pmemsave(q, 2 ** 32 - biosLen, biosLen, join(dir, `${tag}.bios`))
     const low = await pmemsave(q, 0, 0xa0000, join(dir, `${tag}.low`))
-    await q.qmp.execute('migrate', { uri: `exec:cat > ${file}` })
-    const info = await waitMigration(q, `${tag} save`)
     return { machine, status, blocks, regs, info, bios, low }
   } finally {
     await q.stop()
   }
 }
 
-async function checkQemuStream(t: Test, dir: string, tag: string, machineArgs: string[], pattern?: { block: string; bytes: Buffer }): Promise<void> {
+interface Source {
+  /** QEMU's arguments besides the common ones (-S or not is the caller's). */
+  args: string[]
+  /** RAM block backed by `file` (share=on: the file is the guest's RAM), and what it held before QEMU started. */
+  ramFile?: { block: string; file: string; before: Buffer }
+  /** The guest runs (SeaBIOS) during a rate-limited migration. */
+  live?: boolean
+}
+
+async function checkQemuStream(t: Test, dir: string, tag: string, o: Source): Promise<void> {
   const file = join(dir, `${tag}.qemu.mig`)
-  const src = await qemuSave(dir, tag, machineArgs, file)
+  const src = await qemuSave(dir, tag, o.live ? o.args : ['-S', ...o.args], file, o.live ? 64 << 20 : undefined)
   const a: Analysis = await analyzeFile(file)
   const raw = await readFile(file)
 
@@ -276,6 +295,7 @@ async function checkQemuStream(t: Test, dir: string, tag: string, machineArgs: s
   // RAM: the block list and the counts QEMU reports.
   const ramSections = a.sections.filter(s => s.idstr === 'ram')
   t.same(ramSections.map(s => s.type), ['START', ...ramSections.slice(1, -1).map(() => 'PART'), 'END'], 'ram: START, PART..., END')
+  if (o.live) t.ok(ramSections.length > 3, `the rate limit split RAM into ${ramSections.length - 2} PART sections`)
   t.same([ramSections[0]?.instanceId, ramSections[0]?.versionId], [0, 4], 'ram instance 0 version 4')
   t.same(a.ram?.blocks, src.blocks, 'ram block list = info ramblock (names, used lengths, order)')
   const ramInfo = src.info.ram as Record<string, number>
@@ -283,7 +303,8 @@ async function checkQemuStream(t: Test, dir: string, tag: string, machineArgs: s
   t.equal(a.ram!.pages, ramInfo.normal, `pages = query-migrate ram.normal (${ramInfo.normal})`)
   t.equal(a.ram!.zeroPages, ramInfo.duplicate, `zero pages = query-migrate ram.duplicate (${ramInfo.duplicate})`)
   t.equal(a.ram!.pageBytes, ramInfo['normal-bytes'], 'page bytes = ram.normal-bytes')
-  t.equal(a.ram!.pages + a.ram!.zeroPages, ramInfo.total / PAGE, 'a paused guest: every page sent exactly once')
+  if (!o.live) t.equal(a.ram!.pages + a.ram!.zeroPages, ramInfo.total / PAGE, 'a paused guest: every page sent exactly once')
+  else t.ok(a.ram!.pages + a.ram!.zeroPages >= ramInfo.total / PAGE, 'a running guest: every page sent at least once')
 
   // The vmdesc: the FULL sections' devices, in stream order.
   const vmdesc = a.vmdesc as { page_size: number; devices: DescDevice[] }
@@ -331,9 +352,13 @@ async function checkQemuStream(t: Test, dir: string, tag: string, machineArgs: s
   t.ok(memory.get('pc.bios')!.equals(src.bios), 'pc.bios as loaded = QEMU pmemsave below 4 GiB')
   const main = memory.get(src.blocks[0]!.name)!
   t.ok(main.subarray(0, 0xa0000).equals(src.low), `${src.blocks[0]!.name}[0, 640K) as loaded = QEMU pmemsave from 0`)
-  t.equal([...memory.values()].reduce((n, m) => n + countZeroPages(m), 0), ramInfo.duplicate, 'the zero pages loaded are the ones QEMU counted as duplicate')
-  if (pattern) {
-    t.ok(memory.get(pattern.block)!.equals(pattern.bytes), `${pattern.block}: every byte as loaded = the pattern QEMU's guest RAM held`)
+  if (!o.live) t.equal([...memory.values()].reduce((n, m) => n + countZeroPages(m), 0), ramInfo.duplicate, 'the zero pages loaded are the ones QEMU counted as duplicate')
+  if (o.ramFile) {
+    const now = await readFile(o.ramFile.file)
+    t.ok(memory.get(o.ramFile.block)!.equals(now), `${o.ramFile.block}: every byte as loaded = QEMU's guest RAM (its backing file) after the migration`)
+    // Paused, nothing wrote the guest's RAM: it must still be our pattern. Running, SeaBIOS wrote some of it.
+    if (!o.live) t.ok(now.equals(o.ramFile.before), `${o.ramFile.block}: the pattern written before QEMU started`)
+    else t.ok(!now.equals(o.ramFile.before), `${o.ramFile.block}: the running guest changed its RAM`)
   }
   const loadedGs = states.get('globalstate/0')!
   t.equal(Buffer.from(loadedGs.runstate as Buffer).toString('latin1', 0, (loadedGs.size as number) - 1), src.status, 'vmstate: globalstate runstate = query-status')
@@ -388,7 +413,7 @@ function pcArgs(memFile: string): string[] {
 async function destination(dir: string, tag: string): Promise<{ q: Qemu; memFile: string; machine: string }> {
   const memFile = join(dir, `${tag}.ram`)
   await writeFile(memFile, Buffer.alloc(RAM_MB << 20, 0xa5))
-  const q = await startQemu(dir, tag, [...pcArgs(memFile), '-incoming', 'defer'])
+  const q = await startQemu(dir, tag, ['-S', ...pcArgs(memFile), '-incoming', 'defer'])
   return { q, memFile, machine: await machineType(q) }
 }
 
@@ -417,18 +442,25 @@ if (!found.version) {
   t.teardown(() => rm(dir, { recursive: true, force: true }))
 
   t.test('QEMU pc (i440fx) stream with a known RAM pattern: analyzer and loader agree with QEMU', async t => {
-    const bytes = await randomRam(RAM_MB << 20)
-    const memFile = join(dir, 'pc.ram')
-    await writeFile(memFile, bytes)
-    await checkQemuStream(t, dir, 'pc', pcArgs(memFile), { block: 'ram0', bytes })
+    const before = await randomRam(RAM_MB << 20)
+    const file = join(dir, 'pc.ram')
+    await writeFile(file, before)
+    await checkQemuStream(t, dir, 'pc', { args: pcArgs(file), ramFile: { block: 'ram0', file, before } })
   })
 
   t.test('QEMU q35 stream', async t => {
-    await checkQemuStream(t, dir, 'q35', ['-machine', 'q35,accel=tcg', '-m', `${RAM_MB}M`])
+    await checkQemuStream(t, dir, 'q35', { args: ['-machine', 'q35,accel=tcg', '-m', `${RAM_MB}M`] })
   })
 
   t.test('QEMU microvm stream', async t => {
-    await checkQemuStream(t, dir, 'microvm', ['-machine', 'microvm,accel=tcg', '-m', `${RAM_MB}M`])
+    await checkQemuStream(t, dir, 'microvm', { args: ['-machine', 'microvm,accel=tcg', '-m', `${RAM_MB}M`] })
+  })
+
+  t.test('QEMU pc stream of a running guest (SeaBIOS), rate-limited: PART sections, pages as they were at the switchover', async t => {
+    const before = await randomRam(RAM_MB << 20)
+    const file = join(dir, 'pc-live.ram')
+    await writeFile(file, before)
+    await checkQemuStream(t, dir, 'pc-live', { args: pcArgs(file), ramFile: { block: 'ram0', file, before }, live: true })
   })
 
   t.test('QEMU loads our stream: RAM and globalstate arrive', async t => {
