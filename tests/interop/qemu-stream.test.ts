@@ -249,7 +249,7 @@ interface Source {
   live?: boolean
 }
 
-async function checkQemuStream(t: Test, dir: string, tag: string, o: Source): Promise<void> {
+async function checkQemuStream(t: Test, dir: string, tag: string, o: Source): Promise<{ a: Analysis; raw: Buffer }> {
   const file = join(dir, `${tag}.qemu.mig`)
   const src = await qemuSave(dir, tag, o.live ? o.args : ['-S', ...o.args], file, o.live ? 64 << 20 : undefined)
   const a: Analysis = await analyzeFile(file)
@@ -367,6 +367,7 @@ async function checkQemuStream(t: Test, dir: string, tag: string, o: Source): Pr
   const names = ['EAX', 'ECX', 'EDX', 'EBX', 'ESP', 'EBP', 'ESI', 'EDI']
   t.same(names.map((n, i) => [n, gpr[i]]), names.map(n => [n, src.regs[n]]), 'vmstate: cpu env.regs = info registers')
   t.equal(env['env.eip'], src.regs.EIP)
+  return { a, raw }
 }
 
 // ---- us -> QEMU --------------------------------------------------------------
@@ -441,11 +442,12 @@ if (!found.version) {
   const dir = await mkdtemp(join(tmpdir(), 'vmm-qemu-interop-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
 
+  let qemuPc: { a: Analysis; raw: Buffer } | undefined
   t.test('QEMU pc (i440fx) stream with a known RAM pattern: analyzer and loader agree with QEMU', async t => {
     const before = await randomRam(RAM_MB << 20)
     const file = join(dir, 'pc.ram')
     await writeFile(file, before)
-    await checkQemuStream(t, dir, 'pc', { args: pcArgs(file), ramFile: { block: 'ram0', file, before } })
+    qemuPc = await checkQemuStream(t, dir, 'pc', { args: pcArgs(file), ramFile: { block: 'ram0', file, before } })
   })
 
   t.test('QEMU q35 stream', async t => {
@@ -461,6 +463,48 @@ if (!found.version) {
     const file = join(dir, 'pc-live.ram')
     await writeFile(file, before)
     await checkQemuStream(t, dir, 'pc-live', { args: pcArgs(file), ramFile: { block: 'ram0', file, before }, live: true })
+  })
+
+  t.test('our writer, given the shapes of QEMU\'s pc stream, writes QEMU\'s bytes', async t => {
+    if (!qemuPc) return t.fail('needs the pc stream of the first test')
+    const { a, raw } = qemuPc
+    const at = (idstr: string, type: string) => a.sections.find(s => s.idstr === idstr && s.type === type)!
+    const qGs = at('globalstate', 'FULL')
+    const gsPayload = raw.subarray(qGs.offset + headerLen(qGs), qGs.offset + headerLen(qGs) + qGs.size)
+    const reg = new SaveVMRegistry()
+    let base = 0
+    registerRam(reg, {
+      dirtySources: [],
+      blocks: a.ram!.blocks.map(b => {
+        const blk = { name: b.name, memory: Buffer.alloc(b.length), base }
+        base += b.length
+        return blk
+      }),
+    })
+    // The values are QEMU's; what is compared is how each side encodes them.
+    reg.register({ idstr: 'globalstate', vmsd: globalstateVmsd, state: { size: gsPayload.readUInt32BE(0), runstate: gsPayload.subarray(4, 104) } })
+    const file = join(dir, 'pc-shapes.mig')
+    const f = new MigStream(await connect(`file:${file}`))
+    await new SaveVM(f, reg, { machine: a.configuration!.machine }).saveAll()
+    t.equal(await f.close(), null)
+    const ours = await readFile(file)
+    const b = await analyzeFile(file)
+    const cfgEnd = a.sections[0]!.offset
+    t.equal(b.sections[0]!.offset, cfgEnd)
+    t.ok(ours.subarray(0, cfgEnd).equals(raw.subarray(0, cfgEnd)), 'header and configuration: the same bytes')
+    // Section ids are each side's own; from the idstr on, START ram and FULL globalstate must match to the byte.
+    for (const [idstr, type] of [['ram', 'START'], ['globalstate', 'FULL']] as const) {
+      const q = at(idstr, type)
+      const o = b.sections.find(s => s.idstr === idstr && s.type === type)!
+      t.ok(ours.subarray(o.offset + 5, o.offset + headerLen(o) + o.size).equals(raw.subarray(q.offset + 5, q.offset + headerLen(q) + q.size)),
+        `${type} ${idstr}: idstr, instance, version and payload (${q.size} bytes) the same bytes`)
+      t.equal(ours[o.offset], raw[q.offset])
+    }
+    const qDesc = (a.vmdesc as { devices: DescDevice[] }).devices.find(d => d.name === 'globalstate')
+    const oDesc = (b.vmdesc as { devices: DescDevice[] }).devices.find(d => d.name === 'globalstate')
+    t.same(oDesc, qDesc, 'vmdesc entry of globalstate: the same JSON')
+    t.equal((b.vmdesc as { page_size: number }).page_size, (a.vmdesc as { page_size: number }).page_size)
+    t.same([ours[b.eofOffset!], ours[b.eofOffset! + 1]], [QEMU_VM_EOF, QEMU_VM_VMDESCRIPTION])
   })
 
   t.test('QEMU loads our stream: RAM and globalstate arrive', async t => {
