@@ -23,7 +23,7 @@ import { SaveVMRegistry } from '../../vmm/savevm/registry.js'
 import { SaveVM } from '../../vmm/savevm/save.js'
 import { loadvm } from '../../vmm/savevm/load.js'
 import { QEMU_VM_EOF, QEMU_VM_VMDESCRIPTION, QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL } from '../../vmm/savevm/constants.js'
-import { registerRam } from '../../vmm/ram/index.js'
+import { registerRam, type RamMigration } from '../../vmm/ram/index.js'
 import type { ScalarType, State, VMStateDescription, VMStateField } from '../../vmm/vmstate/types.js'
 import { SCALAR_SIZE } from '../../vmm/vmstate/types.js'
 
@@ -194,6 +194,39 @@ function vmsdOf(d: DescVmsd, where: string): VMStateDescription {
   }
 }
 
+/** Every device of a QEMU vmdesc as a vmsd entry of `reg`; resolves the state objects by "idstr/instance". */
+function registerQemuDevices(reg: SaveVMRegistry, devices: DescDevice[], versions: number[]): Map<string, State> {
+  const states = new Map<string, State>()
+  for (const [i, d] of devices.entries()) {
+    const key = `${d.name}/${d.instance_id}`
+    // QEMU registers some old-style sections twice under one name and instance (a "slirp" per
+    // user netdev) and loads both into the first; so do we.
+    if (states.has(key)) continue
+    const state: State = {}
+    states.set(key, state)
+    // State saved without a vmsd has no version in the vmdesc: the section header has it.
+    reg.register({ idstr: d.name, instanceId: d.instance_id, vmsd: { ...vmsdOf(d, d.name), versionId: versions[i]! }, state })
+  }
+  return states
+}
+
+/** RAM blocks laid out one after the other, each filled with `fill` (0xee: "never loaded"). */
+function ramOf(reg: SaveVMRegistry, blocks: { name: string; length: number }[], fill = 0xee): { memory: Map<string, Buffer>; ram: RamMigration } {
+  const memory = new Map<string, Buffer>()
+  let base = 0
+  const ram = registerRam(reg, {
+    dirtySources: [],
+    blocks: blocks.map(b => {
+      const m = Buffer.alloc(b.length, fill)
+      memory.set(b.name, m)
+      const blk = { name: b.name, memory: m, base }
+      base += b.length
+      return blk
+    }),
+  })
+  return { memory, ram }
+}
+
 // ---- QEMU -> us ------------------------------------------------------------
 
 function headerLen(s: SectionInfo): number {
@@ -324,30 +357,8 @@ async function checkQemuStream(t: Test, dir: string, tag: string, o: Source): Pr
 
   // Our loader: ram through vmm/ram, every device through vmm/vmstate built from QEMU's vmdesc.
   const reg = new SaveVMRegistry()
-  let base = 0
-  const memory = new Map<string, Buffer>()
-  const ram = registerRam(reg, {
-    dirtySources: [],
-    blocks: src.blocks.map(b => {
-      const m = Buffer.alloc(b.length, 0xee)
-      memory.set(b.name, m)
-      const blk = { name: b.name, memory: m, base }
-      base += b.length
-      return blk
-    }),
-  })
-  const states = new Map<string, State>()
-  for (const [i, d] of vmdesc.devices.entries()) {
-    const key = `${d.name}/${d.instance_id}`
-    // QEMU registers some old-style sections twice under one name and instance (a "slirp" per
-    // user netdev) and loads both into the first; so do we.
-    if (states.has(key)) continue
-    const state: State = {}
-    states.set(key, state)
-    // State saved without a vmsd has no version in the vmdesc: the section header has it.
-    const vmsd = { ...vmsdOf(d, d.name), versionId: full[i]!.versionId! }
-    reg.register({ idstr: d.name, instanceId: d.instance_id, vmsd, state })
-  }
+  const { memory, ram } = ramOf(reg, src.blocks)
+  const states = registerQemuDevices(reg, vmdesc.devices, full.map(s => s.versionId!))
   const listener = await listen(`file:${file}`)
   const f = new MigStream(await listener.accept())
   const res = await loadvm(f, reg, { machine: src.machine, strictEnd: true })
@@ -388,7 +399,8 @@ const globalstateVmsd: VMStateDescription = {
 
 interface OurStream {
   machine: string
-  ram: Buffer
+  /** RAM blocks in stream order. */
+  blocks: { name: string; memory: Buffer }[]
   runstate?: string
   extra?: boolean
   vmdesc?: boolean
@@ -396,7 +408,15 @@ interface OurStream {
 
 async function writeOurStream(file: string, o: OurStream): Promise<void> {
   const reg = new SaveVMRegistry()
-  registerRam(reg, { blocks: [{ name: 'ram0', memory: o.ram }], dirtySources: [] })
+  let base = 0
+  registerRam(reg, {
+    dirtySources: [],
+    blocks: o.blocks.map(b => {
+      const blk = { ...b, base }
+      base += b.memory.length
+      return blk
+    }),
+  })
   if (o.runstate) {
     const runstate = Buffer.alloc(100)
     runstate.write(o.runstate, 'latin1')
@@ -523,21 +543,25 @@ if (!found.version) {
     t.same([ours[b.eofOffset!], ours[b.eofOffset! + 1]], [QEMU_VM_EOF, QEMU_VM_VMDESCRIPTION])
   })
 
-  t.test('QEMU loads our stream: RAM and globalstate arrive', async t => {
+  t.test('QEMU loads our stream (every RAM block, globalstate), and sends it back to our loader', async t => {
     const dst = await destination(dir, 'dst-ok')
     try {
-      const ram = await randomRam(RAM_MB << 20)
+      // Every block QEMU has, ram0 and the firmware/ROM/ACPI ones, with content of ours.
+      const blocks = await ramBlocks(dst.q)
+      const sent = new Map<string, Buffer>()
+      for (const b of blocks) sent.set(b.name, await randomRam(b.length))
+      const ram = sent.get('ram0')!
       const file = join(dir, 'ours.mig')
       // QEMU lands in the runstate globalstate names; without the section it would be 'paused' (-S).
-      await writeOurStream(file, { machine: dst.machine, ram, runstate: 'prelaunch' })
+      await writeOurStream(file, { machine: dst.machine, blocks: [...sent].map(([name, memory]) => ({ name, memory })), runstate: 'prelaunch' })
 
       // Our own analyzer accounts for every byte of what we wrote.
       const a = await analyzeFile(file)
       t.equal(a.configuration?.machine, dst.machine)
       const kinds = a.sections.map(s => `${s.type} ${s.idstr}`)
       t.match(kinds.join(','), /^START ram,(PART ram,)+END ram,FULL globalstate$/, 'ram START, PARTs, END, then globalstate')
-      t.same(a.ram?.blocks, [{ name: 'ram0', length: RAM_MB << 20 }])
-      t.equal(a.ram!.zeroPages, countZeroPages(ram))
+      t.same(a.ram?.blocks, blocks, 'our block list = QEMU\'s info ramblock')
+      t.equal(a.ram!.zeroPages, [...sent.values()].reduce((n, m) => n + countZeroPages(m), 0))
 
       await dst.q.qmp.execute('migrate-incoming', { uri: `exec:cat ${file}` })
       await waitMigration(dst.q, 'QEMU loading our stream')
@@ -548,6 +572,32 @@ if (!found.version) {
       const mem = await readFile(dst.memFile)
       t.ok(mem.equals(ram), `QEMU's ram0 (${RAM_MB} MiB, ${countZeroPages(ram)} zero pages) = what we sent, byte for byte`)
       t.notMatch(dst.q.stderr(), /Expected vmdescription/, 'QEMU found our VMDESCRIPTION after EOF')
+      const biosLen = sent.get('pc.bios')!.length
+      t.ok((await pmemsave(dst.q, 2 ** 32 - biosLen, biosLen, join(dir, 'dst-ok.bios'))).equals(sent.get('pc.bios')!), 'QEMU pmemsave below 4 GiB = the pc.bios we sent')
+
+      // Back: QEMU migrates what it now holds straight into our loader over a unix socket. Its
+      // devices are the pc machine's of the first test (the same options), described by that vmdesc.
+      if (!qemuPc) return t.fail('needs the pc stream of the first test')
+      const reg = new SaveVMRegistry()
+      const got = ramOf(reg, blocks).memory
+      const pcFull = qemuPc.a.sections.filter(s => s.type === 'FULL')
+      const states = registerQemuDevices(reg, (qemuPc.a.vmdesc as { devices: DescDevice[] }).devices, pcFull.map(s => s.versionId!))
+      const listener = await listen(`unix:${join(dir, 'back.sock')}`)
+      try {
+        const accepted = listener.accept()
+        await dst.q.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 })
+        await dst.q.qmp.execute('migrate', { uri: `unix:${join(dir, 'back.sock')}` })
+        const f = new MigStream(await accepted)
+        const res = await loadvm(f, reg, { machine: dst.machine })
+        await f.close()
+        t.equal(res.machine, dst.machine)
+        t.same([...got].filter(([name, m]) => !m.equals(sent.get(name)!)).map(([name]) => name), [],
+          `every block QEMU sent back = what we sent it (${[...got.keys()].join(', ')})`)
+        const gs = states.get('globalstate/0')!
+        t.equal(Buffer.from(gs.runstate as Buffer).toString('latin1', 0, (gs.size as number) - 1), 'prelaunch', 'globalstate back: our runstate')
+      } finally {
+        await listener.close()
+      }
     } finally {
       await dst.q.stop()
     }
@@ -562,9 +612,10 @@ if (!found.version) {
       const f1 = join(dir, 'unknown.mig')
       const f2 = join(dir, 'machine.mig')
       const f3 = join(dir, 'novmdesc.mig')
-      await writeOurStream(f1, { machine: unknown!.machine, ram: big, runstate: 'prelaunch', extra: true })
-      await writeOurStream(f2, { machine: 'microvm-1', ram: big })
-      await writeOurStream(f3, { machine: noVmdesc!.machine, ram: big, vmdesc: false })
+      const blocks = [{ name: 'ram0', memory: big }]
+      await writeOurStream(f1, { machine: unknown!.machine, blocks, runstate: 'prelaunch', extra: true })
+      await writeOurStream(f2, { machine: 'microvm-1', blocks })
+      await writeOurStream(f3, { machine: noVmdesc!.machine, blocks, vmdesc: false })
       const [r1, r2] = await Promise.all([refused(unknown!.q, f1), refused(wrongMachine!.q, f2)])
       // RAM and globalstate were read and accepted; the first section QEMU has no device for is named.
       t.equal(r1.code, 1)
