@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { QmpClient } from '../../bench/lib/qmp.js'
-import { stopProcess } from '../../bench/lib/proc.js'
+import { stopProcess, track, killChildren } from '../../bench/lib/proc.js'
 import { analyzeFile, type Analysis, type SectionInfo } from '../../vmm/cli/analyze.js'
 import { connect, listen } from '../../vmm/channel/connect.js'
 import { MigStream } from '../../vmm/stream/stream.js'
@@ -55,10 +55,10 @@ interface Qemu {
 
 async function startQemu(dir: string, name: string, args: string[]): Promise<Qemu> {
   const sock = join(dir, `${name}.qmp`)
-  const child = spawn(QEMU, [
+  const child = track(spawn(QEMU, [
     '-nodefaults', '-display', 'none', '-serial', 'none', '-monitor', 'none',
     '-qmp', `unix:${sock},server=on,wait=off`, ...args,
-  ], { stdio: ['ignore', 'ignore', 'pipe'] })
+  ], { stdio: ['ignore', 'ignore', 'pipe'] }))
   let err = ''
   child.stderr!.on('data', d => { if (err.length < 65536) err += d })
   const exit = new Promise<number | null>(res => child.once('exit', code => res(code)))
@@ -461,6 +461,9 @@ async function refused(q: Qemu, file: string): Promise<{ code: number | null; st
 }
 
 // ---- the tests ---------------------------------------------------------------
+
+// A QEMU waiting on its monitor outlives a test process that dies: take it down with us.
+process.once('exit', killChildren)
 
 const found = await qemuVersion()
 if (!found.version) {
