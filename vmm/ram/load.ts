@@ -2,7 +2,8 @@
 // are written straight into the destination's block memory; every name,
 // length, offset and flag is checked before anything is written.
 import type { MigStream } from '../stream/stream.js'
-import { need } from '../savevm/fail.js'
+import { need, streamFailure } from '../savevm/fail.js'
+import { TruncatedError } from '../savevm/errors.js'
 import type { RamBlock, RamLayout } from './blocks.js'
 import { RAM_FLAGS_MASK, RAM_PAGE_SIZE, RAM_VERSION, RamFlag, SUPPORTED_FLAGS, describeFlags } from './format.js'
 import {
@@ -10,6 +11,7 @@ import {
   RamVersionError, RamZeroPageError,
 } from './errors.js'
 import { isZeroPage } from './zero.js'
+import { DirectLoader, type RamPendingPage } from './direct-load.js'
 
 export interface RamLoadStats {
   /** Pages loaded with their bytes. */
@@ -29,12 +31,19 @@ const UNSUPPORTED: Record<number, string> = {
   [RamFlag.MULTIFD_FLUSH]: 'the multifd capability is not supported',
 }
 
+function zeroFillError(b: RamBlock, addr: number, ch: number, at: number): RamZeroPageError {
+  return new RamZeroPageError(`zero page at 0x${addr.toString(16)} of '${b.name}' has fill byte ${ch}`, { offset: at })
+}
+
 export class RamLoader {
   /** QEMU keeps the last block across sections (mis->last_recv_block), so CONTINUE may open a section. */
   private last: RamBlock | null = null
+  private readonly direct: DirectLoader
   readonly stats: RamLoadStats = { normalPages: 0, zeroPages: 0, sections: 0 }
 
-  constructor(private readonly layout: RamLayout) {}
+  constructor(private readonly layout: RamLayout) {
+    this.direct = new DirectLoader(layout)
+  }
 
   reset(): void {
     this.last = null
@@ -45,7 +54,15 @@ export class RamLoader {
   async load(f: MigStream, versionId: number): Promise<void> {
     if (versionId !== RAM_VERSION) throw new RamVersionError(`section version ${versionId}, only ${RAM_VERSION} exists`, { offset: f.bytesRead })
     this.stats.sections++
+    const direct = DirectLoader.usable(f) ? this.direct : null
+    // Native code takes over at a record boundary once the stream's buffer is
+    // used up; after it hands a record back, that record goes through here.
+    let handOver = direct !== null
     for (;;) {
+      if (handOver && f.available === 0) {
+        if ((await this.loadDirect(f, direct!)) === 'eos') return
+      }
+      handOver = direct !== null
       const at = f.bytesRead
       if (f.available < 8) await need(f, 8, 'ram', 'RAM record header')
       const hi = f.be32()
@@ -67,10 +84,27 @@ export class RamLoader {
           if (addr + RAM_PAGE_SIZE > b.length) {
             throw new RamOffsetError(`page at offset 0x${addr.toString(16)} is outside block '${b.name}' of ${b.length} bytes`, { offset: at })
           }
+          if (direct && f.available < (flags & RamFlag.ZERO ? 1 : RAM_PAGE_SIZE)) {
+            // The buffer ends inside this record: native code finishes it and goes on.
+            const zero = (flags & RamFlag.ZERO) !== 0
+            const got = zero ? 0 : f.available
+            f.takeInto(b.memory, addr, got)
+            const end = await this.loadDirect(f, direct, { block: direct.indexOf(b), offset: addr, zero, got, at })
+            if (end === 'eos') return
+            handOver = false
+            if (end === 'more') break
+            // Declined: the rest comes through the stream.
+            if (!zero) {
+              await need(f, RAM_PAGE_SIZE - got, 'ram', 'page data')
+              f.takeInto(b.memory, addr + got, RAM_PAGE_SIZE - got)
+              this.stats.normalPages++
+              break
+            }
+          }
           if (flags & RamFlag.ZERO) {
             if (f.available < 1) await need(f, 1, 'ram', 'zero page fill byte')
             const ch = f.u8()
-            if (ch !== 0) throw new RamZeroPageError(`zero page at 0x${addr.toString(16)} of '${b.name}' has fill byte ${ch}`, { offset: at })
+            if (ch !== 0) throw zeroFillError(b, addr, ch, at)
             // Like ram_handle_zero(): leave an already-zero page untouched so the host need not back it.
             if (!isZeroPage(b.memory, addr)) b.memory.fill(0, addr, addr + RAM_PAGE_SIZE)
             this.stats.zeroPages++
@@ -91,6 +125,32 @@ export class RamLoader {
         default:
           throw new RamBadFlagsError(`unknown combination of flags ${describeFlags(flags)} (0x${flags.toString(16)})`, { offset: at })
       }
+    }
+  }
+
+  /**
+   * Records through native code until EOS ('eos') or a record it leaves to
+   * this loader ('more'); 'declined' when the stream had read ahead.
+   */
+  private async loadDirect(f: MigStream, direct: DirectLoader, pending?: RamPendingPage): Promise<'eos' | 'more' | 'declined'> {
+    const r = await direct.load(f, this.last, pending)
+    if (r === null) {
+      if (f.error) throw streamFailure(f, 'ram', 'RAM pages')
+      return 'declined'
+    }
+    this.stats.normalPages += r.normalPages
+    this.stats.zeroPages += r.zeroPages
+    this.last = direct.block(r.last)
+    switch (r.end) {
+      case 'eos':
+        return 'eos'
+      case 'truncated':
+        // Reported where the stream path reports it: where the payload starts.
+        throw new TruncatedError(`stream ends inside ${r.zero ? 'zero page fill byte' : 'page data'}`, { section: 'ram', offset: f.bytesRead - (r.got ?? 0) })
+      case 'zero-fill':
+        throw zeroFillError(direct.block(r.block!)!, r.offset!, r.fill!, r.at!)
+      default:
+        return 'more'
     }
   }
 

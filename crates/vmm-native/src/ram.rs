@@ -99,10 +99,13 @@ pub struct RamLoadResult {
     /// page) or 'zero-fill' (a zero page whose fill byte is not 0).
     #[napi(ts_type = "'eos' | 'stop' | 'eof' | 'truncated' | 'zero-fill'")]
     pub end: String,
-    /// 'truncated' / 'zero-fill': the record's stream offset, block and page offset.
+    /// 'truncated' / 'zero-fill': the record's stream offset, block, page offset and kind.
     pub at: Option<f64>,
     pub block: Option<u32>,
     pub offset: Option<f64>,
+    pub zero: Option<bool>,
+    /// 'truncated': payload bytes of the record that did arrive.
+    pub got: Option<u32>,
     /// 'zero-fill': the byte found.
     pub fill: Option<u32>,
 }
@@ -303,6 +306,8 @@ fn run_load(mut j: LoadJob) -> VResult<RamLoadResult> {
         at,
         block,
         offset,
+        zero: p.filter(|_| at.is_some()).map(|p| p.zero),
+        got: p.filter(|_| at.is_some()).map(|p| p.got as u32),
         fill,
     })
 }

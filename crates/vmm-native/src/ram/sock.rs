@@ -3,7 +3,8 @@
 //! never turn the number into someone else's file while guest RAM flows
 //! through it.
 //!
-//! Node's sockets are non-blocking: EAGAIN waits in poll(2), in slices, and
+//! Every call is non-blocking (MSG_DONTWAIT, whatever the fd's own flags):
+//! EAGAIN waits in poll(2), in slices, and
 //! between slices the original fd is checked to still be the same socket. A
 //! channel closed or shut down on the JavaScript side (the migration was
 //! cancelled) then ends the call with ECANCELED instead of waiting forever
@@ -69,11 +70,16 @@ impl Sock {
         }
     }
 
-    /// Writes every byte the iovecs describe (they are consumed as they go).
+    /// Writes every byte the iovecs describe (they are consumed as they go),
+    /// as writev would, without SIGPIPE.
     pub fn writev_all(&self, mut iov: &mut [libc::iovec], after: u64) -> VResult<()> {
         let mut sent = after;
         while !iov.is_empty() {
-            let n = unsafe { libc::writev(self.raw(), iov.as_ptr(), iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int) };
+            // SAFETY: an all-zero msghdr is valid; it only points at the iovecs.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len().min(libc::UIO_MAXIOV as usize) as _;
+            let n = unsafe { libc::sendmsg(self.raw(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
@@ -82,7 +88,7 @@ impl Sock {
                         self.wait(libc::POLLOUT, sent)?;
                         continue;
                     }
-                    _ => return Err(self.fail(&e, "writev", sent)),
+                    _ => return Err(self.fail(&e, "sendmsg", sent)),
                 }
             }
             let mut n = n as usize;
@@ -107,7 +113,7 @@ impl Sock {
 
     fn recv(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
         loop {
-            let n = unsafe { libc::recv(self.raw(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+            let n = unsafe { libc::recv(self.raw(), buf.as_mut_ptr().cast(), buf.len(), flags | libc::MSG_DONTWAIT) };
             if n >= 0 {
                 return Ok(n as usize);
             }
