@@ -1,12 +1,14 @@
 // Interoperability with real QEMU (qemu-system-x86_64, TCG, no guest kernel).
-// QEMU -> us: QEMU saves a paused machine with `migrate exec:cat > FILE`; the
-// analyzer and our loader (savevm + vmstate + ram) must read every byte of it
-// and agree with what QEMU itself reports (QMP/HMP), never with numbers
-// copied from an earlier run.
+// QEMU -> us: QEMU saves a machine (paused, or running SeaBIOS under a rate
+// limit) with `migrate exec:cat > FILE`; the analyzer and our loader (savevm +
+// vmstate + ram) must read every byte of it and agree with what QEMU itself
+// reports (QMP/HMP), never with numbers copied from an earlier run. For the
+// same shapes our writer must produce QEMU's bytes.
 // us -> QEMU: our writer's stream (header, configuration, ram, a FULL vmstate
-// section, EOF, vmdesc) is loaded by QEMU with `migrate-incoming exec:cat FILE`,
-// and QEMU's RAM must then hold what we sent. Streams QEMU must refuse prove
-// it parsed our framing up to the section it names.
+// section, EOF, vmdesc) is loaded by QEMU with `migrate-incoming exec:cat FILE`;
+// QEMU's RAM must then hold what we sent, also when QEMU migrates it back to
+// our loader. Streams QEMU must refuse prove it parsed our framing up to the
+// section it names. Docs: docs/stream-format.md, "Checked against QEMU".
 import t, { type Test } from 'tap'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { randomFill } from 'node:crypto'
