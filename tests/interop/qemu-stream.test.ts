@@ -18,7 +18,8 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { QmpClient } from '../../bench/lib/qmp.js'
 import { stopProcess, track, killChildren } from '../../bench/lib/proc.js'
-import { analyzeFile, type Analysis, type SectionInfo } from '../../vmm/cli/analyze.js'
+import { analyzeFile, toJson, type Analysis, type SectionInfo } from '../../vmm/cli/analyze.js'
+import { run } from '../../vmm/cli/main.js'
 import { connect, listen } from '../../vmm/channel/connect.js'
 import { MigStream } from '../../vmm/stream/stream.js'
 import { SaveVMRegistry } from '../../vmm/savevm/registry.js'
@@ -290,6 +291,10 @@ async function checkQemuStream(t: Test, dir: string, tag: string, o: Source): Pr
   const a: Analysis = await analyzeFile(file)
   const raw = await readFile(file)
 
+  // The command line prints the same analysis.
+  let printed = ''
+  t.equal(await run(['analyze', file], { line: l => { printed += `${l}\n` }, progress: () => undefined, done: () => undefined }), 0, '`vmm-migrate analyze` exits 0')
+  t.same(JSON.parse(printed), JSON.parse(toJson(a)), '`vmm-migrate analyze` prints the analysis')
   t.same(a.header, { magic: 'QEVM', version: 3 }, 'header')
   t.equal(raw.readUInt32BE(0), 0x5145564d)
   t.equal(a.configuration?.machine, src.machine, `configuration names QEMU's machine type ${src.machine}`)
