@@ -31,7 +31,8 @@ const cases: Case[] = [
   { name: 'destination fails leaving RESUMING', at: 'finish', act: (_s, d) => d.failNextMove('STOP', 'EIO'), error: /RESUMING -> STOP/ },
   {
     name: 'asynchronous reset of the source during pre-copy: data fd out of sync',
-    at: 'stop', act: async s => { s.asyncReset(0); await sleep(50) }, error: /out of sync|ENODEV|reset/,
+    // The reset comes from the device's own thread: wait (bounded) until it has happened.
+    at: 'stop', act: async s => { s.asyncReset(0); for (let i = 0; i < 200 && s.state !== 'RUNNING'; i++) await sleep(25) }, error: /out of sync|ENODEV|reset/,
   },
   { name: 'EAGAIN and short reads are survived', arm: s => { s.eagain(3); s.shortIo(5, 777) }, error: /^$/ },
   ...['prepare', 'setup', 'iterate', 'stop', 'complete', 'finish', 'loaded'].map(p => ({
