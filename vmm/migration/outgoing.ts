@@ -302,7 +302,12 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
           throw new MigrationError(`did not converge in ${this.iterations} iterations: ${why}`, 'ETIMEDOUT')
         }
         if (f.rateLimitExceeded()) await f.throttle()
-        else if (sent === 0) await new Promise(r => setTimeout(r, 5)) // nothing to send now: let the guest run
+        // Nothing to send now: let the guest run. Also when everything is
+        // sent and only the destination's backlog keeps the switchover
+        // waiting: another round would put only section framing, and rounds
+        // whose writes all complete at once never let the event loop read
+        // the return path, so the backlog would look stuck forever.
+        else if (sent === 0 || done) await new Promise(r => setTimeout(r, 5))
       }
 
       // ---- switchover ----
