@@ -33,21 +33,15 @@ export interface DirectLimits {
   rated: boolean
 }
 
-// DirtyBitmap and RateLimiter keep these private; the native walk needs the
-// bitmap's words and the limiter's spent bytes. Read defensively: if either
-// is not what is expected, the JS path runs instead.
+/** The words the native walk reads and clears; null while every page counts as dirty (the JS path handles that). */
 function bitmapWords(b: DirtyBitmap): Uint32Array | null {
-  const w = (b as unknown as { words?: unknown }).words
-  return w instanceof Uint32Array && w.length === Math.ceil(b.pages / 32) && !b.allDirty ? w : null
+  return b.allDirty ? null : b.wordView
 }
 
-/** Bytes a page may still start under; Infinity when unlimited; null when unknown. */
-function rateAllowance(r: RateLimiter): number | null {
-  if (r.maxBandwidth === 0) return Infinity
-  const used = (r as unknown as { used?: unknown }).used
-  if (typeof used !== 'number' || !Number.isFinite(used)) return null
+/** Bytes a page may still start under; Infinity when unlimited. */
+function rateAllowance(r: RateLimiter): number {
   // A page starts while used < budget, so with whole bytes the allowance is the ceiling.
-  return Math.max(0, Math.ceil(r.budget - used))
+  return Math.ceil(r.allowance())
 }
 
 export class DirectSender {
@@ -72,7 +66,7 @@ export class DirectSender {
   async send(f: MigStream, bitmap: DirtyBitmap, cur: DirectCursor, lim: DirectLimits): Promise<RamSendResult | null> {
     const words = bitmapWords(bitmap)
     const allowance = lim.rated ? rateAllowance(f.rateLimiter) : Infinity
-    if (!words || allowance === null) return null
+    if (!words) return null
     let res: RamSendResult | null = null
     const ran = await f.writeDirect(async fd => {
       res = await native.ramSendPages(fd, this.blocks, words, {

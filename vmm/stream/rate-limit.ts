@@ -43,6 +43,17 @@ export class RateLimiter {
     this.used = Math.max(0, this.used - windows * this.budget)
   }
 
+  /**
+   * Bytes that may still go out in the current window before exceeded()
+   * turns true (Infinity when unlimited); for code that cuts its own writes
+   * at the limit, such as the native RAM sender.
+   */
+  allowance(): number {
+    if (this.bytesPerSecond === 0) return Infinity
+    this.roll()
+    return Math.max(0, this.budget - this.used)
+  }
+
   /** True when the current window's budget is spent. */
   exceeded(): boolean {
     if (this.bytesPerSecond === 0) return false

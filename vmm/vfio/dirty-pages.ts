@@ -50,6 +50,14 @@ export class DirtyBitmap {
     return this.all
   }
 
+  /**
+   * The bitmap itself, shared (bit i%32 of word i/32 = page i), for native
+   * code that walks and clears it in place. Not meaningful while allDirty.
+   */
+  get wordView(): Uint32Array {
+    return this.words
+  }
+
   markPage(index: number): void {
     if (index >= 0 && index < this.pages) this.words[index >>> 5] |= 1 << (index & 31)
   }
