@@ -29,7 +29,7 @@ pub struct PollResult {
 pub struct PumpFramesOptions {
     /// Largest payload of one frame, one read from the data fd (1..64 MiB).
     pub block_size: u32,
-    /// Stop once this much payload went out; the last frame is never cut.
+    /// Stop once this much payload went out; the last frame is cut to fit.
     pub max_bytes: f64,
     /// The be64 opening each frame (DATA_STATE, 0xffffffffef100004).
     pub marker: BigInt,
