@@ -121,8 +121,10 @@ impl DataFd {
         // Never below the default 64 KiB: a pipe holds a fixed number of
         // buffers, and partly consumed pages spliced in take one each.
         let want = o.block_size.clamp(64 << 10, i32::MAX as usize) as libc::c_int;
+        // SAFETY: fcntl on a pipe this function owns; failure is a return value.
         let mut cap = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
         if cap <= 0 {
+            // SAFETY: as above.
             cap = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_GETPIPE_SZ) };
         }
         let block = if cap > 0 { o.block_size.min(cap as usize) } else { o.block_size.min(4096) };
