@@ -19,7 +19,7 @@ export interface DeviceThroughputRow {
    */
   oursCopyMiBps: Summary
   spliceMiBps: Summary
-  /** The emulated device alone (data fd -> /dev/null): no path can beat it. */
+  /** The emulated device alone (data fd -> /dev/null through the transfer engine): how fast it produces its state. */
   deviceOnlyMiBps: Summary
   rssMiB: Summary
   /** Peak RSS of the same migration with a 4 KiB state: what the state size adds is measured against it. */

@@ -79,7 +79,7 @@ export class MigStream {
     this.transfer = opts.fdTransfer === undefined ? nativeFdTransfer() : opts.fdTransfer
   }
 
-  /** Whether getToFd (reads) may use the zero-copy path on this stream. */
+  /** Whether native code may move this stream's bytes fd to fd (the channel has an fd and the addon is there). */
   get zeroCopy(): boolean {
     return this.transfer !== null && this.channel.fd !== undefined
   }

@@ -55,6 +55,12 @@ impl Endpoint for DataEnd<'_> {
     fn pollable(&self) -> bool {
         false
     }
+    fn only_eof_ends(&self) -> bool {
+        // PRECOPY_INFO answers EINVAL exactly outside PRE_COPY(_P2P).
+        let mut buf = [0u8; std::mem::size_of::<vfio_precopy_info>()];
+        vfio_precopy_info { argsz: buf.len() as u32, ..Default::default() }.write_to(&mut buf);
+        matches!(self.backend.precopy_info(self.fd, &mut buf), Err(e) if e.raw_os_error() == Some(libc::EINVAL))
+    }
     fn describe(&self) -> String {
         self.label.to_string()
     }

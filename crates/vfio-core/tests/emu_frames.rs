@@ -118,3 +118,42 @@ fn a_reset_mid_stream_is_an_error_not_the_end_of_the_state() {
     sink.join().unwrap();
     assert_eq!(sdev.state().unwrap(), DeviceState::Running);
 }
+
+#[test]
+fn the_transfer_engine_also_takes_the_end_of_the_state_from_the_device() {
+    // transfer_to splices the same pipe: its closed end must be confirmed by
+    // the device (EOF after the last byte) and a reset must be an error.
+    use vfio_core::kernel::transfer::Options;
+    let size = 8 << 20;
+    let (_src, sdev) = emu(1, size, 7);
+    let (a, b) = sys::socketpair().unwrap();
+    let sink = std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(k @ 1..) = sys::read(b.as_raw_fd(), &mut buf) {
+            n += k as u64;
+        }
+        n
+    });
+    let fd = sdev.set_state(DeviceState::StopCopy).unwrap().expect("saving fd");
+    let st = fd.transfer_to(a.as_raw_fd(), u64::MAX, &Options::default()).unwrap();
+    assert_eq!(st.end, End::Eof);
+    drop(a);
+    assert_eq!(sink.join().unwrap(), st.bytes);
+    assert!(st.bytes > size, "the image: header, records and END around {size} bytes of state");
+
+    let (src, sdev) = emu(1, 256 << 20, 8);
+    let (a, b) = sys::socketpair().unwrap();
+    let sink = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(1..) = sys::read(b.as_raw_fd(), &mut buf) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+    let fd = sdev.set_state(DeviceState::StopCopy).unwrap().expect("saving fd");
+    src.async_reset(Duration::from_millis(30));
+    let e = fd.transfer_to(a.as_raw_fd(), u64::MAX, &Options::default()).expect_err("a reset is not the end of the state");
+    assert!(matches!(e.errno, libc::ENODEV | libc::EIO | libc::EBADF), "errno {}: {}", e.errno, e.message);
+    drop(a);
+    sink.join().unwrap();
+}

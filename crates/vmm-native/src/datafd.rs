@@ -1,12 +1,11 @@
 //! `DataFd`: the migration data fd as a JS object. It owns the fd; every
 //! call runs on a worker thread and `close()` waits for calls in flight.
 
-use crate::error::{blocking, fd_arg, len_arg, u64_arg, Blocking};
+use crate::error::{blocking, fd_arg, len_arg, ms_arg, u64_arg, Blocking};
 use crate::transfer::{options, TransferOptions, TransferStats};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::sync::Arc;
-use std::time::Duration;
 use vfio_core::datafd;
 use vfio_core::kernel::{sys, VfioError};
 
@@ -155,11 +154,8 @@ impl DataFd {
                 "inout" => libc::POLLIN | libc::POLLOUT,
                 other => return Err(VfioError::invalid("poll", format!("{}: poll", d.label()), &format!("events must be 'in', 'out' or 'inout', got {other:?}"))),
             };
-            let timeout = match timeout_ms {
-                None => None,
-                Some(t) if t < 0.0 => None,
-                Some(t) => Some(Duration::from_millis(len_arg(t, "timeoutMs", "poll")?)),
-            };
+            // A negative timeout waits forever, as poll(2)'s does.
+            let timeout = ms_arg(timeout_ms.filter(|t| *t >= 0.0), "timeoutMs", "poll")?;
             let r = d.poll(ev, timeout)?;
             Ok(PollResult {
                 readable: r & libc::POLLIN != 0,
@@ -224,10 +220,7 @@ impl DataFd {
                 block_size: opts.block_size as usize,
                 max_bytes: len_arg(opts.max_bytes, "maxBytes", "pumpFrames")?,
                 marker: u64_arg(&opts.marker, "marker", "pumpFrames")?,
-                idle_timeout: match opts.idle_timeout_ms {
-                    None => None,
-                    Some(t) => Some(Duration::from_millis(len_arg(t, "idleTimeoutMs", "pumpFrames")?)),
-                },
+                idle_timeout: ms_arg(opts.idle_timeout_ms, "idleTimeoutMs", "pumpFrames")?,
                 allow_splice: opts.allow_splice.unwrap_or(true),
             };
             let st = d.pump_frames(to, &o)?;
@@ -250,10 +243,7 @@ impl DataFd {
                     None => u64::MAX,
                     Some(m) => len_arg(m, "maxBytes", "loadFrames")?,
                 },
-                idle_timeout: match opts.idle_timeout_ms {
-                    None => None,
-                    Some(t) => Some(Duration::from_millis(len_arg(t, "idleTimeoutMs", "loadFrames")?)),
-                },
+                idle_timeout: ms_arg(opts.idle_timeout_ms, "idleTimeoutMs", "loadFrames")?,
                 allow_splice: opts.allow_splice.unwrap_or(true),
             };
             let st = d.load_frames(from, &o)?;

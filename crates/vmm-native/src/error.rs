@@ -69,6 +69,11 @@ pub(crate) fn len_arg(v: f64, name: &str, call: &str) -> VResult<u64> {
     Ok(v as u64)
 }
 
+/// An optional timeout in ms from JS; omitted is None (wait forever).
+pub(crate) fn ms_arg(v: Option<f64>, name: &str, call: &str) -> VResult<Option<std::time::Duration>> {
+    v.map(|t| len_arg(t, name, call).map(std::time::Duration::from_millis)).transpose()
+}
+
 /// An fd number from JS: negative numbers are EBADF, as for the syscalls.
 pub(crate) fn fd_arg(fd: i32, name: &str, call: &str) -> VResult<i32> {
     if fd < 0 {

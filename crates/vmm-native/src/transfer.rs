@@ -2,12 +2,11 @@
 //! refused) for the stream layer, plus testing helpers that make pipes and
 //! socket pairs, which Node cannot create by itself.
 
-use crate::error::{blocking, fd_arg, len_arg, Blocking, VResult};
+use crate::error::{blocking, fd_arg, len_arg, ms_arg, Blocking, VResult};
 use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
 use std::os::fd::{AsRawFd, IntoRawFd};
-use std::time::Duration;
 use vfio_core::kernel::transfer::{self, Options, PlainFd, Stats};
 use vfio_core::kernel::{sys, VfioError};
 
@@ -52,9 +51,7 @@ const MAX_CHUNK: u32 = 64 << 20;
 pub(crate) fn options(o: Option<&TransferOptions>) -> VResult<Options> {
     let mut opts = Options::default();
     if let Some(o) = o {
-        if let Some(t) = o.idle_timeout_ms {
-            opts.idle_timeout = Some(Duration::from_millis(len_arg(t, "idleTimeoutMs", "transfer")?));
-        }
+        opts.idle_timeout = ms_arg(o.idle_timeout_ms, "idleTimeoutMs", "transfer")?;
         if let Some(c) = o.chunk_size {
             if c == 0 || c > MAX_CHUNK {
                 return Err(VfioError::invalid("transfer", "transfer: option chunkSize", &format!("must be 1..{MAX_CHUNK}, got {c}")));

@@ -31,6 +31,13 @@ pub trait Endpoint {
     fn pollable(&self) -> bool {
         true
     }
+    /// Asked only of a source that is not pollable: whether, empty, it
+    /// means "not yet" and nothing else (a data fd outside PRE_COPY ends its
+    /// data with EOF, never ENOMSG), so waiting for it is right where asking
+    /// its own read would take a partial chunk by copy.
+    fn only_eof_ends(&self) -> bool {
+        false
+    }
     fn describe(&self) -> String {
         format!("fd {}", self.raw_fd())
     }
@@ -199,6 +206,23 @@ impl Run<'_> {
         }
     }
 
+    /// splice saw the source's end. A pollable source's end is its end; a
+    /// data fd's closed pipe is no verdict (a reset closes it too), so its
+    /// own read says whether the state ended or the session failed. None:
+    /// that read still found data (moved), so go on.
+    fn end_of(&mut self, len: u64) -> Result<Option<End>> {
+        if self.from.pollable() {
+            return Ok(Some(End::Eof));
+        }
+        self.read_once(len)
+    }
+
+    /// A splice found the source empty: whether to ask the source's own read
+    /// (which may answer ENOMSG) rather than wait for it to become readable.
+    fn ask_source(&self) -> bool {
+        !self.from.pollable() && !self.from.only_eof_ends()
+    }
+
     fn read_write(&mut self, len: u64) -> Result<End> {
         BUF.with(|cell| {
             let mut buf = cell.borrow_mut();
@@ -242,10 +266,13 @@ impl Run<'_> {
         let (f, t) = (self.from.raw_fd(), self.to.raw_fd());
         while self.moved < len {
             match self.splice(f, t, self.left(len)) {
-                Ok(0) => return Ok(Ok(End::Eof)),
+                Ok(0) => match self.end_of(len)? {
+                    Some(end) => return Ok(Ok(end)),
+                    None => continue,
+                },
                 Ok(n) => self.moved += n as u64,
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    if !self.from.pollable() && self.ready(self.to, libc::POLLOUT)? {
+                    if self.ask_source() && self.ready(self.to, libc::POLLOUT)? {
                         // The destination has room, so the data fd is empty:
                         // only its backend knows whether that is ENOMSG.
                         if let Some(end) = self.read_once(len)? {
@@ -275,11 +302,14 @@ impl Run<'_> {
         while self.moved < len {
             let n = self.left(len).min(cap);
             let got = match self.splice(f, w.as_raw_fd(), n) {
-                Ok(0) => return Ok(Ok(End::Eof)),
+                Ok(0) => match self.end_of(len)? {
+                    Some(end) => return Ok(Ok(end)),
+                    None => continue,
+                },
                 Ok(got) => got,
                 // The private pipe is empty here, so EAGAIN is the source's.
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    if !self.from.pollable() {
+                    if self.ask_source() {
                         if let Some(end) = self.read_once(len)? {
                             return Ok(Ok(end));
                         }
