@@ -18,8 +18,9 @@ import { runRam } from './sections/ram.js'
 import { runDeviceThroughput, runDowntime } from './sections/device.js'
 import { runLive } from './sections/live.js'
 import { runCalls } from './sections/calls.js'
+import { runQmp } from './sections/qmp.js'
 import { parseArgs, type Part } from './lib/args.js'
-import { removeRamFiles } from './lib/ramfile.js'
+import { makeRandomFile, removeRamFile, removeRamFiles } from './lib/ramfile.js'
 import { killChildren } from './lib/proc.js'
 
 /** Writes bench.json (when `json`), the charts and summary.md into `dir`; returns the summary. */
@@ -99,6 +100,17 @@ async function main(): Promise<void> {
     results.device.downtime = await runDowntime(ctx, downtimeSizes, pathMiBps, downtimeReps)
   })
   await part('live', async () => { results.live = await runLive(ctx, liveRam, liveSets, liveReps) })
+  await part('qmp', async () => {
+    const size = opts.quick ? 64 * M : 256 * M
+    let qemu = qemuOk
+    if (!qemu && opts.qemu && !opts.only.has('ram')) qemu = !!(await ensureQemu(s => ctx.log(s), opts.install)).version
+    const file = qemu ? await makeRandomFile(size) : undefined
+    try {
+      results.qmp = await runQmp(ctx, size, opts.quick ? 1 : 3, file)
+    } finally {
+      if (file) removeRamFile(file)
+    }
+  })
 
   results.durationS = (Date.now() - t0) / 1000
   results.machine.loadavg[1] = os.loadavg()[0]

@@ -1,6 +1,7 @@
 // How a VMM embeds vmm-migration: its own run state, its guest RAM, one plain
-// device described declaratively, one VFIO device, and a live migration to a
-// destination (here in the same process, over a UNIX socket).
+// device described declaratively, one VFIO device that writes guest RAM by
+// DMA, and a live migration to a destination (here in the same process, over
+// a UNIX socket). It imports the package by its name, as a VMM would.
 //
 //   npm run build && node dist/examples/embed.js
 import { mkdtempSync } from 'node:fs'
@@ -9,10 +10,10 @@ import { join } from 'node:path'
 import {
   Vm, SaveVMRegistry, registerRam, VfioMigrationSet, EmulatedDevice, DirtyBitmap, migrate, incoming, listen,
   type VMStateDescription, type MigratableVm,
-} from '../vmm/index.js'
+} from 'vmm-migration'
 
 /** A VMM's plain device: its state described once, for saving, loading and the vmdesc. */
-interface Uart { lcr: number; scratch: number; fifo: Buffer }
+type Uart = { lcr: number; scratch: number; fifo: Buffer }
 const uartVmsd: VMStateDescription = {
   name: 'uart', versionId: 1, minimumVersionId: 1,
   fields: [
@@ -35,11 +36,14 @@ async function buildVmm(role: 'source' | 'dest', ramBytes: number) {
     dirtySources: [async (into: DirtyBitmap) => { for (const p of written) into.markPage(p); written.clear() }],
   })
   const uart: Uart = { lcr: 0, scratch: 0, fifo: Buffer.alloc(16) }
-  registry.register({ idstr: 'uart', vmsd: uartVmsd, state: uart as never })
+  registry.register({ idstr: 'uart', vmsd: uartVmsd, state: uart })
   // VFIO: a kernel device would come from Group.open(n).getDevice(name); the
-  // emulated device answers the same calls with the kernel's semantics.
+  // emulated device answers the same calls with the kernel's semantics. Its
+  // DMA into guest RAM needs no dirty source above: the set tracks it with
+  // the RAM migration (the device's own DMA logging here).
   const vfio = new VfioMigrationSet(vm, registry)
   const nic = new EmulatedDevice({ name: `${role}-nic`, stateSize: 2 << 20, seed: role === 'source' ? 1 : 2 })
+  nic.attachGuestMemory(ram, 0)
   await vfio.add(nic.device(), { idstr: 'nic/vfio' })
   const machine: MigratableVm = { vm, registry, machine: 'example-vmm', vfio }
   const write = (page: number, byte: number) => { ram.fill(byte, page * 4096, page * 4096 + 4096); written.add(page) }
@@ -53,7 +57,11 @@ async function buildVmm(role: 'source' | 'dest', ramBytes: number) {
       vcpu = running ? setInterval(() => write(Math.floor(Math.random() * 4096), 0x5a), 1) : undefined
     },
   })
-  const destroy = () => clearInterval(vcpu)
+  const destroy = () => {
+    clearInterval(vcpu)
+    nic.stopDma()
+    nic.detachGuestMemory()
+  }
   return { vm, ram, uart, nic, machine, write, destroy }
 }
 
@@ -65,6 +73,8 @@ export async function main(): Promise<{ ok: boolean; report: string }> {
   src.uart.scratch = 0xdeadbeef
   src.uart.fifo.write('hello', 0)
   for (let p = 0; p < 4096; p += 3) src.write(p, p & 0xff)
+  // The NIC writes random guest pages by DMA while the guest runs (it stops with the VM).
+  src.nic.startDma(2000)
 
   const dir = mkdtempSync(join(tmpdir(), 'embed-'))
   const listener = await listen(`unix:${join(dir, 'migration.sock')}`)
@@ -78,8 +88,8 @@ export async function main(): Promise<{ ok: boolean; report: string }> {
 
   const same = src.ram.equals(landed) && dst.uart.scratch === 0xdeadbeef && dst.uart.fifo.toString('latin1', 0, 5) === 'hello' &&
     (await src.nic.digest()) === (await dst.nic.digest())
-  const report = `status ${stats.status}, ${stats.iterations} iterations, ${stats.transferred} bytes, downtime ${stats.downtime} ms; ` +
-    `state identical on the destination: ${same}`
+  const report = `status ${stats.status}, ${stats.iterations} iterations, ${stats.transferred} bytes, downtime ${stats.downtime} ms, ` +
+    `${src.nic.stats().dmaWrites} DMA writes tracked by ${stats.dirtyTracker}; state identical on the destination: ${same}`
   src.destroy()
   dst.destroy()
   return { ok: stats.status === 'completed' && same, report }

@@ -54,13 +54,14 @@ export interface QemuMigration {
   rssDest: number
 }
 
-interface Qemu {
+export interface Qemu {
   child: ChildProcess
   qmp: QmpClient
   stderr: () => string
 }
 
-async function launch(args: string[], qmpPath: string): Promise<Qemu> {
+/** Start QEMU with `args` and connect to its QMP socket `qmpPath` (negotiated). */
+export async function launch(args: string[], qmpPath: string): Promise<Qemu> {
   const child = track(spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'pipe'] }))
   let err = ''
   child.stderr!.on('data', d => { if (err.length < 65536) err += d })
@@ -75,7 +76,7 @@ async function launch(args: string[], qmpPath: string): Promise<Qemu> {
   }
 }
 
-function machineArgs(size: number, backend: string, qmpPath: string): string[] {
+export function machineArgs(size: number, backend: string, qmpPath: string): string[] {
   return [
     '-nodefaults', '-display', 'none', '-serial', 'none', '-monitor', 'none',
     '-machine', 'pc,accel=tcg,memory-backend=ram0', '-m', `${size / 2 ** 20}M`,

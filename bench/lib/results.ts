@@ -6,6 +6,7 @@ import type { RamRow } from '../sections/ram.js'
 import type { DeviceThroughputRow, DowntimePoint } from '../sections/device.js'
 import type { LiveRow } from '../sections/live.js'
 import type { CallResults } from '../sections/calls.js'
+import type { QmpRow } from '../sections/qmp.js'
 
 export interface MachineInfo {
   cpu: string
@@ -31,6 +32,8 @@ export interface BenchResults {
   device: { throughput: DeviceThroughputRow[]; downtime: DowntimePoint[] }
   live: LiveRow[]
   calls?: CallResults
+  /** One QMP client driving ours and QEMU alike (docs/qmp.md). */
+  qmp?: QmpRow[]
   skipped: Skip[]
   errors: string[]
 }

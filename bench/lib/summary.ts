@@ -10,6 +10,14 @@ function table(head: string[], rows: string[][]): string {
 const ns = (s: Summary | undefined) => fmtSummary(s, 1)
 const tgt = (r: number | undefined, target: number) => (r === undefined || !Number.isFinite(r) ? 'n/a' : `${fmtRatio(r)} ${r >= target ? '(meets ' : '(below '}${target})`)
 
+function qmpSection(r: BenchResults): string[] {
+  if (!r.qmp?.length) return []
+  return ['## One QMP client, ours and QEMU (deferred destination, migrate, query-migrate)', '',
+    table(['VMM', 'RAM', 'completed', 'total ms', 'downtime ms', 'wire/RAM'], r.qmp.map(x => [
+      x.vmm, fmtBytes(x.ramSize), `${x.completed}/${x.runs}`, fmtSummary(x.totalTimeMs), fmtSummary(x.downtimeMs), fmtSummary(x.transferredPerRam, 3),
+    ])), '', ...r.qmp.flatMap(x => x.errors.map(e => `- ${x.vmm}: ${e}`)), '']
+}
+
 export function summaryMarkdown(r: BenchResults): string {
   const m = r.machine
   const out: string[] = []
@@ -78,6 +86,8 @@ export function summaryMarkdown(r: BenchResults): string {
       ['C loop: abs() via pointer', ns(c.c_abs_ns)],
     ]), '')
   }
+
+  out.push(...qmpSection(r))
 
   if (r.skipped.length || r.errors.length) {
     out.push('## Not measured', '')

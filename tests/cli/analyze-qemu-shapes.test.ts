@@ -1,7 +1,11 @@
 // The analyzer on vmdesc shapes that QEMU 7.2 writes and our own writer never
 // does (found by tests/interop/qemu-stream.test.ts against a real QEMU):
-// "int32 le", "int32 equal", "uint8 equal", "timer", VMSTATE_WITH_TMP's inline
-// vmsd, and a subsection that follows a nested struct's own subsection.
+// "int32 le", "int32 equal", "uint8 equal", "int64 equal", "timer", QEMU 7.2's
+// nullptr (named "uint64", one byte), VMSTATE_WITH_TMP's inline vmsd, a
+// qtailq (its elements' vmsd inline too, but bytes of their own), and a
+// subsection that follows a nested struct's own subsection. Integers are
+// read as QEMU's readers in migration/vmstate-types.c read them: all
+// big-endian ("int32 le" means checked less-or-equal), the sign the reader's.
 import t from 'tap'
 import { mkdtemp, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -20,6 +24,11 @@ const vmdesc = {
       { name: 'version_id', type: 'int32 le', size: 4 },
       { name: 'nirq', type: 'int32 equal', size: 4 },
       { name: 'num_floppies', type: 'uint8 equal', size: 1 },
+      { name: 'sr_count', type: 'uint16 equal', size: 2 },
+      { name: 'features', type: 'int64 equal', size: 8 },
+      { name: 'ptr', type: 'uint64', size: 1 },
+      { name: 'ptr2', type: 'nullptr', size: 1 },
+      { name: 'queue', type: 'qtailq', vmsd_name: 'req', version: 1, fields: [{ name: 'tag', type: 'uint32', size: 4 }], size: 11 },
       { name: 'idle_timer', type: 'timer', size: 8 },
       { name: 'armed_timer', type: 'timer', size: 8 },
       { name: 'tmp', type: 'tmp', vmsd_name: 'fpreg_tmp', version: 0, fields: [{ name: 'tmp_mant', type: 'uint64', size: 8 }, { name: 'tmp_exp', type: 'uint16', size: 2 }], size: 10 },
@@ -36,7 +45,10 @@ const vmdesc = {
 
 function stream(): Buffer {
   const payload = Buffer.concat([
-    Buffer.from([2, 0, 0, 0]), be32(-2), Buffer.from([0xff]),
+    be32(2), be32(-2), Buffer.from([0xff]), Buffer.from([0xff, 0xfe]),
+    Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), Buffer.from([0x30, 0x30]),
+    // QTAILQ: 1, element; 1, element; 0.
+    Buffer.from([1]), be32(7), Buffer.from([1]), be32(8), Buffer.from([0]),
     Buffer.alloc(8, 0xff), Buffer.from([0, 0, 0, 0, 0x3b, 0x9a, 0xca, 0x00]),
     Buffer.from([0x80, 0, 0, 0, 0, 0, 0, 1]), Buffer.from([0x3f, 0xff]),
     sub('dev/ymmh'), Buffer.from([0, 7]), sub('reg/hi'), Buffer.from([9]),
@@ -61,6 +73,11 @@ t.test('QEMU field types and nested subsections decode', async t => {
     version_id: 2,
     nirq: -2,
     num_floppies: 255,
+    sr_count: 0xfffe,
+    features: '18446744073709551615',
+    ptr: 'nullptr',
+    ptr2: 'nullptr',
+    queue: '0100000007010000000800',
     idle_timer: -1,
     armed_timer: 1_000_000_000,
     tmp: { tmp_mant: '9223372036854775809', tmp_exp: 0x3fff },

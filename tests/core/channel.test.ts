@@ -14,6 +14,7 @@ import { SaveVM } from '../../vmm/savevm/save.js'
 import { loadvm } from '../../vmm/savevm/load.js'
 import { MigCmd } from '../../vmm/savevm/constants.js'
 import { sourceRegistry, destRegistry } from './helpers.js'
+import { native } from '../../vmm/native/addon.js'
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-core-'))
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
@@ -35,6 +36,38 @@ t.test('URI parsing', async t => {
     t.equal((e as UriError).code, 'EINVAL')
   }
   t.throws(() => parseUri(undefined as never), UriError)
+})
+
+t.test('paths in missing directories are named as such, not as EACCES', async t => {
+  const missing = path.join(dir, 'no-such-dir')
+  // libuv turns bind()'s ENOENT into EACCES: the error must still say what is wrong.
+  await t.rejects(listen(`unix:${missing}/sock`), { code: 'ENOENT', message: new RegExp(`listen unix:${missing}/sock: directory ${missing} does not exist$`) })
+  await t.rejects(connect(`unix:${missing}/sock`), { code: 'ENOENT', message: new RegExp(`directory ${missing} does not exist$`) })
+  await t.rejects(connect(`unix:${dir}/nobody.sock`), { code: 'ENOENT', message: /no socket .*nobody\.sock \(is the destination listening\?\)$/ })
+  await t.rejects(connect(`file:${missing}/f`), { code: 'ENOENT', message: new RegExp(`open file:${missing}/f: directory ${missing} does not exist$`) })
+  const l = await listen(`file:${missing}/f`)
+  await t.rejects(l.accept(), { code: 'ENOENT', message: /does not exist$/ })
+  const plain = path.join(dir, 'plain-file')
+  fs.writeFileSync(plain, '')
+  await t.rejects(listen(`unix:${plain}/sock`), { code: 'ENOTDIR', message: new RegExp(`${plain} is not a directory$`) })
+  if (process.getuid?.() !== 0) {
+    // A real permission problem stays one.
+    const locked = path.join(dir, 'locked')
+    fs.mkdirSync(locked, { mode: 0o500 })
+    await t.rejects(listen(`unix:${locked}/sock`), { code: 'EACCES' })
+  }
+})
+
+t.test('connect: an abort signal abandons a connect in progress', async t => {
+  const l = await listen('tcp:127.0.0.1:0')
+  t.teardown(() => l.close())
+  const ac = new AbortController()
+  const pending = connect(l.address, { signal: ac.signal })
+  ac.abort()
+  await t.rejects(pending, { code: 'ECANCELED', message: /connect tcp:127\.0\.0\.1:\d+: cancelled/ })
+  await t.rejects(connect(`unix:${dir}/x.sock`, { signal: ac.signal }), { code: 'ECANCELED' }, 'already aborted: not even tried')
+  const ok = await connect(l.address, { signal: new AbortController().signal })
+  await ok.close()
 })
 
 async function exchange(t: Test, src: Channel, dst: Channel, size = 3 << 20) {
@@ -67,15 +100,19 @@ t.test('tcp: listen, accept, stream both ways, return path', async t => {
   await rpw.switchoverAck()
   await rpw.pong(7)
   await rpw.resumeAck(1)
-  await rpw.resumeOk({ loadTimeUs: 1234, resumedAtMs: 1700000000000 })
+  await rpw.resumeOk({ loadTimeUs: 1234, resumedAtMs: 1700000000000, verificationUs: 5678 })
   await rpw.shut(0)
   const m1 = await rpr.next()
   t.equal(m1?.type, RpMsg.SWITCHOVER_ACK)
   t.equal((await rpr.next())?.data.readUInt32BE(0), 7)
   t.equal((await rpr.next())?.type, RpMsg.RESUME_ACK)
   const ok = await rpr.next()
-  t.same(ReturnPathReader.resumeTiming(ok!), { loadTimeUs: 1234, resumedAtMs: 1700000000000 })
+  t.same(ReturnPathReader.resumeTiming(ok!), { loadTimeUs: 1234, resumedAtMs: 1700000000000, verificationUs: 5678 })
   t.throws(() => ReturnPathReader.resumeTiming(m1!))
+  // A destination from before the verification field sends 16 bytes: it verified nothing it reports.
+  const old = { type: RpMsg.RESUME_OK, data: ok!.data.subarray(0, 16) }
+  t.same(ReturnPathReader.resumeTiming(old), { loadTimeUs: 1234, resumedAtMs: 1700000000000, verificationUs: 0 })
+  t.throws(() => ReturnPathReader.resumeTiming({ type: RpMsg.RESUME_OK, data: ok!.data.subarray(0, 20) }), /not a RESUME_OK/)
   t.equal((await rpr.next())?.type, RpMsg.SHUT)
   await dst.endWrites()
   t.equal(await rpr.next(), null, 'closed path')
@@ -150,13 +187,27 @@ t.test('file', async t => {
   t.same(advanceIov([Buffer.alloc(3), Buffer.alloc(2)], 4).map(b => b.length), [1])
 })
 
+t.test('exec: what the command writes comes back on the same channel (the return path)', async t => {
+  const c = await connect('exec:cat')
+  const m = new MigStream(c)
+  m.putBuffer(Buffer.from('echo through the command'))
+  await m.flush()
+  t.equal((await m.getBuffer(24)).toString(), 'echo through the command')
+  await c.endWrites()
+  t.ok(await m.atEnd(), 'the command ends when its input does')
+  await m.close()
+  const l = await listen(`file:${path.join(dir, 'nothing-here')}`)
+  t.equal(l.acceptsMany, false, 'file:, exec: and fd: listeners give one channel')
+})
+
 t.test('exec: outgoing writes to the command, incoming reads its output', async t => {
   const p = path.join(dir, 'exec.bin')
   const src = await connect(`exec:cat > ${p}`)
   t.equal(src.kind, 'exec')
-  // The command's stdout is read, its stdin written: two fds, and a direct
-  // write must go to the one that reaches the command.
-  t.ok(src.fd !== undefined && src.writeFd !== undefined && src.fd !== src.writeFd, `read fd ${src.fd}, write fd ${src.writeFd}`)
+  // The command's stdin and stdout are one socket: one fd both ways, so a
+  // direct write reaches the command and its answers come back (the return path).
+  t.ok(src.fd !== undefined && src.fd === src.writeFd, `read fd ${src.fd}, write fd ${src.writeFd}`)
+  t.equal(src.duplex, true, 'an exec channel carries a return path')
   const w = new MigStream(src)
   w.putBufferAsync(Buffer.alloc(300000, 9))
   t.ok(await w.writeDirect(async fd => {
@@ -202,18 +253,37 @@ t.test('fd: regular file and socket fds', async t => {
   fs.closeSync(fd)
   await t.rejects(connect('fd:987654'), { code: 'EBADF' })
 
-  // A socket fd handed over by number.
-  const l = await listen('tcp:127.0.0.1:0')
-  const [a, b] = await Promise.all([connect(l.address), l.accept()])
-  const lfd = await listen(`fd:${a.fd}`)
+  // A socket fd handed over by number: the channel takes it over (closes
+  // the number, keeps its own copy), as QEMU's fd: does.
+  const [mine, handed] = native.testingSocketPair()
+  const lfd = await listen(`fd:${handed}`)
   const viaFd = await lfd.accept()
   await lfd.close()
-  const w2 = new MigStream(b)
-  w2.putBe32(77)
-  await w2.flush()
+  t.throws(() => fs.fstatSync(handed), { code: 'EBADF' }, 'the number handed over is closed')
+  t.equal(viaFd.duplex, true, 'a socket carries the return path')
+  fs.writeSync(mine, Buffer.from([0, 0, 0, 77]))
   t.equal(await new MigStream(viaFd).getBe32(), 77)
-  await b.close()
-  await l.close()
+  const back = new MigStream(viaFd)
+  back.putBe32(78)
+  await back.flush()
+  const got = Buffer.alloc(4)
+  t.equal(fs.readSync(mine, got), 4)
+  t.equal(got.readUInt32BE(0), 78, 'and it answers on the same socket')
+  await viaFd.close()
+  t.equal(fs.readSync(mine, got), 0, 'closing the channel closed the last copy: the peer sees the end')
+  fs.closeSync(mine)
+
+  // A pipe goes one way: no return path, and its end reaches the reader.
+  const [pr, pw] = native.testingPipe()
+  const out = await connect(`fd:${pw}`)
+  t.equal(out.duplex, false, 'a pipe has no return path')
+  const wp = new MigStream(out)
+  wp.putBe32(79)
+  await wp.close()
+  const pgot = Buffer.alloc(8)
+  t.equal(fs.readSync(pr, pgot), 4)
+  t.equal(fs.readSync(pr, pgot), 0, 'end of stream once the channel closed')
+  fs.closeSync(pr)
 })
 
 t.test('memory pair: backpressure, end, shutdown', async t => {
@@ -241,6 +311,37 @@ t.test('memory pair: backpressure, end, shutdown', async t => {
   await t.rejects(pending, { code: 'ECANCELED' })
   await t.rejects(c.writev([Buffer.alloc(1)]), { code: 'ECANCELED' })
   await c.close()
+})
+
+t.test('the link timeout reaches the kernel on TCP only', async t => {
+  const { linkTimeouts, LOSS_RECOVERY_MS, FdChannel } = await import('../../vmm/channel/fd-channel.js')
+  t.same(linkTimeouts(15000), { userTimeoutMs: 15000, keepalive: { idleS: 5, intervalS: 2, count: 3 }, lossRecoveryMs: LOSS_RECOVERY_MS }, 'probes from a third of it, every ninth')
+  t.same(linkTimeouts(500), { userTimeoutMs: 500, keepalive: { idleS: 1, intervalS: 1, count: 3 }, lossRecoveryMs: LOSS_RECOVERY_MS }, 'the kernel counts whole seconds, from 1')
+  t.equal(linkTimeouts(0), null, 'no link timeout: the kernel defaults stay')
+  const l = await listen('tcp:127.0.0.1:0')
+  const [a, b] = await Promise.all([connect(l.address), l.accept()])
+  t.equal(a.setLinkTimeout?.(15000), true, 'TCP_USER_TIMEOUT and keepalive set on the connected side')
+  t.equal(b.setLinkTimeout?.(15000), true, 'and on the accepted side')
+  // Linux 6.15+ has TCP_RTO_MIN_US; older kernels keep their 200 ms and say null.
+  const fa = a as InstanceType<typeof FdChannel>
+  const lr = fa.lossRecovery()
+  if (lr === null) {
+    t.comment('this kernel has no TCP_RTO_MIN_US (before 6.15): the 200 ms defaults stay')
+  } else {
+    t.ok(lr.rtoMinUs <= 20_000 && lr.delackMaxUs <= 20_000, `a lost segment is resent after ${lr.rtoMinUs} us, an ACK held at most ${lr.delackMaxUs} us, not 200 ms`)
+    t.ok((b as InstanceType<typeof FdChannel>).lossRecovery()!.rtoMinUs <= 20_000, 'on the accepted side too')
+  }
+  t.equal(a.setLinkTimeout?.(0), false, '0 sets nothing')
+  await a.close()
+  await b.close()
+  await l.close()
+  const ul = await listen(`unix:${path.join(dir, 'lt.sock')}`)
+  const [c, d] = await Promise.all([connect(ul.address), ul.accept()])
+  t.equal(c.setLinkTimeout?.(15000), false, 'a unix socket has no network to time out')
+  t.equal((c as InstanceType<typeof FdChannel>).lossRecovery(), null, 'nor a retransmission timeout')
+  await c.close()
+  await d.close()
+  await ul.close()
 })
 
 t.test('socket errors and shutdown', async t => {

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { Vm, InvalidTransitionError, TransitionError } from '../../vmm/runstate/vm.js'
+import { Vm, InvalidTransitionError, TransitionError, ReentrantTransitionError } from '../../vmm/runstate/vm.js'
 import { transitionAllowed, allowedFrom, RUN_STATES, isRunState, type RunState } from '../../vmm/runstate/states.js'
 
 t.test('QEMU transition table', async t => {
@@ -124,4 +124,74 @@ t.test('rollback errors are reported; removal and serialization', async t => {
   await vm.vmStop('save-vm')
   await vm.vmStart()
   t.same(states, ['save-vm', 'resume'])
+})
+
+t.test('a notifier that starts another transition of its VM gets an error at once, not a wait for itself', async t => {
+  const vm = new Vm('prelaunch')
+  await vm.vmStart()
+  let inner: unknown
+  vm.addChangeStateHandler({
+    name: 'reentrant',
+    cb: async (running) => {
+      if (!running) inner = await vm.vmStop('internal-error').then(() => 'stopped', e => e)
+    },
+  })
+  await vm.vmStop('paused')
+  t.type(inner, ReentrantTransitionError)
+  t.match((inner as Error).message, /'internal-error' during 'running' -> 'paused'.*requestStop/)
+  t.equal((inner as ReentrantTransitionError).code, 'ERR_RUNSTATE_REENTRANT')
+  t.equal(vm.state, 'paused')
+})
+
+t.test('requestStop from inside a failing transition: the stop runs once the transition is over', async t => {
+  const vm = new Vm('prelaunch')
+  await vm.vmStart()
+  const log: string[] = []
+  vm.on('state-change', e => log.push(`${e.from}->${e.to}`))
+  let fail = true
+  vm.addChangeStateHandler({
+    name: 'dies',
+    cb: async (running) => {
+      if (running || !fail) return
+      fail = false
+      vm.requestStop('internal-error')
+      throw new Error('device lost')
+    },
+  })
+  await t.rejects(vm.vmStop('finish-migrate'), TransitionError)
+  t.equal(vm.state, 'running', 'the failed stop rolled back')
+  // Work an earlier notifier left behind may still ask for transitions.
+  await new Promise(r => setTimeout(r, 10))
+  t.equal(vm.state, 'internal-error')
+  t.same(log, ['running->internal-error'])
+})
+
+t.test('requestStop does nothing to a VM that is not running, and reports a stop it could not make', async t => {
+  const vm = new Vm('prelaunch')
+  vm.requestStop('internal-error')
+  await new Promise(r => setTimeout(r, 10))
+  t.equal(vm.state, 'prelaunch')
+  await vm.vmStart()
+  vm.addChangeStateHandler({ name: 'refuses', cb: async (running) => { if (!running) throw new Error('no') } })
+  const failed = new Promise<{ state: string; error: unknown }>(r => vm.on('stop-request-failed', r))
+  vm.requestStop('paused')
+  const f = await failed
+  t.equal(f.state, 'paused')
+  t.type(f.error, TransitionError)
+  t.equal(vm.state, 'running')
+})
+
+t.test('a Vm is a real EventEmitter: instanceof, listenerCount, events.once', async t => {
+  const { EventEmitter, once } = await import('node:events')
+  const vm = new Vm('prelaunch')
+  t.ok(vm instanceof EventEmitter)
+  const fn = (): void => undefined
+  vm.on('state-change', fn)
+  t.equal(vm.listenerCount('state-change'), 1)
+  vm.off('state-change', fn)
+  t.equal(vm.listenerCount('state-change'), 0)
+  const seen = once(vm, 'state-change')
+  await vm.vmStart()
+  const [ev] = await seen
+  t.same(ev, { from: 'prelaunch', to: 'running', running: true })
 })

@@ -169,6 +169,20 @@ t.test('rate limiter against a fake clock', async t => {
   t.equal(rl.total, 1e12 + 1_100_000)
 })
 
+t.test('a halted rate limiter has no budget, limited or not, and never waits', async t => {
+  for (const bps of [0, 1_000_000]) {
+    const clock = new FakeClock()
+    const rl = new RateLimiter(clock, bps)
+    t.notOk(rl.exceeded(), `${bps}: budget before`)
+    rl.halt()
+    t.ok(rl.exceeded(), `${bps}: none after halt()`)
+    t.equal(rl.allowance(), 0)
+    t.equal(await rl.wait(), 0, 'wait() returns at once')
+    clock.advance(10_000)
+    t.ok(rl.exceeded(), 'and no later window brings any back')
+  }
+})
+
 t.test('stream throttle uses the injected clock', async t => {
   const clock = new FakeClock()
   const { w } = pair({ clock, maxBandwidth: 10_000 })

@@ -5,6 +5,7 @@ import { saveState, canCompress } from '../../vmm/vmstate/save.js'
 import { loadState } from '../../vmm/vmstate/load.js'
 import { validateVmsd } from '../../vmm/vmstate/layout.js'
 import type { VMStateDescription } from '../../vmm/vmstate/types.js'
+import { InvalidFieldError } from '../../vmm/savevm/errors.js'
 import { uartVmsd, uartState } from './helpers.js'
 
 const point: VMStateDescription = { name: 'point', versionId: 1, fields: [{ name: 'x', type: 'int16' }, { name: 'y', type: 'int8' }] }
@@ -180,4 +181,41 @@ t.test('description validation', async t => {
   t.throws(() => validateVmsd({ name: 'a', versionId: 1, fields: [{ name: 'x', type: 'uint8', count: -1 }] }), /bad length/)
   t.throws(() => validateVmsd({ name: 'a', versionId: 1, fields: [{ name: 'x', type: 'uint8', count: 1e6 }] }), /maxCount/)
   validateVmsd(dev)
+})
+
+t.test('validation on load: declared ranges, checks and postLoad refuse what cannot run, naming the field', async t => {
+  const ring: VMStateDescription = {
+    name: 'ring',
+    versionId: 1,
+    fields: [
+      { name: 'size', type: 'uint8', min: 1, max: 8 },
+      { name: 'slots', type: 'uint16', count: 4, max: 999 },
+      // An index into slots: below the count loaded just before.
+      { name: 'head', type: 'uint32', check: (v, o) => ((v as number) < (o.size as number) ? undefined : `index ${v as number} is past the ${o.size as number} slots in use`) },
+      { name: 'gen', type: 'int64', min: -1n },
+    ],
+    postLoad: o => {
+      if (o.gen === -1n && o.head !== 0) throw new InvalidFieldError('ring.gen', 'generation -1 (never used) with a head other than 0')
+    },
+  }
+  const ok = { size: 4, slots: [1, 2, 3, 999], head: 3, gen: 5n }
+  t.same((await roundTrip(ring, ok)).into, ok)
+  for (const [bad, field, msg] of [
+    [{ size: 0 }, 'ring.size', /0 is below the minimum 1/],
+    [{ size: 9 }, 'ring.size', /9 is above the maximum 8/],
+    [{ slots: [1, 1000, 2, 3] }, 'ring.slots[1]', /1000 is above the maximum 999/],
+    [{ head: 4 }, 'ring.head', /index 4 is past the 4 slots in use/],
+    [{ gen: -2n }, 'ring.gen', /-2 is below the minimum -1/],
+    [{ gen: -1n }, 'ring.gen', /never used/],
+  ] as const) {
+    const err = await roundTrip(ring, { ...ok, ...bad }).then(() => null, e => e as InvalidFieldError)
+    t.type(err, InvalidFieldError, field)
+    t.equal(err!.code, 'ERR_VMSTATE_INVALID')
+    t.equal(err!.field, field)
+    t.match(err!.message, new RegExp(`^ERR_VMSTATE_INVALID: ${field.replace(/[[\]]/g, '\\$&')}: `))
+    t.match(err!.message, msg)
+  }
+  t.throws(() => validateVmsd({ name: 'x', versionId: 1, fields: [{ name: 'b', type: 'bool', min: 0 }] }), /min\/max on a bool/)
+  t.throws(() => validateVmsd({ name: 'x', versionId: 1, fields: [{ name: 'u', type: 'uint8', min: 3, max: 2 }] }), /min 3 > max 2/)
+  t.throws(() => validateVmsd({ name: 'x', versionId: 1, fields: [{ name: 'u', type: 'uint8', max: 1.5 }] }), /integers/)
 })

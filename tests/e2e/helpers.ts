@@ -24,6 +24,7 @@ export function missingBuild(): string | undefined {
 /**
  * The environment of a child: without tap's NODE_OPTIONS hooks, which load
  * into every node process and would be measured as the program's own memory.
+ * Not enough alone for a node child: see nodeCommand.
  */
 export function childEnv(): NodeJS.ProcessEnv {
   const env = { ...process.env }
@@ -32,24 +33,43 @@ export function childEnv(): NodeJS.ProcessEnv {
   return env
 }
 
+/**
+ * The argv that runs node on `args` free of tap's hooks. Under tap,
+ * @tapjs/processinfo wraps child_process and puts its --import loader back
+ * into the NODE_OPTIONS of every child, whatever env the caller passed; the
+ * loader (and a copy of it in each worker thread) then costs the program
+ * 30-50 MiB of heap it does not have on its own, which the RSS bound below
+ * would charge to the migration. env(1) drops it after the wrapper, before
+ * node starts, and execs node in place (same pid).
+ */
+export function nodeCommand(args: string[]): string[] {
+  return ['env', '-u', 'NODE_OPTIONS', process.execPath, ...args]
+}
+
 export type Ev = Record<string, unknown> & { event?: string }
 
 export class Proc {
   readonly proc: ChildProcess
   readonly events: Ev[] = []
+  /** performance.now() when each of `events` arrived (same index). */
+  readonly eventTimes: number[] = []
   stdout = ''
   stderr = ''
   exited: { code: number | null; signal: NodeJS.Signals | null } | undefined
+  exitedAt = 0
   private waiters: (() => void)[] = []
 
-  constructor(readonly args: string[], readonly name = args[0] ?? 'proc') {
-    this.proc = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv() })
+  /** `wrap`: a command that runs the program (`ip netns exec NS`: the fault lab's namespaces). */
+  constructor(readonly args: string[], readonly name = args[0] ?? 'proc', wrap: string[] = []) {
+    const argv = [...wrap, ...nodeCommand([MAIN, ...args])]
+    this.proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv() })
     live.add(this)
     createInterface({ input: this.proc.stdout! }).on('line', (l) => {
       this.stdout += `${l}\n`
       if (l.startsWith('{"')) {
         try {
           this.events.push(JSON.parse(l) as Ev)
+          this.eventTimes.push(performance.now())
         } catch {
           // a pretty-printed document, read whole from stdout at exit
         }
@@ -61,6 +81,7 @@ export class Proc {
     })
     this.proc.on('exit', (code, signal) => {
       this.exited = { code, signal }
+      this.exitedAt = performance.now()
       live.delete(this)
       this.wake()
     })
@@ -185,7 +206,7 @@ export function checkArrived(t: Assert, ram: number, vcpu: string, src: SourceRe
   const l = dst.loaded
   t.ok(l, 'destination verified the image before its vCPU started')
   if (!l) return
-  t.equal(l.ramDigest, src.verification.ramDigest, 'RAM sha256 equal')
+  t.equal(l.ramDigest, src.verification.ramDigest, 'RAM digest equal')
   t.equal(l.deviceDigest, src.verification.deviceDigest, 'device digest equal')
   t.equal(l.counter, src.verification.counter, 'vCPU counter equal at the switchover')
   t.same(l.timer, src.verification.timer, 'timer state equal')

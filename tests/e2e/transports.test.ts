@@ -19,13 +19,6 @@ const cases: [Transport, 'soft' | 'kvm'][] = [
   ['tcp', 'kvm'], ['unix', 'kvm'], ['exec', 'kvm'], ['file', 'kvm'],
 ]
 
-/**
- * Found here, not fixed (vmm/channel is not this suite's): reading a pipe
- * whose writer already exited, SocketChannel.quiesce() finds Node's handle
- * closed at EOF and returns [] without handing back the bytes still buffered
- * in the Readable; the device state's direct fd read then ends early
- * ("getToFd: end of stream ... bytes missing"). Intermittent.
- */
 for (const [transport, vcpu] of cases) {
   const skip = noBuild ?? (vcpu === 'kvm' ? noKvm : undefined)
   t.test(`${transport}, ${vcpu} vCPU, 64 MiB`, { skip }, async (t) => {

@@ -2,8 +2,11 @@
 // QEMU -> us: QEMU saves a machine (paused, or running SeaBIOS under a rate
 // limit) with `migrate exec:cat > FILE`; the analyzer and our loader (savevm +
 // vmstate + ram) must read every byte of it and agree with what QEMU itself
-// reports (QMP/HMP), never with numbers copied from an earlier run. For the
-// same shapes our writer must produce QEMU's bytes.
+// reports (QMP/HMP), never with numbers copied from an earlier run. Every
+// device field the analyzer prints must be what QEMU's VMStateInfo reader
+// loads from the bytes QEMU wrote (tests/interop/fields.ts), and with
+// QEMU_ANALYZE_MIGRATION naming QEMU's scripts/analyze-migration.py, what
+// that script prints. For the same shapes our writer must produce QEMU's bytes.
 // us -> QEMU: our writer's stream (header, configuration, ram, a FULL vmstate
 // section, EOF, vmdesc) is loaded by QEMU with `migrate-incoming exec:cat FILE`;
 // QEMU's RAM must then hold what we sent, also when QEMU migrates it back to
@@ -27,10 +30,19 @@ import { SaveVM } from '../../vmm/savevm/save.js'
 import { loadvm } from '../../vmm/savevm/load.js'
 import { QEMU_VM_EOF, QEMU_VM_VMDESCRIPTION, QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL } from '../../vmm/savevm/constants.js'
 import { registerRam, type RamMigration } from '../../vmm/ram/index.js'
+import { Vm } from '../../vmm/runstate/index.js'
+import { migrate, OutgoingMigration, DEFAULT_CAPABILITIES, type MigratableVm, type MigrationCapabilities } from '../../vmm/migration/index.js'
 import type { ScalarType, State, VMStateDescription, VMStateField } from '../../vmm/vmstate/types.js'
 import { SCALAR_SIZE } from '../../vmm/vmstate/types.js'
+import { fieldsMatchBytes, matchQemuAnalyzer, structsNamed, type DescDevice, type DescVmsd } from './fields.js'
 
 const QEMU = process.env.QEMU || 'qemu-system-x86_64'
+/**
+ * QEMU's own analyzer, scripts/analyze-migration.py of a QEMU source tree.
+ * No package installs it, so the comparison with it runs where it is given;
+ * the byte-level check of every field runs always.
+ */
+const QEMU_ANALYZER = process.env.QEMU_ANALYZE_MIGRATION
 const RAM_MB = 32
 const PAGE = 4096
 
@@ -162,14 +174,12 @@ const countZeroPages = (m: Buffer) => countPagesOf(m, 0)
 
 // ---- the vmdesc as a VMState description -------------------------------------
 
-interface DescField { name: string; type: string; size: number; array_len?: number; index?: number; struct?: DescVmsd; vmsd_name?: string; version?: number; fields?: DescField[]; subsections?: DescVmsd[] }
-interface DescVmsd { vmsd_name?: string; version?: number; fields?: DescField[]; subsections?: DescVmsd[] }
-interface DescDevice extends DescVmsd { name: string; instance_id: number }
-
 const SCALAR: Record<string, ScalarType> = {
   bool: 'bool', uint8: 'uint8', uint16: 'uint16', uint32: 'uint32', uint64: 'uint64',
   int8: 'int8', int16: 'int16', int32: 'int32', int64: 'int64',
-  'uint8 equal': 'uint8', 'uint16 equal': 'uint16', 'uint32 equal': 'uint32', 'int32 equal': 'int32', 'int64 equal': 'int64',
+  'uint8 equal': 'uint8', 'uint16 equal': 'uint16', 'uint32 equal': 'uint32', 'int32 equal': 'int32', 'int32 le': 'int32',
+  // get_uint64_equal, whatever the name says.
+  'int64 equal': 'uint64',
   timer: 'int64',
 }
 
@@ -283,6 +293,8 @@ interface Source {
   ramFile?: { block: string; file: string; before: Buffer }
   /** The guest runs (SeaBIOS) during a rate-limited migration. */
   live?: boolean
+  /** At least this many PCI devices. */
+  pci?: number
 }
 
 async function checkQemuStream(t: Test, dir: string, tag: string, o: Source): Promise<{ a: Analysis; raw: Buffer }> {
@@ -362,6 +374,25 @@ async function checkQemuStream(t: Test, dir: string, tag: string, o: Source): Pr
   const cpu = full.find(s => s.idstr === 'cpu')!.fields as Record<string, unknown>
   t.equal(BigInt(cpu['env.eip'] as number), src.regs.EIP, 'analyzer: cpu env.eip = info registers EIP')
 
+  // Every value the analyzer prints, field by field, against the bytes QEMU wrote for it.
+  const misread = full.flatMap((s, i) => {
+    const at = s.offset + headerLen(s)
+    return fieldsMatchBytes(s.fields!, vmdesc.devices[i]!, raw.subarray(at, at + s.size)).bad.map(b => `${s.idstr}${b}`)
+  })
+  t.same(misread, [], `analyzer: every field of the ${full.length} devices is what QEMU's reader loads from QEMU's bytes`)
+  // QEMU's pci.c saves version_id (VMSTATE_INT32_POSITIVE_LE, "int32 le") as the PCIDevice vmsd's version.
+  const pci = full.flatMap((s, i) => structsNamed(s.fields!, vmdesc.devices[i]!, 'PCIDevice').map(p => ({ idstr: s.idstr, versionId: p.fields.version_id, version: p.version })))
+  if (o.pci) t.ok(pci.length >= o.pci, `${pci.length} PCI devices (${pci.map(p => p.idstr).join(', ')})`)
+  t.same(pci.map(p => [p.idstr, p.versionId]), pci.map(p => [p.idstr, p.version]), 'analyzer: each PCI device\'s version_id (int32 le) = its PCIDevice vmsd version')
+
+  if (QEMU_ANALYZER) {
+    const { stdout } = await promisify(execFile)('python3', [QEMU_ANALYZER, '-f', file], { maxBuffer: 256 << 20, timeout: 60000 })
+    const q = JSON.parse(stdout) as Record<string, Record<string, unknown>>
+    t.same(Object.keys(q).filter(k => !/^ram \(\d+\)$/.test(k)), full.map(s => `${s.idstr} (${s.sectionId})`), 'QEMU\'s analyzer: the same device sections')
+    const differ = full.flatMap((s, i) => matchQemuAnalyzer(s.fields!, q[`${s.idstr} (${s.sectionId})`] ?? {}, vmdesc.devices[i]!, s.idstr))
+    t.same(differ, [], `QEMU's analyzer prints the same value for every field of the ${full.length} devices`)
+  }
+
   // Our loader: ram through vmm/ram, every device through vmm/vmstate built from QEMU's vmdesc.
   const reg = new SaveVMRegistry()
   const { memory, ram } = ramOf(reg, src.blocks)
@@ -413,7 +444,8 @@ interface OurStream {
   vmdesc?: boolean
 }
 
-async function writeOurStream(file: string, o: OurStream): Promise<void> {
+/** A registry of the shapes QEMU's pc stream has: RAM blocks, globalstate, and (extra) a section QEMU has no device for. */
+function ourRegistry(o: OurStream): SaveVMRegistry {
   const reg = new SaveVMRegistry()
   let base = 0
   registerRam(reg, {
@@ -432,8 +464,12 @@ async function writeOurStream(file: string, o: OurStream): Promise<void> {
   if (o.extra) {
     reg.register({ idstr: 'microvm-timer', vmsd: { name: 'microvm-timer', versionId: 1, fields: [{ name: 'ticks', type: 'uint64' }] }, state: { ticks: 7n } })
   }
+  return reg
+}
+
+async function writeOurStream(file: string, o: OurStream): Promise<void> {
   const f = new MigStream(await connect(`file:${file}`))
-  await new SaveVM(f, reg, { machine: o.machine, vmdesc: o.vmdesc }).saveAll()
+  await new SaveVM(f, ourRegistry(o), { machine: o.machine, vmdesc: o.vmdesc }).saveAll()
   const err = await f.close()
   if (err) throw err
 }
@@ -478,6 +514,7 @@ if (!found.version) {
   t.skip(`QEMU interop: ${found.reason}`, () => undefined)
 } else {
   t.comment(`QEMU ${found.version}`)
+  if (!QEMU_ANALYZER) t.comment('QEMU_ANALYZE_MIGRATION is not set: the fields are checked against QEMU\'s bytes, not against QEMU\'s analyzer')
   const dir = await mkdtemp(join(tmpdir(), 'vmm-qemu-interop-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
 
@@ -486,7 +523,8 @@ if (!found.version) {
     const before = await randomRam(RAM_MB << 20)
     const file = join(dir, 'pc.ram')
     await writeFile(file, before)
-    qemuPc = await checkQemuStream(t, dir, 'pc', { args: pcArgs(file), ramFile: { block: 'ram0', file, before } })
+    // I440FX, PIIX3, its IDE and piix4_pm.
+    qemuPc = await checkQemuStream(t, dir, 'pc', { args: pcArgs(file), ramFile: { block: 'ram0', file, before }, pci: 4 })
   })
 
   t.test('QEMU q35 stream', async t => {
@@ -497,6 +535,8 @@ if (!found.version) {
         '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0', '-netdev', 'user,id=n1', '-device', 'e1000e,netdev=n1',
         '-drive', 'if=none,id=d0,driver=null-co,read-zeroes=on', '-device', 'virtio-blk-pci,drive=d0',
         '-device', 'qemu-xhci', '-device', 'usb-tablet', '-device', 'virtio-rng-pci', '-device', 'isa-serial,chardev=c0', '-chardev', 'null,id=c0'],
+      // mch, ICH9LPC, its AHCI and SMBus, e1000e, xhci (virtio devices save their PCI state inside an opaque "virtio" field).
+      pci: 6,
     })
   })
 
@@ -508,7 +548,7 @@ if (!found.version) {
     const before = await randomRam(RAM_MB << 20)
     const file = join(dir, 'pc-live.ram')
     await writeFile(file, before)
-    await checkQemuStream(t, dir, 'pc-live', { args: pcArgs(file), ramFile: { block: 'ram0', file, before }, live: true })
+    await checkQemuStream(t, dir, 'pc-live', { args: pcArgs(file), ramFile: { block: 'ram0', file, before }, live: true, pci: 4 })
   })
 
   t.test('our writer, given the shapes of QEMU\'s pc stream, writes QEMU\'s bytes', async t => {
@@ -610,6 +650,64 @@ if (!found.version) {
       }
     } finally {
       await dst.q.stop()
+    }
+  })
+
+  t.test('QEMU loads what migrate() sends over a unix socket (return path and all); SWITCHOVER_START only where asked for', async t => {
+    const [dst, forced] = await Promise.all(['dst-migrate', 'dst-switchover'].map(tag => destination(dir, tag)))
+    try {
+      const blocks = await ramBlocks(dst!.q)
+      const sent = new Map<string, Buffer>()
+      for (const b of blocks) sent.set(b.name, await randomRam(b.length))
+      const source = async (): Promise<MigratableVm> => {
+        const vm = new Vm('prelaunch')
+        await vm.vmStart()
+        const registry = ourRegistry({ machine: dst!.machine, blocks: [...sent].map(([name, memory]) => ({ name, memory })), runstate: 'prelaunch' })
+        return { vm, registry, machine: dst!.machine }
+      }
+      // A QEMU peer knows nothing of this project's handover (x-handover in the configuration
+      // section): off, in a build that has the capability.
+      const capabilities = ('handover' in DEFAULT_CAPABILITIES ? { handover: false } : {}) as Partial<MigrationCapabilities>
+
+      // The orchestrator's defaults for a QEMU machine type before 10.0: no SWITCHOVER_START.
+      const sock = join(dir, 'dst-migrate.sock')
+      await dst!.q.qmp.execute('migrate-incoming', { uri: `unix:${sock}` })
+      const src = await source()
+      const stats = await migrate(src, `unix:${sock}`, { parameters: { maxBandwidth: 0 }, capabilities })
+      await waitMigration(dst!.q, 'QEMU loading what migrate() sent')
+      t.equal(stats.status, 'completed')
+      t.equal(stats.downtimeMeasured, true, 'QEMU answered on the return path (SHUT)')
+      t.equal(src.vm.state, 'postmigrate')
+      t.equal(((await dst!.q.qmp.execute('query-status')) as { status: string }).status, 'prelaunch', 'QEMU took the runstate from our globalstate')
+      t.ok((await readFile(dst!.memFile)).equals(sent.get('ram0')!), `QEMU's ram0 = what migrate() sent, byte for byte`)
+      const biosLen = sent.get('pc.bios')!.length
+      t.ok((await pmemsave(dst!.q, 2 ** 32 - biosLen, biosLen, join(dir, 'dst-migrate.bios'))).equals(sent.get('pc.bios')!), 'QEMU pmemsave below 4 GiB = the pc.bios we sent')
+      t.notMatch(dst!.q.stderr(), /unknown|error/i, 'QEMU reported nothing')
+
+      // Asked for, it is sent, and QEMU 7.2 refuses it: the stream is the same but for that command.
+      const sock2 = join(dir, 'dst-switchover.sock')
+      await forced!.q.qmp.execute('migrate-incoming', { uri: `unix:${sock2}` })
+      const src2 = await source()
+      const m2 = new OutgoingMigration(src2, { parameters: { maxBandwidth: 0, sendSwitchoverStart: true }, capabilities })
+      const failed = m2.start(`unix:${sock2}`).then(() => false, () => true)
+      t.equal(await forced!.q.exit, 1, 'QEMU 7.2 exits')
+      // If the whole stream was in the socket before QEMU read the command,
+      // the source cannot know that QEMU never started the guest: without the
+      // handover it then stays paused in handover-unknown (docs/flows.md).
+      // QEMU's exit status says it did not run: resume the guest here.
+      const unknown = await Promise.race([failed.then(() => false), new Promise<boolean>((r) => {
+        m2.on('status', (st) => { if (st === 'handover-unknown') r(true) })
+        if (m2.status === 'handover-unknown') r(true)
+      })])
+      if (unknown) {
+        t.equal(src2.vm.state, 'postmigrate', 'handover-unknown: the source guest stays paused')
+        await m2.resolve('resume')
+      }
+      t.ok(await failed, 'migrate() fails')
+      t.equal(src2.vm.state, 'running', 'the source runs again')
+      t.match(forced!.q.stderr(), /MIG_CMD 0xb unknown/, 'QEMU 7.2 names MIG_CMD_SWITCHOVER_START as unknown')
+    } finally {
+      await Promise.all([dst, forced].map(d => d!.q.stop()))
     }
   })
 

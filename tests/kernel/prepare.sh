@@ -9,6 +9,9 @@
 # Exit status: 0 ready; 77 cannot run here (a line "SKIPPED: reason" says why:
 # no qemu and no way to install it, no network, apt refused); anything else is
 # a real failure (a build that broke, a package with an unexpected layout).
+# Under CI (CI set, and not "false" or "0") the lane is required: what would
+# be a skip is a failure (exit 1) with the same reason, so a CI run cannot go
+# green without the lane having run.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,7 +23,12 @@ PIN=${KERNEL_LANE_VERSION:-6.12.117}
 MODULES=(vfio vfio_iommu_type1 mdev mtty netfs 9pnet 9pnet_virtio 9p)
 
 log() { echo "kernel-lane: $*" >&2; }
-skip() { echo "SKIPPED: $*"; exit 77; }
+skip() {
+  case ${CI:-} in
+  "" | false | 0) echo "SKIPPED: $*"; exit 77 ;;
+  *) echo "kernel-lane: error: the lane cannot run here and CI=$CI requires it: $*" >&2; exit 1 ;;
+  esac
+}
 die() { echo "kernel-lane: error: $*" >&2; exit 1; }
 
 # The guest mounts a fresh tmpfs on /tmp, hiding the host's: a cache there

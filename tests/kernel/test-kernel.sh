@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # npm run test:kernel: prepares the lane (cached), then runs the kernel suite
 # (tests/kernel/suite.mjs) in the Linux 6.12 guest against mtty. Exits 0 with
-# "SKIPPED: reason" only when the lane cannot run on this machine.
+# "SKIPPED: reason" only when the lane cannot run on this machine, and never
+# under CI (prepare.sh fails there instead, saying why).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)

@@ -9,7 +9,7 @@ import {
   createVcpu, dirtyPages, expectedDirtyPages, kvmAvailable, readCtl, validateRamSize,
   CTL, FIRST_DATA_PAGE, MAX_RAM, PAGE_SIZE, RAM_ALIGN, type VcpuKind,
 } from '../../vmm/machine/index.js'
-import { consistent } from './helpers.js'
+import { consistent, runUntil } from './helpers.js'
 
 const GiB = 1024 ** 3
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -45,10 +45,12 @@ async function bigGuestMoves(t: Test, kind: VcpuKind, ramSize: number): Promise<
   t.ok(consistent(a), 'checksum matches the region')
   for (const p of logged) moved.add(p)
 
-  // Pause anywhere, then move what the logs reported plus the fixed pages
-  // (installed before logging began); the rest is zero on both sides.
+  // Pause anywhere once the guest is under way again, then move what the
+  // logs reported plus the fixed pages (installed before logging began); the
+  // rest is zero on both sides.
+  const resumedAt = a.counter()
   await a.start()
-  await sleep(5)
+  await runUntil(a, resumedAt + 1n)
   t.equal((await a.pause()).reason, 'paused')
   const state = await a.getState()
   for (const p of dirtyPages(await a.syncDirtyLog())) moved.add(p)

@@ -10,6 +10,9 @@ if (process.argv.length < 4) {
 const [kind, how] = process.argv.slice(2) as [VcpuKind, 'drain' | 'exit']
 const v = await createVcpu(2 << 20, { kind })
 await v.start()
-await new Promise((r) => setTimeout(r, 20))
-process.stdout.write(`running ${v.counter() >= 0n}\n`)
+// The guest must really be under way when the process ends (bounded: the
+// parent's spawnSync gives up after 30 s).
+const deadline = Date.now() + 10_000
+while (v.counter() === 0n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
+process.stdout.write(`running ${v.running && v.counter() > 0n}\n`)
 if (how === 'exit') process.exit(0)

@@ -6,7 +6,7 @@ import {
   createVcpu, kvmAvailable, xorshift32, regionChecksum, readCtl, writeCtl, installControlBlock, defaultParams,
   dirtyPages, CTL, CTL_ADDR, PAGE_SIZE, type VcpuKind, type WorkloadParams,
 } from '../../vmm/machine/index.js'
-import { softWorkerMain, type SoftStopped } from '../../vmm/machine/soft-worker.js'
+import { SOFT_WORKER_ROLE, softWorkerMain, type SoftStopped } from '../../vmm/machine/soft-worker.js'
 
 /** Runs `iterations` whole iterations of workload.S over `mem` from a fresh control block. */
 function reference(mem: Uint8Array, p: WorkloadParams, iterations: number): void {
@@ -39,10 +39,15 @@ async function matchesReference(t: Test, kind: VcpuKind): Promise<void> {
   const v = await createVcpu(ram, { kind, params: p })
   t.teardown(() => v.destroy())
   await v.start()
-  await new Promise((r) => setTimeout(r, 20))
+  // Enough iterations that the cursor wraps twice and stops mid-region, so
+  // later passes read what earlier ones wrote. A fixed wait could end before
+  // the vCPU's thread even ran on a loaded machine: wait for them, bounded.
+  const enough = Math.ceil((2.5 * p.regionPages) / p.pagesPerIter)
+  const deadline = Date.now() + 10_000
+  while (v.counter() < BigInt(enough) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
   await v.quiesce()
   const n = Number(v.counter())
-  t.ok(n > 0, `${kind} ran ${n} iterations`)
+  t.ok(n >= enough, `${kind} ran ${n} iterations (at least ${enough})`)
   const mem = new Uint8Array(ram)
   installControlBlock(mem, p)
   reference(mem, p, n)
@@ -65,7 +70,7 @@ function engine(ramSize: number) {
   let onMsg: ((m: unknown) => void) | undefined
   const out: unknown[] = []
   const port = { on: (_: string, f: (m: unknown) => void) => (onMsg = f), postMessage: (m: unknown) => out.push(m) }
-  softWorkerMain({ parentPort: port, workerData: { mem, dirty, ctrl, ctlAddr: CTL_ADDR } } as never)
+  softWorkerMain({ parentPort: port, workerData: { role: SOFT_WORKER_ROLE, mem, dirty, ctrl, ctlAddr: CTL_ADDR } } as never)
   return {
     bytes: new Uint8Array(mem),
     ctrl: new Int32Array(ctrl),

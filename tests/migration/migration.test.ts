@@ -9,9 +9,10 @@ import { SaveVMRegistry } from '../../vmm/savevm/registry.js'
 import { VfioMigrationSet } from '../../vmm/vfio/vfio-set.js'
 import { listen } from '../../vmm/channel/connect.js'
 import {
-  migrate, incoming, OutgoingMigration, MigrationError, AutoConverge, thresholdBytes, expectedDowntimeMs,
+  migrate, incoming, OutgoingMigration, MigrationError, AutoConverge, BandwidthMeter, thresholdBytes, expectedDowntimeMs,
   type MigratableVm, type MigrationCapabilities,
 } from '../../vmm/migration/index.js'
+import { CANCEL_GRACE_MS } from '../../vmm/migration/outgoing.js'
 
 interface TestVm extends MigratableVm {
   emus: EmulatedDevice[]
@@ -110,15 +111,57 @@ t.test('cancel during pre-copy: the source keeps running with its state', async 
   const { out, result, inc } = await pair(`unix:${join(tmp(), 's')}`, src, dst, {}, { maxBandwidth: 8 << 20, downtimeLimitMs: 1 })
   const statuses: string[] = []
   out.on('status', s => statuses.push(s))
-  await new Promise(r => setTimeout(r, 300))
+  // Cancel once pre-copy reported progress: a fixed wait could still land in
+  // setup on a loaded machine. Bounded; a migration that ends first fails here.
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([
+    new Promise<void>(resolve => out.on('progress', s => { if (s.status === 'active') resolve() })),
+    result.then(() => { throw new Error('completed before it could be cancelled') }),
+    new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`no pre-copy progress within 30 s (${statuses})`)), 30_000) }),
+  ]).finally(() => clearTimeout(timer))
   out.cancel()
   await t.rejects(result, { name: 'MigrationError', code: 'ECANCELED' })
-  await t.rejects(inc)
+  // Not 'stream ends inside section type': the source said why the stream ended.
+  await t.rejects(inc, { code: 'ERR_MIGRATION_CANCELLED', message: /the source cancelled the migration/ })
   t.same(statuses.slice(-2), ['cancelling', 'cancelled'])
   t.equal(src.vm.state, 'running')
   t.equal(src.emus[0].state, 'RUNNING')
   t.not(dst.vm.state, 'running')
   t.not(dst.emus[0].state, 'RESUMING')
+})
+
+t.test('a cancelled save ends its file with the cancel marker', async t => {
+  const path = join(tmp(), 'cancelled.mig')
+  const src = await makeVm('source', [{ flags: 7, stateSize: 8 << 20, dirtyRate: 64 << 20 }])
+  const out = new OutgoingMigration(src, { parameters: { maxBandwidth: 4 << 20, downtimeLimitMs: 1 } })
+  const result = out.start(`file:${path}`)
+  await new Promise<void>(r => out.on('status', s => { if (s === 'active') r() }))
+  await new Promise(r => setTimeout(r, 200))
+  out.cancel()
+  await t.rejects(result, { code: 'ECANCELED' })
+  t.equal(src.vm.state, 'running')
+  const dst = await makeVm('dest', [{ flags: 7, stateSize: 8 << 20 }])
+  await t.rejects(incoming(dst, `file:${path}`), { code: 'ERR_MIGRATION_CANCELLED', message: /the source cancelled the migration/ })
+})
+
+t.test('a cancel while the destination does not read ends within the grace period', async t => {
+  const src = await makeVm('source', [{ flags: 7, stateSize: 8 << 20, dirtyRate: 64 << 20 }])
+  const l = await listen(`unix:${join(tmp(), 's')}`)
+  t.teardown(() => l.close())
+  const out = new OutgoingMigration(src, { parameters: { maxBandwidth: 0, downtimeLimitMs: 1 } })
+  const result = out.start(l.address)
+  result.catch(() => undefined)
+  const stuck = await l.accept() // never read: the source's writes block once the socket is full
+  t.teardown(() => stuck.close())
+  await new Promise<void>(r => out.on('status', s => { if (s === 'active') r() }))
+  await new Promise(r => setTimeout(r, 300))
+  const t0 = performance.now()
+  out.cancel()
+  await t.rejects(result, { code: 'ECANCELED' })
+  const took = performance.now() - t0
+  t.ok(took < CANCEL_GRACE_MS + 2000, `cancelled in ${took.toFixed(0)} ms (grace ${CANCEL_GRACE_MS} ms)`)
+  t.equal(src.vm.state, 'running')
+  t.equal(src.emus[0].state, 'RUNNING')
 })
 
 t.test('non-convergence is reported, and x-max-iterations gives up cleanly', async t => {
@@ -183,6 +226,11 @@ t.test('the switchover and throttle rules on numbers', async t => {
   t.equal(thresholdBytes({ pending: 0, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 2000000 }), 600000)
   t.equal(expectedDowntimeMs({ pending: 5000, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 0 }), 5)
   t.equal(expectedDowntimeMs({ pending: 5000, bytesPerMs: 0, downtimeLimitMs: 300, availSwitchoverBandwidth: 0 }), Infinity)
+  // The destination's checks take their share of the limit before any data.
+  t.equal(thresholdBytes({ pending: 0, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 0, reserveMs: 40 }), 260000)
+  t.equal(thresholdBytes({ pending: 0, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 0, reserveMs: 400 }), 0, 'a reserve past the limit leaves no room')
+  t.equal(expectedDowntimeMs({ pending: 5000, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 0, reserveMs: 40 }), 45)
+  t.equal(expectedDowntimeMs({ pending: 0, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 0, reserveMs: 40 }), 40, 'nothing to send still costs the checks')
   const a = new AutoConverge({ cpuThrottleInitial: 20, cpuThrottleIncrement: 10, maxCpuThrottle: 35 })
   t.equal(a.period(100, 1000), 0, 'dirtying slower than half the link: no throttle')
   t.equal(a.period(600, 1000), 0, 'first high period')
@@ -259,4 +307,26 @@ t.test('state that can only move with the VM stopped, over a link never measured
   await p2.inc
   t.equal(stats.status, 'completed')
   t.equal(await dst2.emus[0].digest(), await src2.emus[0].digest())
+})
+
+t.test('pings over an idle link are not a link rate: the same clear error when they come before it', async t => {
+  // linkTimeoutMs 2000: a PING every 500 ms and the destination's progress
+  // reports as often, well before the 200 idle rounds (at least 1 s) that
+  // end the migration. Counted as link rate, the pings' bytes made the
+  // source wait forever for a switchover that could never fit.
+  const src = await makeVm('source', [{ flags: 1, stateSize: 4 << 20 }])
+  const dst = await makeVm('dest', [{ flags: 1, stateSize: 4 << 20 }])
+  const l = await listen(`unix:${join(tmp(), 's')}`)
+  const inc = incoming(dst, l, { parameters: { linkTimeoutMs: 2000 } })
+  inc.catch(() => undefined).finally(() => void l.close())
+  const out = new OutgoingMigration(src, { parameters: { maxBandwidth: 0, linkTimeoutMs: 2000 } })
+  let activeAt = 0
+  out.on('status', s => { if (s === 'active') activeAt = performance.now() })
+  let timer: NodeJS.Timeout | undefined
+  const hung = new Promise<never>((_, reject) => { timer = setTimeout(() => { out.cancel(); reject(new Error('no error within 60 s: the migration waits for a switchover that cannot fit')) }, 60_000) })
+  await t.rejects(Promise.race([out.start(l.address), hung]).finally(() => clearTimeout(timer)), /can only move with the VM stopped.*avail-switchover-bandwidth/)
+  const activeMs = performance.now() - activeAt
+  await t.rejects(inc)
+  t.ok(activeMs > 500, `pre-copy lasted past the first ping (${Math.round(activeMs)} ms)`)
+  t.equal(src.vm.state, 'running')
 })

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { randomInt } from 'node:crypto'
 import { createVcpu, kvmAvailable } from '../../vmm/machine/index.js'
-import { DirtyBitmap } from '../../vmm/vfio/dirty-pages.js'
+import { DirtyBitmap } from '../../vmm/core/dirty-bitmap.js'
 import { vcpuDirtySource, registerRam, type DirtySource } from '../../vmm/ram/index.js'
 import { SaveVMRegistry } from '../../vmm/savevm/registry.js'
 const sleep = (ms: number) => new Promise(r => setTimeout(r, ms))

@@ -20,12 +20,16 @@ t.test('a well-formed hand-built payload loads, CONTINUE carries over a section 
   const page = Buffer.alloc(PAGE, 0xab)
   const dst = local()
   dst.ram.blocks[0].memory.fill(9, 3 * PAGE, 4 * PAGE)
-  await loadPayload(new Payload()
+  // Three of the 18 pages: every record applies, and the end refuses the rest never sent.
+  await t.rejects(loadPayload(new Payload()
     .memSize(goodList())
     .be64(2 * PAGE + RamFlag.PAGE).str('pc.ram').raw(page)
     .be64(3 * PAGE + RamFlag.ZERO + RamFlag.CONTINUE).u8(0)
     .be64(PAGE + RamFlag.PAGE).str('vga').raw(page)
-    .be64(RamFlag.EOS).bytes(), 4, dst)
+    .be64(RamFlag.EOS).bytes(), 4, dst), {
+    code: 'ERR_RAM_MISSING_PAGES',
+    message: /pages never sent: 'pc.ram': 14 of 16 pages \(the first at offset 0x0\); 'vga': 1 of 2 pages \(the first at offset 0x0\)/,
+  })
   const m = dst.ram.blocks[0].memory
   t.equal(Buffer.compare(m.subarray(2 * PAGE, 3 * PAGE), page), 0)
   t.ok(m.subarray(3 * PAGE, 4 * PAGE).every(v => v === 0), 'zero page cleared what was there')
@@ -38,6 +42,23 @@ t.test('a well-formed hand-built payload loads, CONTINUE carries over a section 
   await a.writev([new Payload().be64(RamFlag.PAGE + RamFlag.CONTINUE).raw(page).be64(RamFlag.EOS).bytes()])
   await h.loadState!(new MigStream(b), { sectionId: 0, versionId: 4, approveSwitchover() {} })
   t.equal(Buffer.compare(dst.ram.blocks[1].memory.subarray(0, PAGE), page), 0, 'CONTINUE went to vga, the last block named')
+})
+
+t.test('every page sent once, in any order, zero pages as ZERO: the stream is complete', async t => {
+  const dst = local()
+  const p = new Payload().memSize(goodList())
+  for (let i = 15; i >= 0; i--) {
+    if (i % 2) p.be64(i * PAGE + RamFlag.ZERO).str('pc.ram').u8(0)
+    else p.be64(i * PAGE + RamFlag.PAGE).str('pc.ram').raw(Buffer.alloc(PAGE, i))
+  }
+  p.be64(RamFlag.ZERO).str('vga').u8(0).be64(PAGE + RamFlag.ZERO + RamFlag.CONTINUE).u8(0)
+  await loadPayload(p.be64(RamFlag.EOS).bytes(), 4, dst)
+  t.same(dst.ram.stats().load, { normalPages: 8, zeroPages: 10, sections: 1 })
+  // One page short of that: refused, and named.
+  const q = new Payload().memSize(goodList())
+  for (let i = 0; i < 16; i++) q.be64(i * PAGE + RamFlag.ZERO).str('pc.ram').u8(0)
+  q.be64(PAGE + RamFlag.ZERO).str('vga').u8(0)
+  await t.rejects(loadPayload(q.be64(RamFlag.EOS).bytes(), 4, local()), { code: 'ERR_RAM_MISSING_PAGES', message: /^ERR_RAM_MISSING_PAGES: pages never sent: 'vga': 1 of 2 pages \(the first at offset 0x0\)/ })
 })
 
 t.test('bad configuration is refused at registration', async t => {

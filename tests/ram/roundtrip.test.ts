@@ -114,12 +114,10 @@ t.test('the ram section comes first in the whole stream', async t => {
 
 t.test('a round stops at the rate limit; cleanup then a second migration starts over', async t => {
   const { FakeClock } = await import('../../vmm/stream/clock.js')
-  const { trackerDirtySource } = await import('../../vmm/ram/index.js')
   const pages = 256
   const mem = guestRam(pages, 1000) // page 0 zero, the rest random
   let syncs = 0
-  const tracker = { kind: 'none', reason: 'test', start: async () => {}, stop: async () => {}, sync: async (into: { markPage(i: number): void }) => { syncs++; into.markPage(7) } }
-  const src = side([{ name: 'pc.ram', memory: mem }], [trackerDirtySource(tracker as never)])
+  const src = side([{ name: 'pc.ram', memory: mem }], [async into => { syncs++; into.markPage(7) }])
   const h = src.ram.entry.handlers
   for (const attempt of [1, 2]) {
     const clock = new FakeClock()
@@ -144,6 +142,33 @@ t.test('a round stops at the rate limit; cleanup then a second migration starts 
     await drained
   }
   t.equal(syncs, 4, 'setup and complete synced the tracker, twice')
+})
+
+t.test('the registry\'s dirty logs: started by setup with the blocks, synced after the dirty sources at every sync, stopped by cleanup', async t => {
+  const calls: string[] = []
+  const src = side([{ name: 'pc.ram', memory: guestRam(64) }], [async () => { calls.push('source') }])
+  // Registered after registerRam: the section reads the logs when a migration starts.
+  const remove = src.reg.addDirtyLog({
+    logStart: async ram => { calls.push(`start ${ram.map(b => `${b.name}@${b.base}+${b.length}`).join()}`) },
+    logSync: async into => { calls.push('sync'); into.markPage(3) },
+    logStop: async () => { calls.push('stop') },
+  })
+  await migrate(src, side([{ name: 'pc.ram', memory: new Uint8Array(64 * PAGE) }]))
+  t.same(calls.slice(0, 3), ['start pc.ram@0+262144', 'source', 'sync'], 'started before the setup sync')
+  t.same(calls.slice(3), ['source', 'sync', 'stop'], 'the final sync, then stopped by cleanup')
+  t.equal(src.ram.stats().dirtyPagesLastSync, 1, 'what the log reported is in the bitmap')
+
+  calls.length = 0
+  const h = src.ram.entry.handlers
+  await h.saveCleanup!()
+  t.same(calls, [], 'a log not started is not stopped')
+  remove()
+  const failing = { logStart: async () => { throw new Error('no tracker') }, logSync: async () => {}, logStop: async () => { calls.push('stop after failed start') } }
+  src.reg.addDirtyLog(failing)
+  const [x] = memoryPair(1 << 24)
+  await t.rejects(h.saveSetup!(new MigStream(x)), /no tracker/)
+  await h.saveCleanup!()
+  t.same(calls, ['stop after failed start'], 'a log whose start failed is still stopped')
 })
 
 t.test('isZeroPage: a single non-zero byte anywhere in the page counts, at any offset', async t => {

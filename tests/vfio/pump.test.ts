@@ -43,15 +43,18 @@ async function capture(o: EmulatedDeviceOptions, direct: boolean, arm?: (e: Emul
   arm?.(src.emus[0])
   const path = join(mkdtempSync(join(tmpdir(), 'vfio-pump-')), 's')
   const chunks: Buffer[] = []
+  let listening!: () => void
+  const ready = new Promise<void>(r => { listening = r })
   const received = new Promise<void>((resolve, reject) => {
     const server = createServer(sock => {
       sock.on('data', c => chunks.push(c))
       sock.on('error', reject)
       sock.on('end', () => { server.close(); resolve() })
     })
-    server.listen(path)
+    server.on('error', reject)
+    server.listen(path, listening)
   })
-  await new Promise(r => setTimeout(r, 10))
+  await Promise.race([ready, received])
   // fdTransfer null turns off every fd-to-fd path of the stream, direct writes included.
   const f = new MigStream(await connect(`unix:${path}`), direct ? {} : { fdTransfer: null })
   const save = new SaveVM(f, src.reg, { machine: 'microvm' })
@@ -166,9 +169,18 @@ for (const allowSplice of [true, false]) {
     t.ok(loaded.every(l => l.end !== 'eof'), 'every run ends at a marker or a step limit')
     t.ok(loaded.some(l => l.end === 'marker' && l.next === 0xffffffffef100001n), 'the run ends at END_OF_STATE')
     t.ok(loaded.some(l => l.end === 'limit'), 'long runs come in steps, so progress moves between them')
+    // The device's stream is its state plus its own framing (a header, one
+    // per region, an end record), so bytesSaved, not stateSize, is the whole;
+    // and the first frame is as short as what the producer had queued when it
+    // was read (as little as the 64-byte header on a loaded machine).
+    const saved = src.set.stats()['source0'].bytesSaved
+    t.equal(dst.set.stats()['dest0'].bytesLoaded, saved, 'every byte loaded is counted once')
+    // The frame that opens the section is read by the stream; the stream
+    // hands the fd over once it holds nothing read ahead, which can take a
+    // further frame when the first was short, so only "some but not all".
     const natBytes = loaded.reduce((n, l) => n + l.bytes, 0)
-    t.ok(natBytes > 0 && natBytes < size, 'all but the first frame natively')
-    t.equal(dst.set.stats()['dest0'].bytesLoaded, src.set.stats()['source0'].bytesSaved, 'every byte loaded is counted once')
+    const natFrames = loaded.reduce((n, l) => n + l.frames, 0)
+    t.ok(natFrames > 0 && natFrames < frames, `the section's first frame through the stream, later ones natively (${natFrames} of ${frames} frames, ${natBytes} of ${saved} bytes)`)
   })
 }
 

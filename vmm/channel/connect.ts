@@ -1,10 +1,15 @@
 // Opening channels from URIs: connect() for the outgoing side, listen() +
-// accept() for the incoming side.
+// accept() for the incoming side. Sockets and pipes are the native layer's
+// (FdChannel over NativeChannel/NativeListener); only file: stays a plain fd.
 import * as net from 'node:net'
+import * as dns from 'node:dns'
 import * as fs from 'node:fs'
+import { dirname } from 'node:path'
 import { spawn, type ChildProcess } from 'node:child_process'
+import type { NativeChannel, NativeListener } from '../../native/index.js'
+import { native } from '../native/addon.js'
 import type { Channel } from './types.js'
-import { SocketChannel } from './socket.js'
+import { FdChannel } from './fd-channel.js'
 import { FileChannel } from './file.js'
 import { parseUri, formatUri, type MigrationAddress } from './uri.js'
 import { StreamError, toStreamError } from '../stream/errors.js'
@@ -16,21 +21,115 @@ function fstatAsync(fd: number): Promise<fs.Stats> {
   return new Promise((res, rej) => fs.fstat(fd, (e, st) => (e ? rej(e) : res(st))))
 }
 
-function socketConnect(opts: net.NetConnectOpts, desc: string, kind: 'tcp' | 'unix'): Promise<Channel> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(opts)
-    const onErr = (e: Error) => reject(toStreamError(e, `connect ${desc}`))
-    s.once('error', onErr)
-    s.once('connect', () => {
-      s.off('error', onErr)
-      s.setNoDelay(true)
-      resolve(new SocketChannel(kind, desc, s, s))
-    })
-  })
+/**
+ * The error of an operation on `path`, saying so when the directory it
+ * names is missing: libuv reports a unix socket bound in a missing
+ * directory as EACCES (for Windows' sake), which sends the user looking for
+ * a permission problem, and ENOENT alone does not say which part is missing.
+ */
+async function pathError(e: unknown, path: string, what: string, whenMissing?: string): Promise<StreamError> {
+  const code = (e as NodeJS.ErrnoException)?.code
+  if (code === 'EACCES' || code === 'ENOENT' || code === 'ENOTDIR') {
+    const dir = dirname(path)
+    const st = await fs.promises.stat(dir).then((x) => x, (se: NodeJS.ErrnoException) => se.code)
+    if (st === 'ENOENT') return new StreamError('ENOENT', `${what}: directory ${dir} does not exist`, { cause: e })
+    if (st === 'ENOTDIR' || (typeof st === 'object' && !st.isDirectory())) {
+      return new StreamError('ENOTDIR', `${what}: ${dir} is not a directory`, { cause: e })
+    }
+    if (code === 'ENOENT' && whenMissing) return new StreamError('ENOENT', `${what}: ${whenMissing}`, { cause: e })
+  }
+  return toStreamError(e, what)
 }
 
-function execChannel(command: string, desc: string): Channel {
-  const child: ChildProcess = spawn('/bin/sh', ['-c', command], { stdio: ['pipe', 'pipe', 'inherit'] })
+function cancelled(desc: string): StreamError {
+  return new StreamError('ECANCELED', `connect ${desc}: cancelled`)
+}
+
+/** The numeric addresses of `host`, in the resolver's order (a literal is its own). */
+async function addressesOf(host: string, what: string): Promise<string[]> {
+  if (net.isIP(host)) return [host]
+  try {
+    const all = await dns.promises.lookup(host, { all: true })
+    return all.map(a => a.address)
+  } catch (e) {
+    throw toStreamError(e, what)
+  }
+}
+
+/** Connects a native socket, closing it when the connect fails or is abandoned. */
+async function connectNative(nat: NativeChannel, signal: AbortSignal | undefined, desc: string): Promise<void> {
+  // A host that drops SYNs keeps a connect pending for minutes: closing the
+  // socket ends the wait (ECANCELED) at once.
+  const onAbort = () => nat.close()
+  signal?.addEventListener('abort', onAbort, { once: true })
+  try {
+    await nat.connect()
+  } catch (e) {
+    nat.close()
+    throw signal?.aborted ? cancelled(desc) : e
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
+  }
+}
+
+async function tcpConnect(host: string, port: number, desc: string, signal?: AbortSignal): Promise<Channel> {
+  if (signal?.aborted) throw cancelled(desc)
+  const ips = await addressesOf(host, `connect ${desc}`)
+  let last: unknown = new StreamError('ENOENT', `connect ${desc}: ${host} has no address`)
+  // Each address of a name in turn, as net.connect does without happy eyeballs.
+  for (const ip of ips) {
+    if (signal?.aborted) throw cancelled(desc)
+    let nat: NativeChannel
+    try {
+      nat = native.NativeChannel.tcp(ip, port)
+      await connectNative(nat, signal, desc)
+    } catch (e) {
+      if (e instanceof StreamError) throw e
+      last = e
+      continue
+    }
+    return new FdChannel('tcp', desc, nat)
+  }
+  throw toStreamError(last, `connect ${desc}`)
+}
+
+async function unixConnect(path: string, desc: string, signal?: AbortSignal): Promise<Channel> {
+  if (signal?.aborted) throw cancelled(desc)
+  let nat: NativeChannel
+  try {
+    nat = native.NativeChannel.unix(path)
+    await connectNative(nat, signal, desc)
+  } catch (e) {
+    if (e instanceof StreamError) throw e
+    throw await pathError(e, path, `connect ${desc}`, `no socket ${path} (is the destination listening?)`)
+  }
+  return new FdChannel('unix', desc, nat)
+}
+
+/**
+ * The command's stdin and stdout are one socket, the other end ours: the
+ * stream goes in, and whatever the command writes back (a destination's
+ * return path, `incoming fd:0` or a relay to one) comes out, as QEMU's exec
+ * channel does with two pipes.
+ */
+async function execChannel(command: string, desc: string): Promise<Channel> {
+  let nat: NativeChannel
+  try {
+    nat = native.NativeChannel.forChild()
+  } catch (e) {
+    throw toStreamError(e, desc)
+  }
+  const theirs = nat.childFd!
+  let child: ChildProcess
+  try {
+    child = spawn('/bin/sh', ['-c', command], { stdio: [theirs, theirs, 'inherit'] })
+  } catch (e) {
+    nat.close()
+    throw toStreamError(e, desc)
+  } finally {
+    // The child has its own copies; ours would keep the stream open after it exits.
+    nat.releaseChildFd()
+  }
   const exited = new Promise<void>(r => {
     if (child.exitCode !== null || child.signalCode !== null) r()
     else child.once('exit', () => r()).once('error', () => r())
@@ -41,7 +140,7 @@ function execChannel(command: string, desc: string): Channel {
     await exited
     clearTimeout(t)
   }
-  return new SocketChannel('exec', desc, child.stdout!, child.stdin!, onClose)
+  return new FdChannel('exec', desc, nat, { duplex: true, onClose })
 }
 
 async function fdChannel(fd: number, desc: string): Promise<Channel> {
@@ -52,24 +151,45 @@ async function fdChannel(fd: number, desc: string): Promise<Channel> {
     throw toStreamError(e, `${desc}: fstat`)
   }
   if (st.isSocket() || st.isFIFO()) {
-    const s = new net.Socket({ fd, readable: true, writable: true })
-    return new SocketChannel('fd', desc, s, s)
+    let nat: NativeChannel
+    try {
+      nat = native.NativeChannel.adopt(fd)
+    } catch (e) {
+      throw toStreamError(e, desc)
+    }
+    // The channel takes the descriptor over (QEMU's fd: does): the native
+    // side holds its own copy, and a pipe's reader sees the end only once
+    // every copy is closed. Standard streams stay open, as libuv leaves them.
+    if (fd > 2) {
+      await new Promise<void>((res, rej) => fs.close(fd, e => {
+        if (e) {
+          nat.close()
+          rej(toStreamError(e, `${desc}: close`))
+        } else res()
+      }))
+    }
+    return new FdChannel('fd', desc, nat, { duplex: st.isSocket() })
   }
   return new FileChannel('fd', desc, fd, false)
 }
 
+export interface ConnectOptions {
+  /** Aborting it abandons a connect still in progress (ECANCELED). */
+  signal?: AbortSignal
+}
+
 /** Open the outgoing side of a migration. */
-export async function connect(uri: string | MigrationAddress): Promise<Channel> {
+export async function connect(uri: string | MigrationAddress, opts: ConnectOptions = {}): Promise<Channel> {
   const a = typeof uri === 'string' ? parseUri(uri) : uri
   const desc = formatUri(a)
   switch (a.kind) {
-    case 'tcp': return socketConnect({ host: a.host, port: a.port }, desc, 'tcp')
-    case 'unix': return socketConnect({ path: a.path }, desc, 'unix')
+    case 'tcp': return tcpConnect(a.host, a.port, desc, opts.signal)
+    case 'unix': return unixConnect(a.path, desc, opts.signal)
     case 'file':
       try {
         return new FileChannel('file', desc, await openAsync(a.path, 'w'), true)
       } catch (e) {
-        throw toStreamError(e, `open ${desc}`)
+        throw await pathError(e, a.path, `open ${desc}`)
       }
     case 'exec': return execChannel(a.command, desc)
     case 'fd': return fdChannel(a.fd, desc)
@@ -82,43 +202,35 @@ export interface Listener {
   /** The next incoming channel. */
   accept(): Promise<Channel>
   close(): Promise<void>
+  /** False for file:, exec: and fd:, which give one channel; true (or absent) for a socket that accepts peers. */
+  readonly acceptsMany?: boolean
 }
 
 class ServerListener implements Listener {
-  private queue: net.Socket[] = []
-  private waiters: { res: (c: Channel) => void; rej: (e: Error) => void }[] = []
-  private error: StreamError | null = null
-  constructor(private readonly server: net.Server, readonly address: string, private readonly kind: 'tcp' | 'unix') {
-    server.on('connection', s => {
-      s.setNoDelay?.(true)
-      const w = this.waiters.shift()
-      if (w) w.res(this.wrap(s))
-      else this.queue.push(s)
-    })
-    server.on('error', e => {
-      this.error = toStreamError(e, address)
-      for (const w of this.waiters.splice(0)) w.rej(this.error)
-    })
+  readonly acceptsMany = true
+  private closed = false
+  constructor(private readonly nat: NativeListener, readonly address: string, private readonly kind: 'tcp' | 'unix') {}
+
+  async accept(): Promise<Channel> {
+    if (this.closed) throw new StreamError('EBADF', `${this.address}: listener closed`)
+    let c: NativeChannel
+    try {
+      c = await this.nat.accept()
+    } catch (e) {
+      if (this.closed) throw new StreamError('ECANCELED', `${this.address}: listener closed`)
+      throw toStreamError(e, this.address)
+    }
+    return new FdChannel(this.kind, `${this.address} <- ${c.peer ?? 'peer'}`, c)
   }
-  private wrap(s: net.Socket): Channel {
-    return new SocketChannel(this.kind, `${this.address} <- ${s.remoteAddress ?? 'peer'}`, s, s)
-  }
-  accept(): Promise<Channel> {
-    const s = this.queue.shift()
-    if (s) return Promise.resolve(this.wrap(s))
-    if (this.error) return Promise.reject(this.error)
-    if (!this.server.listening) return Promise.reject(new StreamError('EBADF', `${this.address}: listener closed`))
-    return new Promise((res, rej) => this.waiters.push({ res, rej }))
-  }
-  close(): Promise<void> {
-    for (const s of this.queue.splice(0)) s.destroy()
-    const err = new StreamError('ECANCELED', `${this.address}: listener closed`)
-    for (const w of this.waiters.splice(0)) w.rej(err)
-    return new Promise(r => this.server.close(() => r()))
+
+  async close(): Promise<void> {
+    this.closed = true
+    this.nat.close()
   }
 }
 
 class OnceListener implements Listener {
+  readonly acceptsMany = false
   private used = false
   constructor(readonly address: string, private readonly open: () => Promise<Channel>) {}
   accept(): Promise<Channel> {
@@ -131,32 +243,64 @@ class OnceListener implements Listener {
   }
 }
 
+/**
+ * A socket file left by a process that died (kill -9 leaves it behind) makes
+ * bind() fail with EADDRINUSE. Remove it when nobody listens on it (connect
+ * is refused); refuse clearly when someone does, or when the path is not a
+ * socket at all.
+ */
+async function clearStaleSocket(path: string, desc: string): Promise<void> {
+  let st: fs.Stats
+  try {
+    st = await fs.promises.lstat(path)
+  } catch {
+    return // nothing there (or a missing directory, which listen() reports)
+  }
+  if (!st.isSocket()) throw new StreamError('EADDRINUSE', `listen ${desc}: ${path} exists and is not a socket`)
+  const probe = await new Promise<'listening' | 'stale' | string>((resolve) => {
+    const s = net.connect({ path })
+    const t = setTimeout(() => { s.destroy(); resolve('listening') }, 1000)
+    s.once('connect', () => { clearTimeout(t); s.destroy(); resolve('listening') })
+    s.once('error', (e: NodeJS.ErrnoException) => { clearTimeout(t); resolve(e.code === 'ECONNREFUSED' || e.code === 'ENOENT' ? 'stale' : e.code ?? 'EIO') })
+  })
+  if (probe === 'listening') throw new StreamError('EADDRINUSE', `listen ${desc}: another process is listening on ${path}`)
+  if (probe !== 'stale') throw new StreamError('EADDRINUSE', `listen ${desc}: ${path} is a socket that cannot be probed (${probe})`)
+  await fs.promises.unlink(path).catch((e: NodeJS.ErrnoException) => {
+    if (e.code !== 'ENOENT') throw toStreamError(e, `listen ${desc}: removing the stale socket ${path}`)
+  })
+}
+
 /** Open the incoming side of a migration. */
 export async function listen(uri: string | MigrationAddress): Promise<Listener> {
   const a = typeof uri === 'string' ? parseUri(uri) : uri
   const desc = formatUri(a)
   switch (a.kind) {
-    case 'tcp':
-    case 'unix': {
-      const server = net.createServer({ pauseOnConnect: true })
-      await new Promise<void>((res, rej) => {
-        server.once('error', e => rej(toStreamError(e, `listen ${desc}`)))
-        if (a.kind === 'tcp') server.listen(a.port, a.host, () => res())
-        else server.listen(a.path, () => res())
-      })
-      let address = desc
-      if (a.kind === 'tcp') {
-        const bound = server.address() as net.AddressInfo
-        address = formatUri({ kind: 'tcp', host: a.host, port: bound.port })
+    case 'tcp': {
+      const [ip] = await addressesOf(a.host, `listen ${desc}`)
+      let l: NativeListener
+      try {
+        l = native.NativeListener.tcp(ip, a.port)
+      } catch (e) {
+        throw toStreamError(e, `listen ${desc}`)
       }
-      return new ServerListener(server, address, a.kind)
+      return new ServerListener(l, formatUri({ kind: 'tcp', host: a.host, port: l.port! }), 'tcp')
+    }
+    case 'unix': {
+      await clearStaleSocket(a.path, desc)
+      let l: NativeListener
+      try {
+        l = native.NativeListener.unix(a.path)
+      } catch (e) {
+        throw await pathError(e, a.path, `listen ${desc}`)
+      }
+      return new ServerListener(l, desc, 'unix')
     }
     case 'file':
       return new OnceListener(desc, async () => {
         try {
           return new FileChannel('file', desc, await openAsync(a.path, 'r'), true)
         } catch (e) {
-          throw toStreamError(e, `open ${desc}`)
+          throw await pathError(e, a.path, `open ${desc}`)
         }
       })
     case 'exec':

@@ -1,5 +1,5 @@
-export type { Channel, ChannelKind } from './types.js'
-export { SocketChannel } from './socket.js'
+export { type Channel, type ChannelKind, hasReturnPath } from './types.js'
+export { FdChannel, type ChannelTimeouts, linkTimeouts } from './fd-channel.js'
 export { FileChannel } from './file.js'
 export { MemoryChannel, memoryPair } from './memory.js'
 export { parseUri, formatUri, UriError, type MigrationAddress } from './uri.js'

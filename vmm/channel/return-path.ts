@@ -14,12 +14,29 @@ export const RpMsg = {
   RECV_BITMAP: 5,
   RESUME_ACK: 6,
   SWITCHOVER_ACK: 7,
-  /** Project extension: be64 load time in microseconds, be64 resume time (Unix ms). */
+  /**
+   * Project extension: be64 load time in microseconds, be64 resume time
+   * (Unix ms), then be64 microseconds the destination's own verification
+   * held the start back (absent from 16-byte messages of older destinations).
+   */
   RESUME_OK: 0x100,
   /** Project extension: why the destination failed, UTF-8, sent before SHUT. */
   FAIL_REASON: 0x101,
   /** Project extension: be64 bytes of the stream the destination has loaded so far. */
   LOAD_PROGRESS: 0x102,
+  /**
+   * Project extension (the handover): everything is loaded and checked, the
+   * guest is not started; waiting for the source's GO. No data. RESUME_OK is
+   * then the handover's STARTED.
+   */
+  READY: 0x103,
+  /**
+   * Project extension: be64 microseconds the destination expects to spend
+   * between the stream's end and READY on checks of its own (the microVM's
+   * digests), sent once early in the migration, so the source's downtime
+   * budget leaves room for them instead of giving the whole limit to data.
+   */
+  SWITCHOVER_COST: 0x104,
 } as const
 
 /** Largest message accepted; QEMU's are far smaller. */
@@ -33,6 +50,8 @@ export interface RpMessage {
 export interface ResumeTiming {
   loadTimeUs: number
   resumedAtMs: number
+  /** Destination's verification before the guest ran, microseconds (0 when it did none or did not say). */
+  verificationUs?: number
 }
 
 export class ReturnPathWriter {
@@ -62,6 +81,10 @@ export class ReturnPathWriter {
     return this.send(RpMsg.SWITCHOVER_ACK)
   }
 
+  ready(): Promise<void> {
+    return this.send(RpMsg.READY)
+  }
+
   resumeAck(value: number): Promise<void> {
     const b = Buffer.alloc(4)
     b.writeUInt32BE(value >>> 0)
@@ -81,10 +104,17 @@ export class ReturnPathWriter {
     return this.send(RpMsg.LOAD_PROGRESS, b)
   }
 
+  switchoverCost(us: number): Promise<void> {
+    const b = Buffer.alloc(8)
+    b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(us))))
+    return this.send(RpMsg.SWITCHOVER_COST, b)
+  }
+
   resumeOk(t: ResumeTiming): Promise<void> {
-    const b = Buffer.alloc(16)
+    const b = Buffer.alloc(24)
     b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(t.loadTimeUs))), 0)
     b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(t.resumedAtMs))), 8)
+    b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(t.verificationUs ?? 0))), 16)
     return this.send(RpMsg.RESUME_OK, b)
   }
 }
@@ -110,7 +140,11 @@ export class ReturnPathReader {
   }
 
   static resumeTiming(m: RpMessage): ResumeTiming {
-    if (m.type !== RpMsg.RESUME_OK || m.data.length !== 16) throw new StreamError('EINVAL', 'not a RESUME_OK message')
-    return { loadTimeUs: Number(m.data.readBigUInt64BE(0)), resumedAtMs: Number(m.data.readBigUInt64BE(8)) }
+    if (m.type !== RpMsg.RESUME_OK || (m.data.length !== 16 && m.data.length !== 24)) throw new StreamError('EINVAL', 'not a RESUME_OK message')
+    return {
+      loadTimeUs: Number(m.data.readBigUInt64BE(0)),
+      resumedAtMs: Number(m.data.readBigUInt64BE(8)),
+      verificationUs: m.data.length === 24 ? Number(m.data.readBigUInt64BE(16)) : 0,
+    }
   }
 }

@@ -8,6 +8,12 @@ export interface Channel {
   /** Human-readable address, for error messages. */
   readonly description: string
   /**
+   * Whether the peer can answer on this channel (the return path). Set by
+   * channels whose kind alone does not say: fd: (a socket is duplex, a pipe
+   * or a file is not) and exec: (the command's stdout). See hasReturnPath.
+   */
+  readonly duplex?: boolean
+  /**
    * The OS file descriptor the channel reads from, when there is one (for
    * zero-copy transfers), or undefined (memory channels). Only usable for
    * direct reads between `quiesce()` and `resumeReads()`.
@@ -48,6 +54,22 @@ export interface Channel {
   endWrites(): Promise<void>
   /** Stop both directions now; pending and later I/O fail. */
   shutdown(): void
+  /**
+   * Lets the kernel bound a dead link too: a TCP channel sets
+   * TCP_USER_TIMEOUT and keepalive from the migration's link timeout (see
+   * linkTimeouts in fd-channel.ts). True when applied; absent or false
+   * where there is no network to time out.
+   */
+  setLinkTimeout?(ms: number): boolean
   /** Release the channel. Idempotent. */
   close(): Promise<void>
+}
+
+/**
+ * Whether the destination can send messages back on `c`: tcp, unix and memory
+ * channels always; fd: and exec: channels when they say so. A file never: a
+ * save is not a handover.
+ */
+export function hasReturnPath(c: Channel): boolean {
+  return c.duplex ?? (c.kind === 'tcp' || c.kind === 'unix' || c.kind === 'memory')
 }

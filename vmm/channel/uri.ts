@@ -10,9 +10,13 @@ export type MigrationAddress =
   | { kind: 'fd'; fd: number }
 
 export class UriError extends StreamError {
+  /** The message without the errno code, for callers that report it as a usage mistake. */
+  readonly detail: string
   constructor(uri: string, why: string) {
-    super('EINVAL', `invalid migration URI ${JSON.stringify(uri)}: ${why}`)
+    const detail = `invalid migration URI ${JSON.stringify(uri)}: ${why}`
+    super('EINVAL', detail)
     this.name = 'UriError'
+    this.detail = detail
   }
 }
 
@@ -38,7 +42,7 @@ export function parseUri(uri: string): MigrationAddress {
         portStr = rest.slice(c + 1)
         if (host.includes(':')) throw new UriError(uri, 'IPv6 host must be bracketed: tcp:[ADDR]:PORT')
       }
-      if (!/^\d{1,5}$/.test(portStr) || Number(portStr) > 65535) throw new UriError(uri, `bad port ${JSON.stringify(portStr)}`)
+      if (!/^\d{1,5}$/.test(portStr) || Number(portStr) > 65535) throw new UriError(uri, `port ${JSON.stringify(portStr)} is not a number in 0..65535`)
       return { kind: 'tcp', host: host || '0.0.0.0', port: Number(portStr) }
     }
     case 'unix':

@@ -1,7 +1,8 @@
 // What the source reports after a failed or cancelled migration: the
 // orchestrator promises that the guest runs again with nothing lost, and this
 // checks it from the outside — the VM is running, its guest checksum still
-// matches its RAM, and its vCPU keeps counting.
+// matches its RAM, and its vCPU keeps counting — and from the inside: a
+// device reset on the way lost its state, whatever the guest's RAM says.
 import type { MicroVm, Verification } from '../microvm/index.js'
 import type { MigrationStats } from '../migration/types.js'
 import { sleep } from './vm-options.js'
@@ -22,7 +23,9 @@ export interface FailureReport {
   /** After another `afterMs` of running, stopped again. */
   counterAfter?: string
   checksumConsistentAfter?: boolean
-  /** The guest ran on: counters strictly increasing and its checksum matching RAM both times. */
+  /** VFIO devices reset during the migration: back in their power-on state, their state lost. */
+  devicesReset: string[]
+  /** The guest ran on intact: counters strictly increasing, its checksum matching RAM both times, no device reset. */
   guestOk: boolean
 }
 
@@ -38,6 +41,7 @@ export async function reportAfterFailure(vm: MicroVm, e: unknown, phase: string,
     stats: err?.stats,
     runState,
     counterAtFailure: counterAtFailure.toString(),
+    devicesReset: vm.vfio.devicesReset(),
     guestOk: false,
   }
   if (runState !== 'running') return base
@@ -55,6 +59,6 @@ export async function reportAfterFailure(vm: MicroVm, e: unknown, phase: string,
     verification,
     counterAfter: after.counter,
     checksumConsistentAfter: after.checksumConsistent,
-    guestOk: c1 > counterAtFailure && c2 > c1 && verification.checksumConsistent && after.checksumConsistent,
+    guestOk: c1 > counterAtFailure && c2 > c1 && verification.checksumConsistent && after.checksumConsistent && base.devicesReset.length === 0,
   }
 }

@@ -2,7 +2,18 @@
 // JSON, the way QEMU's scripts/analyze-migration.py does: the vmdesc found at
 // the end describes the FULL sections; RAM and VFIO sections are decoded by
 // their own formats; anything else is reported, not guessed at.
-import { open } from 'node:fs/promises'
+//
+// It streams: each section and command goes to a sink as it is decoded and
+// the rest is totals, so its memory does not grow with the file (the
+// command line spools them to a temporary file and prints the document once
+// the whole stream decoded). What it keeps is bounded by its own limits:
+// the vmdesc it parses (MAX_VMDESC), the sections open at once, the RAM
+// blocks announced.
+import { createReadStream, createWriteStream, type WriteStream } from 'node:fs'
+import { mkdtemp, open, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
 import {
   QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, QEMU_VM_EOF, QEMU_VM_SECTION_START, QEMU_VM_SECTION_PART,
   QEMU_VM_SECTION_END, QEMU_VM_SECTION_FULL, QEMU_VM_SUBSECTION, QEMU_VM_VMDESCRIPTION, QEMU_VM_CONFIGURATION,
@@ -16,8 +27,15 @@ export { AnalyzeError }
 const TYPE_NAME: Record<number, string> = {
   [QEMU_VM_SECTION_START]: 'START', [QEMU_VM_SECTION_PART]: 'PART', [QEMU_VM_SECTION_END]: 'END', [QEMU_VM_SECTION_FULL]: 'FULL',
 }
-const MAX_VMDESC = 16 << 20
+/** The largest vmdesc parsed (a destination's default, DEFAULT_MAX_VMDESC); QEMU's for a q35 machine is 99 KB. */
+const MAX_VMDESC = 1 << 20
+/** How far from the end a vmdesc is looked for, to say that one is too large rather than missing. */
+const VMDESC_SCAN = 16 << 20
 const MAX_VALUE_BYTES = 4096
+/** Live sections open at once (the loader's bound too). */
+const MAX_OPEN_SECTIONS = 1 << 16
+/** RAM blocks one MEM_SIZE record may announce (QEMU has a few dozen). */
+const MAX_RAM_BLOCKS = 4096
 /** RAM_SAVE_FLAG_* (QEMU migration/ram.c). */
 const RAM = { ZERO: 0x02, MEM_SIZE: 0x04, PAGE: 0x08, EOS: 0x10, CONTINUE: 0x20 }
 
@@ -37,7 +55,8 @@ export interface SectionInfo {
   size: number
   kind: 'ram' | 'vfio' | 'vmstate' | 'unknown'
   ram?: { pages: number; zeroPages: number; blocks?: { name: string; length: number }[] }
-  vfio?: { markers: string[]; dataBlocks: number[] }
+  /** Markers in order, a run of one marker as "NAME xN"; data blocks counted, not listed. */
+  vfio?: { markers: string[]; dataBlocks: number; dataBytes: number; largestBlock: number }
   fields?: Record<string, unknown>
 }
 
@@ -56,40 +75,87 @@ export interface Analysis {
   vmdesc?: unknown
 }
 
-/** The VMDESCRIPTION sits after EOF at the very end: find it from the back. */
+/** Where each section and command goes as it is decoded. */
+export interface AnalyzeSink {
+  /** The header and configuration are decoded; `a` has no sections or commands. */
+  start?(a: Analysis): void | Promise<void>
+  section(s: SectionInfo): void | Promise<void>
+  command(c: Analysis['commands'][number]): void | Promise<void>
+}
+
+/**
+ * The VMDESCRIPTION sits after EOF at the very end: find it from the back,
+ * a window at a time. One longer than MAX_VMDESC is refused, not parsed.
+ */
 async function findVmdesc(r: FileReader): Promise<{ at: number; json: unknown } | undefined> {
-  const tailLen = Math.min(r.size, MAX_VMDESC + 6)
-  const tailAt = r.size - tailLen
-  const tail = await r.readAt(tailAt, tailLen)
-  for (let i = tail.length - 5; i >= 1; i--) {
-    if (tail[i] !== QEMU_VM_VMDESCRIPTION || tail[i - 1] !== QEMU_VM_EOF) continue
-    if (tail.readUInt32BE(i + 1) !== tail.length - i - 5) continue
-    try {
-      return { at: tailAt + i, json: JSON.parse(tail.subarray(i + 5).toString('utf8')) }
-    } catch {
-      // A 0x06 inside page data that happens to fit: keep looking.
+  const WIN = 1 << 20
+  const low = r.size - Math.min(r.size, VMDESC_SCAN + 6)
+  // Windows overlap by 5 bytes: a candidate needs the byte before it and the 4 after.
+  for (let end = r.size; end > low; end -= WIN - 5) {
+    const start = Math.max(low, end - WIN)
+    const w = await r.readAt(start, end - start)
+    for (let j = w.length - 5; j >= 1; j--) {
+      if (w[j] !== QEMU_VM_VMDESCRIPTION || w[j - 1] !== QEMU_VM_EOF) continue
+      const at = start + j
+      const len = r.size - at - 5
+      if (w.readUInt32BE(j + 1) !== len) continue
+      if (len > MAX_VMDESC) throw new AnalyzeError(`the vmdesc is ${len} bytes, more than the ${MAX_VMDESC} analyze reads`, at)
+      try {
+        return { at, json: JSON.parse((await r.readAt(at + 5, len)).toString('utf8')) }
+      } catch {
+        // A 0x06 inside page data that happens to fit: keep looking.
+      }
     }
+    if (start === low) break
   }
   return undefined
 }
 
 /**
- * Integer types by QEMU's VMStateInfo names: "int32 equal" & co. are checked
- * integers, "int32 le" is little-endian (VMSTATE_INT32_POSITIVE_LE, e.g. a PCI
- * device's version_id), "timer" is the be64 expiry in ns (-1: not armed).
+ * How QEMU's VMStateInfo readers (migration/vmstate-types.c, savevm.c) load
+ * each type, by the name the vmdesc gives it. Every integer is big-endian:
+ * "int32 le" is an int32 checked to be less than or equal to the
+ * destination's value (get_int32_le, qemu_get_sbe32s), not little-endian.
+ * The sign is the reader's, not the name's: "int64 equal" is
+ * get_uint64_equal. "timer" is the be64 expiry in ns, -1 when not armed.
  */
-const INT_TYPE = /^(u?)int(8|16|32|64)( equal| le)?$/
+const INT_READER: Record<string, { bytes: number; signed: boolean }> = {
+  int8: { bytes: 1, signed: true },
+  int16: { bytes: 2, signed: true },
+  int32: { bytes: 4, signed: true },
+  'int32 equal': { bytes: 4, signed: true },
+  'int32 le': { bytes: 4, signed: true },
+  int64: { bytes: 8, signed: true },
+  uint8: { bytes: 1, signed: false },
+  'uint8 equal': { bytes: 1, signed: false },
+  uint16: { bytes: 2, signed: false },
+  'uint16 equal': { bytes: 2, signed: false },
+  uint32: { bytes: 4, signed: false },
+  'uint32 equal': { bytes: 4, signed: false },
+  uint64: { bytes: 8, signed: false },
+  'int64 equal': { bytes: 8, signed: false },
+  timer: { bytes: 8, signed: true },
+}
+
+/** VMS_NULLPTR_MARKER: what get_nullptr expects for a NULL array element. */
+const NULLPTR_MARKER = 0x30
+
+/** Types whose vmdesc entry carries a nested vmsd that describes its bytes exactly once. */
+const INLINE_VMSD = new Set(['tmp'])
 
 function scalar(b: Buffer, type: string): unknown {
   if (type === 'bool') return b[0] !== 0
-  const m = type === 'timer' ? ['', '', '64'] : INT_TYPE.exec(type)
-  if (m && b.length === Number(m[2]) / 8) {
-    const bytes = m[3] === ' le' ? Buffer.from(b).reverse() : b
+  // QEMU 7.2's nullptr info is named "uint64" (later ones say "nullptr"), yet it writes one byte.
+  if ((type === 'nullptr' || type === 'uint64') && b.length === 1 && b[0] === NULLPTR_MARKER) return 'nullptr'
+  const r = INT_READER[type]
+  if (r && b.length === r.bytes) {
     let v = 0n
-    for (const x of bytes) v = (v << 8n) | BigInt(x)
-    if (m[1] !== 'u' && (bytes[0]! & 0x80)) v -= 1n << BigInt(8 * bytes.length)
+    for (const x of b) v = (v << 8n) | BigInt(x)
+    if (r.signed && (b[0]! & 0x80)) v -= 1n << BigInt(8 * b.length)
     return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString()
   }
+  // Everything else (buffer, unused_buffer, pci config, virtio, bitmap,
+  // CPU_Double_U, qtailq, ...) is shown as the bytes QEMU wrote.
   return b.length <= 64 ? b.toString('hex') : { bytes: b.length, head: b.subarray(0, 32).toString('hex') }
 }
 
@@ -102,7 +168,7 @@ async function decodeFields(r: FileReader, d: VmdescVmsd, where: string): Promis
     for (let i = 0; i < n; i++) {
       if (f.type === 'struct' && f.struct) {
         vals.push(await decodeFields(r, f.struct, `${where}.${f.name}`))
-      } else if (Array.isArray(f.fields)) {
+      } else if (INLINE_VMSD.has(f.type) && Array.isArray(f.fields)) {
         vals.push(await decodeFields(r, f, `${where}.${f.name}`))
       } else if (f.size > MAX_VALUE_BYTES) {
         await r.skip(f.size, `${where}.${f.name}`)
@@ -144,6 +210,7 @@ async function decodeRam(r: FileReader, s: SectionInfo, pageBits: number, a: Ana
       let left = addr
       s.ram.blocks = []
       while (left > 0n) {
+        if (s.ram.blocks.length === MAX_RAM_BLOCKS) throw new AnalyzeError(`MEM_SIZE announces more than ${MAX_RAM_BLOCKS} RAM blocks`, at)
         const len = await r.u8('RAM block name length')
         const name = (await r.bytes(len, 'RAM block name')).toString('latin1')
         const length = await r.be64('RAM block length')
@@ -176,11 +243,21 @@ async function decodeRam(r: FileReader, s: SectionInfo, pageBits: number, a: Ana
 
 async function decodeVfio(r: FileReader, s: SectionInfo, a: Analysis): Promise<void> {
   const dev = (a.vfio[s.idstr] ??= { dataBlocks: 0, dataBytes: 0, largestBlock: 0, configBytes: 0, initDataSent: false })
-  s.vfio = { markers: [], dataBlocks: [] }
+  const v: NonNullable<SectionInfo['vfio']> = (s.vfio = { markers: [], dataBlocks: 0, dataBytes: 0, largestBlock: 0 })
+  // A run of one marker is one entry: a section of a million data blocks stays small.
+  let run = 0
+  const mark = (name: string) => {
+    const last = v.markers.length - 1
+    if (last >= 0 && v.markers[last]!.split(' ')[0] === name) v.markers[last] = `${name} x${++run}`
+    else {
+      v.markers.push(name)
+      run = 1
+    }
+  }
   for (;;) {
     const at = r.pos
     const m = await r.be64('VFIO marker')
-    s.vfio.markers.push(markerName(m))
+    mark(markerName(m))
     if (m === VFIO_MIG_FLAG_END_OF_STATE) return
     if (m === VFIO_MIG_FLAG_DEV_INIT_DATA_SENT) {
       dev.initDataSent = true
@@ -190,7 +267,9 @@ async function decodeVfio(r: FileReader, s: SectionInfo, a: Analysis): Promise<v
       const size = await r.be64('VFIO data block size')
       if (size > BigInt(r.remaining)) throw new AnalyzeError(`VFIO data block of ${size} bytes runs past the end of the file`, at)
       await r.skip(Number(size), 'VFIO data block')
-      s.vfio.dataBlocks.push(Number(size))
+      v.dataBlocks++
+      v.dataBytes += Number(size)
+      v.largestBlock = Math.max(v.largestBlock, Number(size))
       dev.dataBlocks++
       dev.dataBytes += Number(size)
       dev.largestBlock = Math.max(dev.largestBlock, Number(size))
@@ -204,7 +283,7 @@ async function decodeVfio(r: FileReader, s: SectionInfo, a: Analysis): Promise<v
       throw new AnalyzeError(`unknown VFIO marker ${markerName(m)} in ${s.idstr}`, at)
     }
     const end = await r.be64('VFIO END_OF_STATE')
-    s.vfio.markers.push(markerName(end))
+    mark(markerName(end))
     if (end !== VFIO_MIG_FLAG_END_OF_STATE) throw new AnalyzeError(`${s.idstr}: expected END_OF_STATE, found ${markerName(end)}`, r.pos - 8)
     return
   }
@@ -217,7 +296,19 @@ async function isVfioPayload(r: FileReader): Promise<boolean> {
   return b.readUInt32BE(0) === 0xffffffff && b.readUInt16BE(4) === 0xef10
 }
 
+/** The whole analysis in memory, sections and commands included: as large as the file has sections and commands. */
 export async function analyzeFile(path: string): Promise<Analysis> {
+  const sections: SectionInfo[] = []
+  const commands: Analysis['commands'] = []
+  const a = await analyzeStream(path, { section: (s) => void sections.push(s), command: (c) => void commands.push(c) })
+  return { ...a, sections, commands }
+}
+
+/**
+ * Decode `path`, handing each section and command to `sink` as it comes;
+ * the result has everything else, and empty `sections` and `commands`.
+ */
+export async function analyzeStream(path: string, sink: AnalyzeSink): Promise<Analysis> {
   let fh
   try {
     fh = await open(path, 'r')
@@ -228,13 +319,76 @@ export async function analyzeFile(path: string): Promise<Analysis> {
     const st = await fh.stat()
     if (!st.isFile()) throw new AnalyzeError(`${path} is not a regular file`)
     const r = new FileReader(fh, st.size)
-    return await analyze(r, path)
+    return await analyze(r, path, sink)
   } finally {
     await fh.close()
   }
 }
 
-async function analyze(r: FileReader, path: string): Promise<Analysis> {
+/** JSON lines into a temporary file, written as they come, read back in order. */
+class Spool {
+  private readonly out: WriteStream
+  private failed: Error | undefined
+  constructor(readonly file: string) {
+    this.out = createWriteStream(file)
+    this.out.on('error', (e) => (this.failed = e))
+  }
+
+  async put(v: unknown): Promise<void> {
+    if (this.failed) throw this.failed
+    if (!this.out.write(`${JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x))}\n`)) {
+      await new Promise<void>((resolve) => this.out.once('drain', resolve))
+    }
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve, reject) => this.out.end((e?: Error | null) => (e ? reject(e) : resolve())))
+    if (this.failed) throw this.failed
+  }
+
+  async *lines(): AsyncGenerator<string> {
+    for await (const l of createInterface({ input: createReadStream(this.file), crlfDelay: Infinity })) yield l
+  }
+}
+
+/**
+ * The command line's analysis: `toJson(analyzeFile(path))`'s document,
+ * printed through `line` piece by piece once the whole file decoded, with
+ * memory that does not grow with the file (sections and commands wait in a
+ * temporary file). Nothing is printed when the file does not decode.
+ */
+export async function writeAnalysis(path: string, line: (s: string) => void): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'vmm-analyze-'))
+  try {
+    const sections = new Spool(join(dir, 'sections'))
+    const commands = new Spool(join(dir, 'commands'))
+    let a: Analysis
+    try {
+      a = await analyzeStream(path, { section: (s) => sections.put(s), command: (c) => commands.put(c) })
+    } finally {
+      await sections.close()
+      await commands.close()
+    }
+    const { sections: _s, commands: _c, ...rest } = a
+    const head = toJson(rest)
+    line(`${head.slice(0, -2)},`)
+    for (const [name, spool] of [['sections', sections], ['commands', commands]] as const) {
+      line(`  "${name}": [`)
+      let prev: string | undefined
+      for await (const l of spool.lines()) {
+        if (prev !== undefined) line(`    ${prev},`)
+        prev = l
+      }
+      if (prev !== undefined) line(`    ${prev}`)
+      line(name === 'sections' ? '  ],' : '  ]')
+    }
+    line('}')
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+async function analyze(r: FileReader, path: string, sink: AnalyzeSink): Promise<Analysis> {
   const magic = await r.be32('file header')
   if (magic !== QEMU_VM_FILE_MAGIC) throw new AnalyzeError(`not a migration stream: magic 0x${magic.toString(16).padStart(8, '0')} is not QEVM`, 0)
   const version = await r.be32('file header')
@@ -261,6 +415,7 @@ async function analyze(r: FileReader, path: string): Promise<Analysis> {
       a.configuration.targetPageBits = pageBits
     }
   }
+  await sink.start?.(a)
   const byId = new Map<number, { idstr: string; kind: SectionInfo['kind'] }>()
   const fullSeen = new Map<string, number>()
   for (;;) {
@@ -275,7 +430,7 @@ async function analyze(r: FileReader, path: string): Promise<Analysis> {
       const cmd = await r.be16('command')
       const len = await r.be16('command length')
       await r.skip(len, 'command data')
-      a.commands.push({ cmd: MIG_CMD_NAME[cmd] ?? `unknown ${cmd}`, length: len, offset: at })
+      await sink.command({ cmd: MIG_CMD_NAME[cmd] ?? `unknown ${cmd}`, length: len, offset: at })
       continue
     }
     if (!TYPE_NAME[type]) throw new AnalyzeError(`unknown section type 0x${type.toString(16)}`, at)
@@ -316,8 +471,11 @@ async function analyze(r: FileReader, path: string): Promise<Analysis> {
     if (foot !== QEMU_VM_SECTION_FOOTER || fid !== sectionId) {
       throw new AnalyzeError(`section '${s.idstr}' (id ${sectionId}) is not followed by its footer (found 0x${foot.toString(16)} id ${fid})`, r.pos - 5)
     }
-    if (type === QEMU_VM_SECTION_START || type === QEMU_VM_SECTION_FULL) byId.set(sectionId, { idstr: s.idstr, kind: s.kind })
-    a.sections.push(s)
+    if (type === QEMU_VM_SECTION_START || type === QEMU_VM_SECTION_FULL) {
+      if (!byId.has(sectionId) && byId.size >= MAX_OPEN_SECTIONS) throw new AnalyzeError(`more than ${MAX_OPEN_SECTIONS} distinct section ids`, at)
+      byId.set(sectionId, { idstr: s.idstr, kind: s.kind })
+    }
+    await sink.section(s)
   }
   if (vd && r.pos !== vd.at) {
     throw new AnalyzeError(`EOF at byte ${r.pos - 1} but the vmdesc starts at ${vd.at}`)

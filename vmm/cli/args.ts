@@ -1,6 +1,7 @@
 // Command-line parsing for vmm-migrate: no dependency, every mistake a
 // UsageError naming the option and what was wrong with it.
 import { MAX_RAM } from '../machine/workload.js'
+import { parseUri, UriError } from '../channel/uri.js'
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -27,7 +28,7 @@ export function parseCount(text: string, what: string, min = 0, max = Number.MAX
   return n
 }
 
-export type Command = 'demo' | 'incoming' | 'migrate' | 'save' | 'restore' | 'analyze' | 'help'
+export type Command = 'demo' | 'incoming' | 'migrate' | 'save' | 'restore' | 'analyze' | 'resolve' | 'run' | 'help'
 
 export interface Options {
   ram: number
@@ -60,6 +61,20 @@ export interface Options {
    * this long, then report its state (undefined = just exit with the error).
    */
   afterFailureMs: number | undefined
+  /** The handover (docs/flows.md); off (--no-handover) for a QEMU peer. */
+  handover: boolean
+  linkTimeoutMs: number
+  handoverTimeoutMs: number
+  handshakeTimeoutMs: number
+  incomingTimeoutMs: number
+  /** Where a side in handover-unknown serves `resolve` (default: a private directory under the temp dir). */
+  control: string | undefined
+  /** resolve: what to do. */
+  resolve: 'resume' | 'discard' | 'status' | undefined
+  /** run: the QMP socket (unix path). */
+  qmp: string | undefined
+  /** run: be a destination, like QEMU's -incoming: 'defer' (wait for migrate-incoming) or a URI. */
+  incoming: string | undefined
 }
 
 export const DEFAULT_OPTIONS: Readonly<Options> = Object.freeze({
@@ -80,6 +95,15 @@ export const DEFAULT_OPTIONS: Readonly<Options> = Object.freeze({
   noDmaLogging: false,
   noVerify: false,
   afterFailureMs: undefined,
+  handover: true,
+  linkTimeoutMs: 15_000,
+  handoverTimeoutMs: 30_000,
+  handshakeTimeoutMs: 5_000,
+  incomingTimeoutMs: 600_000,
+  control: undefined,
+  resolve: undefined,
+  qmp: undefined,
+  incoming: undefined,
 })
 
 export interface Parsed {
@@ -89,10 +113,13 @@ export interface Parsed {
   options: Options
   /** Options given explicitly, each [name] or [name, value] (so a child process gets only those). */
   given: string[][]
+  /** With command 'help': the command whose help was asked for (`migrate --help`, `help migrate`). */
+  topic?: Command
 }
 
 const TAKES_TARGET: Record<Command, string | undefined> = {
   demo: undefined, help: undefined, incoming: 'URI', migrate: 'URI', save: 'file:PATH', restore: 'file:PATH', analyze: 'FILE',
+  resolve: 'CONTROL', run: undefined,
 }
 
 type Setter = (o: Options, v: string, name: string) => void
@@ -111,6 +138,26 @@ const VALUED: Record<string, Setter> = {
   '--run': (o, v, n) => (o.runMs = parseCount(v, n, 0, 3_600_000)),
   '--run-after': (o, v, n) => (o.runAfterMs = parseCount(v, n, 0, 3_600_000)),
   '--after-failure': (o, v, n) => (o.afterFailureMs = parseCount(v, n, 1, 3_600_000)),
+  '--link-timeout': (o, v, n) => (o.linkTimeoutMs = parseCount(v, n, 0, 3_600_000)),
+  '--handover-timeout': (o, v, n) => (o.handoverTimeoutMs = parseCount(v, n, 1, 3_600_000)),
+  '--handshake-timeout': (o, v, n) => (o.handshakeTimeoutMs = parseCount(v, n, 1, 3_600_000)),
+  '--incoming-timeout': (o, v, n) => (o.incomingTimeoutMs = parseCount(v, n, 0, 86_400_000)),
+  '--control': (o, v) => (o.control = v),
+  '--qmp': (o, v, n) => {
+    if (!v) throw new UsageError(`${n} needs a socket path`)
+    // QEMU's spelling (-qmp unix:PATH,server) is accepted too.
+    o.qmp = v.replace(/^unix:/, '').replace(/,server(=on)?$/, '')
+  },
+  '--incoming': (o, v, n) => {
+    if (v !== 'defer') {
+      try {
+        parseUri(v)
+      } catch (e) {
+        throw e instanceof UriError ? new UsageError(`${n}: ${e.detail}`) : e
+      }
+    }
+    o.incoming = v
+  },
 }
 const FLAGS: Record<string, (o: Options) => void> = {
   '--switchover-ack': (o) => (o.switchoverAck = true),
@@ -119,6 +166,15 @@ const FLAGS: Record<string, (o: Options) => void> = {
   '--events': (o) => (o.events = true),
   '--no-dma-logging': (o) => (o.noDmaLogging = true),
   '--no-verify': (o) => (o.noVerify = true),
+  '--no-handover': (o) => (o.handover = false),
+  '--resume': (o) => (o.resolve = setOnce(o.resolve, 'resume')),
+  '--discard': (o) => (o.resolve = setOnce(o.resolve, 'discard')),
+  '--status': (o) => (o.resolve = setOnce(o.resolve, 'status')),
+}
+
+function setOnce(was: Options['resolve'], now: NonNullable<Options['resolve']>): Options['resolve'] {
+  if (was !== undefined && was !== now) throw new UsageError(`--${was} and --${now} exclude each other`)
+  return now
 }
 
 export function parseArgs(argv: readonly string[]): Parsed {
@@ -142,7 +198,8 @@ export function parseArgs(argv: readonly string[]): Parsed {
         continue
       }
       const set = VALUED[name]
-      if (!set) throw new UsageError(`unknown option ${name} (see --help)`)
+      // errorLine adds the "(see --help)" hint to every usage error.
+      if (!set) throw new UsageError(`unknown option ${name}`)
       let v: string | undefined = eq > 0 ? a.slice(eq + 1) : argv[++i]
       if (v === undefined || (eq < 0 && v.startsWith('--'))) throw new UsageError(`${name} needs a value`)
       set(options, v, name)
@@ -151,9 +208,15 @@ export function parseArgs(argv: readonly string[]): Parsed {
     }
     positional.push(a)
   }
-  if (help) return { command: 'help', options, given }
   const command = (positional.shift() ?? 'help') as Command
-  if (!(command in TAKES_TARGET)) throw new UsageError(`unknown command '${command}' (commands: demo, incoming, migrate, save, restore, analyze)`)
+  if (!Object.hasOwn(TAKES_TARGET, command)) throw new UsageError(`unknown command '${command}' (commands: ${COMMANDS.join(', ')})`)
+  if (help) return { command: 'help', options, given, topic: command === 'help' ? undefined : command }
+  if (command === 'help') {
+    const topic = positional.shift()
+    if (topic !== undefined && !Object.hasOwn(TAKES_TARGET, topic)) throw new UsageError(`help: unknown command '${topic}' (commands: ${COMMANDS.join(', ')})`)
+    if (positional.length) throw new UsageError(`unexpected argument '${positional[0]}'`)
+    return { command, options, given, topic: topic === 'help' ? undefined : topic as Command | undefined }
+  }
   const want = TAKES_TARGET[command]
   let target: string | undefined
   if (want) {
@@ -162,17 +225,153 @@ export function parseArgs(argv: readonly string[]): Parsed {
     if ((command === 'save' || command === 'restore') && !target.startsWith('file:')) {
       throw new UsageError(`${command}: '${target}' is not a file: URI (write file:PATH)`)
     }
+    // A malformed address is the user's mistake, found before any VM is built.
+    if (command !== 'analyze' && command !== 'resolve') {
+      try {
+        parseUri(target)
+      } catch (e) {
+        throw e instanceof UriError ? new UsageError(`${command}: ${e.detail}`) : e
+      }
+    }
   }
   if (positional.length) throw new UsageError(`unexpected argument '${positional[0]}'`)
+  if (command === 'resolve' && options.resolve === undefined) throw new UsageError('resolve needs --resume, --discard or --status')
+  if (command === 'run' && options.qmp === undefined) throw new UsageError('run needs --qmp PATH (its only control is QMP)')
+  if (command !== 'run' && (options.qmp !== undefined || options.incoming !== undefined)) throw new UsageError(`--${options.qmp !== undefined ? 'qmp' : 'incoming'} belongs to the run command`)
+  if (command !== 'resolve' && options.resolve !== undefined) throw new UsageError(`--${options.resolve} belongs to the resolve command`)
   if (options.ram % (2 << 20) !== 0) throw new UsageError(`--ram: ${options.ram} bytes is not a multiple of 2 MiB`)
   if (options.ram < (4 << 20) || options.ram > MAX_RAM) throw new UsageError(`--ram: must be between 4M and ${MAX_RAM / (1 << 20)}M`)
   if (options.workingSet < 4096) throw new UsageError('--working-set: must be at least 4K')
   return { command, target, options, given }
 }
 
+const COMMANDS = ['demo', 'incoming', 'migrate', 'save', 'restore', 'analyze', 'resolve', 'run'] as const
+
+/** Each option's help line; the commands list the ones they use. */
+const OPTION_HELP: Record<string, string> = {
+  '--ram': '--ram SIZE              guest RAM, multiple of 2M [256M]',
+  '--vcpu': '--vcpu auto|kvm|soft    vCPU implementation [auto: KVM when /dev/kvm works]',
+  '--downtime-limit': '--downtime-limit MS     longest acceptable pause [300]',
+  '--max-bandwidth': "--max-bandwidth BYTES   bytes per second, 0 = unlimited [128M, QEMU's default]",
+  '--switchover-ack': '--switchover-ack        destination acks before switchover (VFIO pre-copy)',
+  '--auto-converge': '--auto-converge         throttle the vCPU when dirtying outpaces the link',
+  '--device-state': '--device-state SIZE     emulated VFIO device state, 0 = no device [4M]',
+  '--dirty-rate': '--dirty-rate BYTES      device state dirtied per second while running [1M]',
+  '--dma-rate': '--dma-rate PAGES        device DMA page writes into guest RAM per second [500]',
+  '--no-dma-logging': '--no-dma-logging        device without DMA logging (every DMA page dirty on every sync)',
+  '--working-set': '--working-set SIZE      RAM the vCPU keeps dirtying [8M]',
+  '--run': '--run MS                source runs this long before migrating [500]',
+  '--run-after': '--run-after MS          destination runs this long after loading before it exits [300]',
+  '--no-verify': '--no-verify             incoming/restore: do not hash RAM and device before the VM starts (shorter downtime)',
+  '--after-failure': '--after-failure MS      migrate/save: if the migration fails or is cancelled (SIGINT), keep the resumed guest\n' +
+    '                          running MS, check it (digests, checksum, counter) and report it; exit code stays 1',
+  '--events': '--events                JSON event lines on stdout (status, throttle, starting, completed, failed)',
+  '--json': '--json                  machine-readable output',
+  '--no-handover': '--no-handover           without the handover (for a QEMU peer): the destination starts by itself',
+  '--link-timeout': '--link-timeout MS       no data from the peer this long: the link is down, 0 = never [15000]',
+  '--handover-timeout': '--handover-timeout MS   each wait of the handover: READY, GO, STARTED [30000]',
+  '--handshake-timeout': '--handshake-timeout MS  incoming: drop a peer that sends no stream header this long [5000]',
+  '--incoming-timeout': '--incoming-timeout MS   incoming: give up when no source came this long, 0 = never [600000]',
+  '--control': '--control PATH          the socket `resolve` talks to in handover-unknown [a new private dir in $TMPDIR]',
+  '--resume': '--resume                resolve: run the guest on this side (do it on exactly one side)',
+  '--discard': '--discard               resolve: give this side\'s copy up (the other side runs it)',
+  '--status': '--status                resolve: only show the side\'s status',
+  '--qmp': '--qmp PATH              run: serve QMP on this unix socket (the only control of the VM)',
+  '--incoming': '--incoming defer|URI    run: a destination, like QEMU\'s -incoming (defer: wait for migrate-incoming)',
+  '--help': '-h, --help              this text',
+}
+
+// Both sides build the same microVM from these (they must match, see docs/cli.md).
+const VM = ['--ram', '--vcpu', '--device-state', '--switchover-ack', '--working-set', '--dirty-rate', '--dma-rate', '--no-dma-logging']
+const SOURCE = ['--downtime-limit', '--max-bandwidth', '--auto-converge', '--run']
+// Both sides of a handover; the incoming side has its own two.
+const LINK = ['--no-handover', '--link-timeout', '--handover-timeout', '--control']
+const INCOMING = ['--handshake-timeout', '--incoming-timeout']
+
+interface CommandHelp {
+  usage: string
+  about: string
+  options: string[]
+  examples: string[]
+}
+
+const COMMAND_HELP: Record<Exclude<Command, 'help'>, CommandHelp> = {
+  demo: {
+    usage: 'demo [OPTIONS]',
+    about: 'Spawns a destination process (incoming tcp:127.0.0.1:0), runs a microVM here for --run ms, migrates it\n' +
+      'over loopback TCP and checks that the guest arrived intact (digests, counters, checksum). Exit 1 if a check fails.',
+    options: [...VM, ...SOURCE, '--run-after', '--json'],
+    examples: ['vmm-migrate demo', 'vmm-migrate demo --ram 64M --vcpu soft --json'],
+  },
+  incoming: {
+    usage: 'incoming URI [OPTIONS]',
+    about: 'Creates a destination microVM, receives a migration on URI (tcp:HOST:PORT with port 0 allowed, unix:PATH,\n' +
+      'file:PATH, exec:COMMAND, fd:N), starts the VM, lets it run --run-after ms, stops it and reports.\n' +
+      'Give it the same VM options as the source.',
+    options: [...VM, '--run-after', '--no-verify', ...LINK, ...INCOMING, '--events', '--json'],
+    examples: ['vmm-migrate incoming tcp:0.0.0.0:4444 --ram 1G'],
+  },
+  migrate: {
+    usage: 'migrate URI [OPTIONS]',
+    about: 'Connects to URI (a destination started with incoming), then creates a source microVM, runs it --run ms,\n' +
+      "migrates it and prints the stats and the source's digests. SIGINT cancels: the guest runs on here.",
+    options: [...VM, ...SOURCE, ...LINK, '--after-failure', '--events', '--json'],
+    examples: ['vmm-migrate migrate tcp:hostB:4444 --ram 1G --max-bandwidth 1G'],
+  },
+  save: {
+    usage: 'save file:PATH [OPTIONS]',
+    about: 'Like migrate, into a file: a live save (the VM runs during pre-copy).',
+    options: [...VM, ...SOURCE, '--after-failure', '--events', '--json'],
+    examples: ['vmm-migrate save file:/tmp/vm.sav --ram 32M'],
+  },
+  restore: {
+    usage: 'restore file:PATH [OPTIONS]',
+    about: 'Like incoming, from a file: loads a saved microVM, prints the digests save printed, then runs the guest.',
+    options: [...VM, '--run-after', '--no-verify', '--events', '--json'],
+    examples: ['vmm-migrate restore file:/tmp/vm.sav --ram 32M'],
+  },
+  analyze: {
+    usage: 'analyze FILE',
+    about: 'Decodes a saved stream (ours or QEMU\'s) into JSON on stdout: header, configuration, sections, RAM,\n' +
+      'VFIO, vmdesc.',
+    options: [],
+    examples: ['vmm-migrate analyze /tmp/vm.sav > vm.json'],
+  },
+  resolve: {
+    usage: 'resolve CONTROL --resume|--discard|--status',
+    about: 'Settles a side that stopped in handover-unknown (it lost the other side after the go-ahead, or while\n' +
+      'waiting for it, and cannot know whether the guest runs there). CONTROL is the socket that side printed.\n' +
+      'Find out which side runs the guest, if any: a source that reports "failed" runs it; a destination that\n' +
+      'completed runs it. Then --discard every side in handover-unknown whose peer runs the guest; if no side\n' +
+      'runs it, --resume exactly one of them (either holds the state the source stopped with) and --discard the other.',
+    options: ['--json'],
+    examples: ['vmm-migrate resolve /tmp/vmm-migrate-Xb3k9a/control --resume'],
+  },
+  run: {
+    usage: 'run --qmp PATH [--incoming defer|URI] [OPTIONS]',
+    about: 'A long-running microVM controlled only through QMP on PATH (docs/qmp.md), like\n' +
+      'qemu-system-x86_64 -qmp unix:PATH,server [-incoming defer]: a source runs its guest at once; with --incoming it\n' +
+      'waits for a migration (defer: for migrate-incoming). Runs until quit, SIGINT/SIGTERM, or a failed incoming\n' +
+      'migration (exit 1, as QEMU). The migration options give the initial parameters and capabilities.',
+    options: ['--qmp', '--incoming', ...VM, '--downtime-limit', '--max-bandwidth', '--auto-converge', '--no-verify', ...LINK.filter((o) => o !== '--control'), ...INCOMING],
+    examples: ['vmm-migrate run --qmp /tmp/dst.qmp --incoming defer --ram 64M', 'vmm-migrate run --qmp /tmp/src.qmp --ram 64M'],
+  },
+}
+
+/** The help of one command: usage, what it does, its options, an example. */
+export function commandHelp(command: Command): string {
+  if (command === 'help') return HELP
+  const h = COMMAND_HELP[command]
+  const options = [...h.options, '--help'].map((o) => `  ${OPTION_HELP[o]!}`).join('\n')
+  const heading = h.options.length ? 'options (defaults in brackets)' : 'options'
+  return `usage: vmm-migrate ${h.usage}\n\n${h.about}\n\n${heading}:\n${options}\n\n` +
+    `example${h.examples.length > 1 ? 's' : ''}:\n${h.examples.map((e) => `  ${e}`).join('\n')}\n`
+}
+
 export const HELP = `vmm-migrate: live-migrate a running microVM (RAM, vCPU, a timer device and an emulated VFIO device)
 
 usage: vmm-migrate COMMAND [ARG] [OPTIONS]
+       vmm-migrate COMMAND --help      that command's usage, options and an example
 
 commands:
   demo                 migrate a running microVM to a child process over loopback TCP and verify it (npm start)
@@ -181,25 +380,9 @@ commands:
   save file:PATH       start a microVM and save it (live) to a file
   restore file:PATH    load a saved microVM and start it
   analyze FILE         decode a saved stream into JSON (header, configuration, sections, RAM, VFIO, vmdesc)
+  resolve CONTROL      settle a side stopped in handover-unknown: --resume (run the guest there) or --discard
+  run --qmp PATH       a long-running microVM controlled through QMP (--incoming defer|URI: a destination)
 
 options (defaults in brackets):
-  --ram SIZE              guest RAM, multiple of 2M [256M]
-  --vcpu auto|kvm|soft    vCPU implementation [auto: KVM when /dev/kvm works]
-  --downtime-limit MS     longest acceptable pause [300]
-  --max-bandwidth BYTES   bytes per second, 0 = unlimited [128M, QEMU's default]
-  --switchover-ack        destination acks before switchover (VFIO pre-copy)
-  --auto-converge         throttle the vCPU when dirtying outpaces the link
-  --device-state SIZE     emulated VFIO device state, 0 = no device [4M]
-  --dirty-rate BYTES      device state dirtied per second while running [1M]
-  --dma-rate PAGES        device DMA page writes into guest RAM per second [500]
-  --no-dma-logging        device without DMA logging (every DMA page dirty on every sync)
-  --working-set SIZE      RAM the vCPU keeps dirtying [8M]
-  --run MS                source runs this long before migrating [500]
-  --run-after MS          destination runs this long after loading before it exits [300]
-  --no-verify             incoming/restore: do not hash RAM and device before the VM starts (shorter downtime)
-  --after-failure MS      migrate/save: if the migration fails or is cancelled (SIGINT), keep the resumed guest
-                          running MS, check it (digests, checksum, counter) and report it; exit code stays 1
-  --events                JSON event lines on stdout (status, throttle, starting, completed, failed)
-  --json                  machine-readable output
-  -h, --help              this text
+${Object.values(OPTION_HELP).map((l) => `  ${l}`).join('\n')}
 `

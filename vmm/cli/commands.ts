@@ -1,11 +1,16 @@
 // The subcommands that run one side of a migration: migrate/save (source)
 // and incoming/restore (destination).
 import { readFile } from 'node:fs/promises'
-import { migrate, incoming, OutgoingMigration, MigrationError, type MigrationStats, type MigrationStatus } from '../migration/index.js'
+import { migrate, IncomingMigration, OutgoingMigration, MigrationError, type MigrationStats, type MigrationStatus } from '../migration/index.js'
+import type { RunState } from '../runstate/index.js'
+import { serveControl, controlRequest, type ControlServer, type ControlRequest } from './control.js'
+import { connect } from '../channel/connect.js'
+import { fileHeader } from '../savevm/writer.js'
+import type { Channel } from '../channel/types.js'
 import type { MicroVm, Verification } from '../microvm/index.js'
 import type { Options } from './args.js'
 import { createMicroVm, parameters, capabilities, sleep } from './vm-options.js'
-import { progressLine, statsRows, table } from './format.js'
+import { downtimeReport, progressLine, statsRows, table } from './format.js'
 import { toJson } from './analyze.js'
 import { reportAfterFailure } from './after-failure.js'
 
@@ -41,7 +46,7 @@ export function consoleOut(): Out {
 
 export function verificationRows(v: Verification): [string, string][] {
   return [
-    ['RAM sha256', v.ramDigest],
+    ['RAM blake3', v.ramDigest],
     ['device digest', v.deviceDigest || '(no device)'],
     ['vCPU counter', v.counter],
     ['guest checksum', `0x${v.checksum.toString(16).padStart(8, '0')} (${v.checksumConsistent ? 'matches RAM' : 'DOES NOT match RAM'})`],
@@ -52,6 +57,58 @@ export function verificationRows(v: Verification): [string, string][] {
 export interface SourceHooks {
   onStatus?(s: MigrationStatus): void
   onProgress?(s: MigrationStats): void
+  /** Events beyond the status (handover-unknown with its control socket). */
+  onEvent?(e: Record<string, unknown>): void
+}
+
+/**
+ * While `m` is in handover-unknown, serve `vmm-migrate resolve` on a control
+ * socket and say where: an event (--events) and a line on stderr, always.
+ * Returns the function that stops serving.
+ */
+export function watchHandover(
+  m: OutgoingMigration | IncomingMigration, role: 'source' | 'destination', runState: () => RunState, o: Options,
+  event?: (e: Record<string, unknown>) => void,
+): () => Promise<void> {
+  let opening: Promise<ControlServer | undefined> | undefined
+  const target = { role, status: () => m.status as string, runState, resolve: (a: 'resume' | 'discard') => m.resolve(a) }
+  const onStatus = (s: string) => {
+    if (s === 'handover-unknown' && !opening) {
+      // A --control path that cannot be used must not leave the side unreachable.
+      opening = serveControl(target, o.control).catch(() => serveControl(target)).then((srv) => {
+        event?.({ event: 'handover-unknown', role, reason: m.reason, control: srv.path, runState: runState() })
+        process.stderr.write(`vmm-migrate: the ${role} is in handover-unknown: ${m.reason}\n` +
+          `vmm-migrate: the guest is paused here. Find out whether the other side runs it, then run\n` +
+          `  vmm-migrate resolve ${srv.path} --resume   (on exactly one side)   or   --discard\n`)
+        return srv
+      }, (e: Error) => {
+        process.stderr.write(`vmm-migrate: the ${role} is in handover-unknown and cannot serve resolve: ${e.message}\n`)
+        return undefined
+      })
+    } else if (s !== 'handover-unknown' && opening) {
+      const o2 = opening
+      opening = undefined
+      void o2.then((srv) => srv?.close())
+    }
+  }
+  // Both migrations report their status as a string; one listener serves either.
+  const em = m as unknown as { on(e: 'status', f: (s: string) => void): void; off(e: 'status', f: (s: string) => void): void }
+  em.on('status', onStatus)
+  return async () => {
+    em.off('status', onStatus)
+    const srv = await opening
+    await srv?.close()
+  }
+}
+
+/** resolve CONTROL --resume|--discard|--status: ask a side in handover-unknown. */
+export async function cmdResolve(path: string, o: Options, out: Out): Promise<number> {
+  const req: ControlRequest = o.resolve === 'status' ? { op: 'status' } : { op: 'resolve', action: o.resolve as 'resume' | 'discard' }
+  const r = await controlRequest(path, req)
+  if (o.json) out.line(JSON.stringify(r))
+  else if (r.ok) out.line(`${r.role}: ${r.status}, guest ${r.runState}`)
+  else out.line(`${r.role}: refused: ${r.error} (still ${r.status}, guest ${r.runState})`)
+  return r.ok ? 0 : 1
 }
 
 const jsonLine = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x))
@@ -72,25 +129,34 @@ export async function maxRssBytes(): Promise<number> {
 }
 
 /**
- * Run `vm` for --run ms, migrate it to `uri`, verify it with the VM stopped.
- * The VM is left to the caller, also on failure.
+ * Run `vm` for --run ms, migrate it to `uri` (or over a channel already
+ * open), verify it with the VM stopped. The VM is left to the caller, also
+ * on failure.
  */
-export async function migrateVm(vm: MicroVm, uri: string, o: Options, out: Out, signal?: AbortSignal, hooks: SourceHooks = {}): Promise<{ stats: MigrationStats; verification: Verification }> {
+export async function migrateVm(vm: MicroVm, uri: string | Channel, o: Options, out: Out, signal?: AbortSignal, hooks: SourceHooks = {}): Promise<{ stats: MigrationStats; verification: Verification }> {
   await sleep(o.runMs, signal)
+  // A channel comes from cmdMigrate, which sent the file header on it at once.
+  const fileHeaderSent = typeof uri !== 'string'
   // An abort listener added to an already aborted signal never fires: a
   // SIGINT during --run would otherwise be ignored and the migration run.
-  if (signal?.aborted) throw new MigrationError('migration cancelled before it started', 'ECANCELED')
-  const m = new OutgoingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), signal })
+  if (signal?.aborted) {
+    // A destination already connected hears that the source cancelled, not a cut stream.
+    if (typeof uri !== 'string') await new OutgoingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), fileHeaderSent }).abandon(uri)
+    throw new MigrationError('migration cancelled before it started', 'ECANCELED')
+  }
+  const m = new OutgoingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), signal, fileHeaderSent })
   if (hooks.onStatus) m.on('status', hooks.onStatus)
   m.on('progress', (s) => {
     hooks.onProgress?.(s)
     if (!o.json && !o.events) out.progress(progressLine(s))
   })
+  const unwatch = watchHandover(m, 'source', () => vm.vm.state, o, hooks.onEvent)
   let stats: MigrationStats
   try {
     stats = await m.start(uri)
   } finally {
     out.done()
+    await unwatch()
   }
   // The source is left in postmigrate: vCPU quiesced, device stopped, RAM as sent.
   const verification = await vm.verify()
@@ -110,6 +176,24 @@ export async function runSource(uri: string, o: Options, out: Out, signal?: Abor
 
 export async function cmdMigrate(uri: string, o: Options, out: Out, signal?: AbortSignal): Promise<number> {
   const event = (e: Record<string, unknown>) => out.line(jsonLine(e))
+  // Reach the destination first: a wrong address or a destination that is
+  // not there shows in milliseconds, not after building a large guest. The
+  // same channel then carries the migration, since a destination takes the
+  // first connection it accepts as its source (a probe would be one).
+  const channel = await connect(uri, { signal })
+  try {
+    // The stream's first bytes at once: a destination that drops peers
+    // sending no stream (its handshake-timeout, 5 s) keeps this one while a
+    // large guest is built and runs --run ms.
+    await channel.writev([fileHeader()])
+    return await migrateOver(channel, o, out, event, signal)
+  } finally {
+    // Already closed when the migration ran; not when it never started.
+    await channel.close().catch(() => undefined)
+  }
+}
+
+async function migrateOver(channel: Channel, o: Options, out: Out, event: (e: Record<string, unknown>) => void, signal?: AbortSignal): Promise<number> {
   const vm = await createMicroVm('source', o)
   // The guest runs and SIGINT now cancels: what a supervisor waits for.
   if (o.events) event({ event: 'running', vcpu: vm.vcpu.kind, ramSize: o.ram })
@@ -126,11 +210,12 @@ export async function cmdMigrate(uri: string, o: Options, out: Out, signal?: Abo
       if (o.events && s.cpuThrottlePercentage !== throttle) event({ event: 'throttle', percent: s.cpuThrottlePercentage, iterations: s.iterations })
       throttle = s.cpuThrottlePercentage
     },
+    onEvent: o.events ? event : undefined,
   }
   try {
     let result: { stats: MigrationStats; verification: Verification }
     try {
-      result = await migrateVm(vm, uri, o, out, signal, hooks)
+      result = await migrateVm(vm, channel, o, out, signal, hooks)
     } catch (e) {
       if (o.afterFailureMs === undefined) throw e
       // The guest must have survived: show it, then fail as usual.
@@ -142,9 +227,10 @@ export async function cmdMigrate(uri: string, o: Options, out: Out, signal?: Abo
     }
     const { stats, verification } = result
     const rss = await maxRssBytes()
-    if (o.events) event({ event: 'completed', stats, verification, maxThrottle, maxRssBytes: rss })
-    else if (o.json) out.line(toJson({ stats, verification, maxThrottle, maxRssBytes: rss }))
-    else out.line(`migration ${stats.status}\n${table([...statsRows(stats), ...verificationRows(verification)])}`)
+    const downtime = downtimeReport(stats, o.downtimeLimitMs)
+    if (o.events) event({ event: 'completed', stats, downtime, verification, maxThrottle, maxRssBytes: rss })
+    else if (o.json) out.line(toJson({ stats, downtime, verification, maxThrottle, maxRssBytes: rss }))
+    else out.line(`migration ${stats.status}\n${table([...statsRows(stats, o.downtimeLimitMs), ...verificationRows(verification)])}`)
     return verification.checksumConsistent ? 0 : 1
   } finally {
     await vm.destroy().catch(() => undefined)
@@ -154,6 +240,8 @@ export async function cmdMigrate(uri: string, o: Options, out: Out, signal?: Abo
 export interface IncomingReport {
   loadTimeMs: number
   resumeTimeMs: number
+  /** The part of resumeTimeMs (and so of the downtime) spent on the verification below, ms. */
+  verificationMs: number
   /** Recorded after loading, before the vCPU started (absent with --no-verify). */
   loaded?: Verification
   /** Counter when the VM started here. */
@@ -167,16 +255,27 @@ export interface IncomingReport {
   maxRssBytes?: number
 }
 
-/** Destination side: receive, start, let the guest run, check it, stop. */
-export async function runIncoming(uri: string, o: Options, onListening: (address: string) => void, signal?: AbortSignal, onStarting?: () => void): Promise<IncomingReport> {
+/**
+ * Destination side: receive, start, let the guest run, check it, stop.
+ * `event` gets 'ready' (READY sent, waiting for GO), 'peer-dropped' and
+ * 'handover-unknown'.
+ */
+export async function runIncoming(uri: string, o: Options, onListening: (address: string) => void, signal?: AbortSignal, onStarting?: () => void, event?: (e: Record<string, unknown>) => void): Promise<IncomingReport> {
   const vm = await createMicroVm('dest', o, !o.noVerify)
   if (onStarting) {
     // First of all prepare callbacks: the stream is loaded to its end, nothing
     // runs yet and the source has not been told (the window a test kills in).
     vm.vm.addChangeStateHandler({ name: 'cli-starting', priority: -2000, prepare: (running) => { if (running) onStarting() }, cb: () => undefined })
   }
+  const m = new IncomingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), onListening, signal })
+  m.on('status', (s) => { if (s === 'ready') event?.({ event: 'ready' }) })
+  m.on('peer-dropped', (e) => {
+    event?.({ event: 'peer-dropped', ...e })
+    process.stderr.write(`vmm-migrate: dropped a peer (${e.peer}): ${e.reason}; still listening\n`)
+  })
+  const unwatch = watchHandover(m, 'destination', () => vm.vm.state, o, event)
   try {
-    const res = await incoming(vm, uri, { capabilities: capabilities(o), onListening, signal })
+    const res = await m.start(uri).finally(unwatch)
     const counterAtStart = vm.vcpuCounter().toString()
     const loaded = await vm.verificationBeforeStart()
     if (!loaded && !o.noVerify) throw new Error('the VM started without the verification step')
@@ -186,6 +285,7 @@ export async function runIncoming(uri: string, o: Options, onListening: (address
     return {
       loadTimeMs: res.loadTimeMs,
       resumeTimeMs: res.resumeTimeMs,
+      verificationMs: res.verificationMs,
       loaded,
       counterAtStart: loaded?.counter ?? counterAtStart,
       counterAfter: after.counter,
@@ -202,14 +302,14 @@ export async function cmdIncoming(uri: string, o: Options, out: Out, signal?: Ab
   const report = await runIncoming(uri, o, (address) => {
     if (o.events) event({ event: 'listening', address })
     else if (!o.json) out.line(address.startsWith('file:') ? `reading ${address}` : `listening on ${address}`)
-  }, signal, o.events ? () => event({ event: 'starting' }) : undefined)
+  }, signal, o.events ? () => event({ event: 'starting' }) : undefined, o.events ? event : undefined)
   report.maxRssBytes = await maxRssBytes()
   const ok = (report.loaded?.checksumConsistent ?? true) && report.checksumConsistentAfter &&
     (o.runAfterMs === 0 || BigInt(report.counterAfter) > BigInt(report.counterAtStart))
   if (o.events) event({ event: 'completed', report })
   else if (o.json) out.line(toJson(report))
   else {
-    const hashing = report.loaded ? ` (includes ${report.loaded.hashMs.toFixed(0)} ms of verification hashing)` : ''
+    const hashing = report.loaded ? ` (includes ${report.verificationMs.toFixed(0)} ms of verification)` : ''
     out.line(`incoming migration completed: loaded in ${report.loadTimeMs.toFixed(1)} ms, VM running ${report.resumeTimeMs.toFixed(1)} ms later${hashing}`)
     out.line(table([
       ...(report.loaded ? verificationRows(report.loaded) : [['vCPU counter', report.counterAtStart] as [string, string]]),

@@ -13,7 +13,8 @@ export class AnalyzeError extends Error {
 }
 
 export class FileReader {
-  private buf = Buffer.alloc(0)
+  private buf: Buffer = Buffer.alloc(0)
+  private window: Buffer | undefined
   /** File offset of buf[0]. */
   private bufAt = 0
   pos = 0
@@ -29,7 +30,10 @@ export class FileReader {
     if (this.pos + n > this.size) throw new AnalyzeError(`file ends inside ${what}: needs ${n} bytes, ${this.size - this.pos} left`, this.pos)
     if (this.pos >= this.bufAt && this.pos + n <= this.bufAt + this.buf.length) return
     const len = Math.min(Math.max(n, WINDOW), this.size - this.pos)
-    const b = Buffer.allocUnsafe(len)
+    // One window, refilled: everything handed out of it is a copy, and a
+    // fresh megabyte per window left gigabytes of garbage for the collector.
+    if (!this.window || this.window.length < len) this.window = Buffer.allocUnsafe(len)
+    const b = this.window.subarray(0, len)
     let got = 0
     while (got < len) {
       const { bytesRead } = await this.fh.read(b, got, len - got, this.pos + got)

@@ -3,17 +3,17 @@
 // one line on stderr and a non-zero exit code, never a stack trace.
 import { realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
-import { parseArgs, UsageError, HELP, type Parsed } from './args.js'
-import { cmdIncoming, cmdMigrate, consoleOut, type Out } from './commands.js'
+import { parseArgs, UsageError, HELP, commandHelp, type Parsed } from './args.js'
+import { cmdIncoming, cmdMigrate, cmdResolve, consoleOut, type Out } from './commands.js'
 import { cmdDemo } from './demo.js'
-import { analyzeFile, toJson, AnalyzeError } from './analyze.js'
+import { writeAnalysis, AnalyzeError } from './analyze.js'
 
 export async function run(argv: readonly string[], out: Out, signal?: AbortSignal): Promise<number> {
   const p: Parsed = parseArgs(argv)
   const o = p.options
   switch (p.command) {
     case 'help':
-      out.line(HELP)
+      out.line(p.topic ? commandHelp(p.topic) : HELP)
       return 0
     case 'demo':
       return cmdDemo(p, out, signal)
@@ -25,8 +25,13 @@ export async function run(argv: readonly string[], out: Out, signal?: AbortSigna
     case 'save':
       return cmdMigrate(p.target!, o, out, signal)
     case 'analyze':
-      out.line(toJson(await analyzeFile(p.target!.replace(/^file:/, ''))))
+      await writeAnalysis(p.target!.replace(/^file:/, ''), (l) => out.line(l))
       return 0
+    case 'resolve':
+      return cmdResolve(p.target!, o, out)
+    case 'run':
+      // Loaded only for run: the one-shot commands' peak RSS is held to a bound (tests/e2e).
+      return (await import('./run.js')).cmdRun(o, out, signal)
   }
 }
 

@@ -20,11 +20,14 @@ export async function createMicroVm(role: 'source' | 'dest', o: Options, verifyB
 }
 
 export function parameters(o: Options): Partial<MigrationParameters> {
-  return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidth: o.maxBandwidth }
+  return {
+    downtimeLimitMs: o.downtimeLimitMs, maxBandwidth: o.maxBandwidth, linkTimeoutMs: o.linkTimeoutMs,
+    handoverTimeoutMs: o.handoverTimeoutMs, handshakeTimeoutMs: o.handshakeTimeoutMs, incomingTimeoutMs: o.incomingTimeoutMs,
+  }
 }
 
 export function capabilities(o: Options): Partial<MigrationCapabilities> {
-  return { switchoverAck: o.switchoverAck, autoConverge: o.autoConverge }
+  return { switchoverAck: o.switchoverAck, autoConverge: o.autoConverge, handover: o.handover }
 }
 
 /** Resolves after `ms`, or early once `signal` aborts (the caller checks which). */

@@ -13,11 +13,17 @@ import {
 const ETIMEDOUT = 110
 const EIO = 5
 
-/** Native errors end in "(errno N)"; keep N on the JS error. */
+/**
+ * The addon's errors carry `errno`, `code` and `syscall` (vmm-native's
+ * js_error); keep errno and syscall on the MachineError, the native error as
+ * its cause. Anything else is EIO.
+ */
 export function fromNative(e: unknown): MachineError {
-  const msg = e instanceof Error ? e.message : String(e)
-  const m = /\(errno (\d+)\)\s*$/.exec(msg)
-  return new MachineError(msg, m ? Number(m[1]) : EIO)
+  if (e instanceof MachineError) return e
+  const ne = e as { errno?: unknown; syscall?: unknown } | null | undefined
+  const errno = typeof ne?.errno === 'number' && Number.isInteger(ne.errno) && ne.errno > 0 ? ne.errno : EIO
+  const syscall = typeof ne?.syscall === 'string' ? ne.syscall : undefined
+  return new MachineError(e instanceof Error ? e.message : String(e), errno, { syscall, cause: e })
 }
 
 async function call<T>(p: () => Promise<T>): Promise<T> {

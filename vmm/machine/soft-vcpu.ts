@@ -3,7 +3,7 @@
 // shared bitmap the worker sets and syncDirtyLog() reads-and-clears atomically.
 import { Worker } from 'node:worker_threads'
 import { GuestMemory } from './guest-memory.js'
-import { softWorkerMain, type SoftStopped, type SoftWorkerData } from './soft-worker.js'
+import { SOFT_WORKER_ROLE, type SoftStopped, type SoftWorkerData } from './soft-worker.js'
 import type { StopInfo, Vcpu, VcpuState } from './vcpu.js'
 import { WorkloadVcpu } from './workload-vcpu.js'
 import { DEFAULT_QUIESCE_MS } from './vcpu.js'
@@ -19,8 +19,10 @@ const EIO = 5
 const MAGIC = 'SOFTCPU1'
 const STATE_BYTES = 8 + 5 * 4
 
-// tsx/esbuild may wrap named functions in __name(); the eval'd worker has no such helper.
-const WORKER_SOURCE = `var __name = (f) => f;\n(${softWorkerMain.toString()})(require('node:worker_threads'))`
+// The worker's module beside this one: soft-worker.js once built, soft-worker.ts
+// when the sources run under a TypeScript loader (tests), which the worker
+// inherits with the process's execArgv.
+const WORKER_URL = new URL(import.meta.url.endsWith('.ts') ? './soft-worker.ts' : './soft-worker.js', import.meta.url)
 
 export class SoftVcpu extends WorkloadVcpu implements Vcpu {
   readonly kind = 'soft' as const
@@ -47,8 +49,8 @@ export class SoftVcpu extends WorkloadVcpu implements Vcpu {
     this.ctrl = new Int32Array(ctrl)
     this.p = p
     installControlBlock(this.memory.bytes, p)
-    const workerData: SoftWorkerData = { mem, dirty, ctrl, ctlAddr: CTL_ADDR }
-    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData })
+    const workerData: SoftWorkerData = { role: SOFT_WORKER_ROLE, mem, dirty, ctrl, ctlAddr: CTL_ADDR }
+    this.worker = new Worker(WORKER_URL, { workerData })
     this.worker.on('message', (m: SoftStopped | { type: 'ready' }) => {
       if (m.type === 'stopped') this.onStopped(m)
     })

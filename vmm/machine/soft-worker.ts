@@ -1,14 +1,19 @@
 // The software vCPU's execution engine: the workload of guest/workload.S as a
-// state machine over the shared RAM. It runs in a worker_thread created from
-// this function's source (eval), so it must not close over anything: all it
-// needs arrives in workerData. Registers = [phase, x, cursor, left, spinLeft].
+// state machine over the shared RAM. This file is the worker thread's own
+// module (SoftVcpu starts it by URL), so it is loaded, type-checked and
+// covered like any other. Registers = [phase, x, cursor, left, spinLeft].
+import * as threads from 'node:worker_threads'
+import { CTL } from './workload.js'
 
-export const PHASE_TOP = 0 // check the stop flag, load rng/cursor/pagesPerIter
-export const PHASE_WRITE = 1 // one xorshift step and one page write
-export const PHASE_SPIN = 2 // busy loop after an iteration
-export const PHASE_DONE = 3 // store rng/cursor, counter += 1
+const PHASE_TOP = 0 // check the stop flag, load rng/cursor/pagesPerIter
+const PHASE_WRITE = 1 // one xorshift step and one page write
+const PHASE_SPIN = 2 // busy loop after an iteration
+const PHASE_DONE = 3 // store rng/cursor, counter += 1
+/** workerData.role of a soft vCPU's thread: any other worker importing this module is left alone. */
+export const SOFT_WORKER_ROLE = 'vmm-migration/soft-vcpu'
 
 export interface SoftWorkerData {
+  role: typeof SOFT_WORKER_ROLE
   mem: SharedArrayBuffer
   dirty: SharedArrayBuffer
   ctrl: SharedArrayBuffer
@@ -40,20 +45,20 @@ export function softWorkerMain(wt: typeof import('node:worker_threads')): void {
     let error: string | undefined
     for (;;) {
       if (Atomics.load(ctrl, 0) !== 0) break
-      if (phase === 0) {
-        if (Atomics.load(u32, C + 12) !== 0) {
+      if (phase === PHASE_TOP) {
+        if (Atomics.load(u32, C + CTL.stop / 4) !== 0) {
           reason = 'guest-exit'
           break
         }
-        x = u32[C + 5]!
-        cur = u32[C + 6]!
-        left = u32[C + 10]!
-        phase = left === 0 ? 3 : 1
-      } else if (phase === 1) {
+        x = u32[C + CTL.rng / 4]!
+        cur = u32[C + CTL.cursor / 4]!
+        left = u32[C + CTL.pagesPerIter / 4]!
+        phase = left === 0 ? PHASE_DONE : PHASE_WRITE
+      } else if (phase === PHASE_WRITE) {
         x = (x ^ (x << 13)) >>> 0
         x = (x ^ (x >>> 17)) >>> 0
         x = (x ^ (x << 5)) >>> 0
-        const page = u32[C + 8]! + cur
+        const page = u32[C + CTL.regionStart / 4]! + cur
         if (page >= pages) {
           reason = 'error'
           error = `soft vCPU: workload wrote page ${page}, outside guest RAM of ${pages} pages`
@@ -62,24 +67,24 @@ export function softWorkerMain(wt: typeof import('node:worker_threads')): void {
         const w = page * 1024 + ((x & 0xffc) >>> 2)
         const old = u32[w]!
         u32[w] = x
-        u32[C + 4] = (u32[C + 4]! + x - old) >>> 0
+        u32[C + CTL.checksum / 4] = (u32[C + CTL.checksum / 4]! + x - old) >>> 0
         Atomics.or(dirty, page >>> 5, 1 << (page & 31))
         Atomics.or(dirty, ctlWord, ctlBit)
-        cur = cur + 1 >= u32[C + 9]! ? 0 : cur + 1
+        cur = cur + 1 >= u32[C + CTL.regionPages / 4]! ? 0 : cur + 1
         left = (left - 1) >>> 0
-        if (left === 0) phase = 3
-      } else if (phase === 3) {
-        u32[C + 5] = x
-        u32[C + 6] = cur
-        const lo = (u32[C + 2]! + 1) >>> 0
-        u32[C + 2] = lo
-        if (lo === 0) u32[C + 3] = (u32[C + 3]! + 1) >>> 0
+        if (left === 0) phase = PHASE_DONE
+      } else if (phase === PHASE_DONE) {
+        u32[C + CTL.rng / 4] = x
+        u32[C + CTL.cursor / 4] = cur
+        const lo = (u32[C + CTL.counter / 4]! + 1) >>> 0
+        u32[C + CTL.counter / 4] = lo
+        if (lo === 0) u32[C + CTL.counter / 4 + 1] = (u32[C + CTL.counter / 4 + 1]! + 1) >>> 0
         Atomics.or(dirty, ctlWord, ctlBit)
-        spinLeft = u32[C + 11]!
-        phase = spinLeft === 0 ? 0 : 2
-      } else if (phase === 2) {
+        spinLeft = u32[C + CTL.spin / 4]!
+        phase = spinLeft === 0 ? PHASE_TOP : PHASE_SPIN
+      } else if (phase === PHASE_SPIN) {
         spinLeft = (spinLeft - 1) >>> 0
-        if (spinLeft === 0) phase = 0
+        if (spinLeft === 0) phase = PHASE_TOP
       } else {
         reason = 'error'
         error = `soft vCPU: invalid phase ${phase}`
@@ -92,3 +97,5 @@ export function softWorkerMain(wt: typeof import('node:worker_threads')): void {
   })
   port.postMessage({ type: 'ready' })
 }
+
+if (!threads.isMainThread && (threads.workerData as Partial<SoftWorkerData> | null)?.role === SOFT_WORKER_ROLE) softWorkerMain(threads)

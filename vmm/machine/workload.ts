@@ -1,6 +1,7 @@
 // The guest program's memory contract, shared by both vCPUs. The numbers
 // mirror crates/kvm-core/src/layout.rs (the tests compare them with
 // native.kvmLayout()); the algorithm mirrors crates/kvm-core/guest/workload.S.
+import { constants } from 'node:os'
 
 export const PAGE_SIZE = 4096
 export const RAM_ALIGN = 2 * 1024 * 1024
@@ -46,12 +47,23 @@ export function defaultParams(ramSize: number): WorkloadParams {
   }
 }
 
+// First name wins: EAGAIN over EWOULDBLOCK, EDEADLK over EDEADLOCK.
+const ERRNO_NAMES = new Map<number, string>()
+for (const [name, n] of Object.entries(constants.errno)) if (!ERRNO_NAMES.has(n)) ERRNO_NAMES.set(n, name)
+
 export class MachineError extends Error {
+  /** Positive errno, as the kernel would return it. */
   readonly errno: number
-  constructor(message: string, errno: number) {
-    super(message)
+  /** The errno's name ('EBUSY'), as Node's own errors carry it. */
+  readonly code: string
+  /** For a native failure, the ioctl or call that failed ('KVM_RUN', 'Machine::start'). */
+  readonly syscall?: string
+  constructor(message: string, errno: number, options?: { syscall?: string; cause?: unknown }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause })
     this.name = 'MachineError'
     this.errno = errno
+    this.code = ERRNO_NAMES.get(errno) ?? 'EUNKNOWN'
+    if (options?.syscall !== undefined) this.syscall = options.syscall
   }
 }
 
@@ -108,15 +120,6 @@ export function writeCtl(mem: Uint8Array, off: number, v: number): void {
 
 export function readCounter(mem: Uint8Array): bigint {
   return view(mem).getBigUint64(CTL_ADDR + CTL.counter, true)
-}
-
-export function readParams(mem: Uint8Array): Omit<WorkloadParams, 'seed'> {
-  return {
-    regionStart: readCtl(mem, CTL.regionStart),
-    regionPages: readCtl(mem, CTL.regionPages),
-    pagesPerIter: readCtl(mem, CTL.pagesPerIter),
-    spin: readCtl(mem, CTL.spin),
-  }
 }
 
 /** The knobs only; counter, checksum, rng and cursor are the guest's. */

@@ -3,4 +3,5 @@ export { TimerDevice, timerVmsd, timerAlarmVmsd, type TimerRegs, type TimerSnaps
 export { cpuSectionHandlers, stateKind, CpuSectionError, MAX_CPU_STATE } from './cpu-section.js'
 export { VcpuRunner, THROTTLE_SLICE_MS, MAX_THROTTLE, type ThrottleStats } from './throttle.js'
 export { planLayout, fillCold, DEFAULT_WORKING_SET, type MicroVmLayout } from './layout.js'
-export { sha256Chunked } from './digest.js'
+export { blake3Digest } from './digest.js'
+export { PROOF_IDSTR, IntegrityError, ProofSectionError, proofSectionHandlers, checkProof, type Proof } from './proof.js'

@@ -4,21 +4,27 @@
 // sections that carry all of it. Implements MigratableVm for the orchestrator.
 import type { EmulatedDevice, EmulatedDeviceOptions } from '../../native/index.js'
 import { native } from '../native/addon.js'
-import { createVcpu, regionChecksum, readCtl, CTL, type Vcpu, type VcpuKind, type WorkloadParams } from '../machine/index.js'
+import { createVcpu, regionChecksum, readCtl, CTL, MachineError, type Vcpu, type VcpuKind, type WorkloadParams } from '../machine/index.js'
 import { Vm } from '../runstate/index.js'
 import { SaveVMRegistry } from '../savevm/registry.js'
 import { VfioMigrationSet } from '../vfio/vfio-set.js'
-import type { DirtyTracker } from '../vfio/dirty-tracking.js'
-import type { DirtyBitmap } from '../vfio/dirty-pages.js'
-import { registerRam } from '../ram/index.js'
+import type { DirtyBitmap } from '../core/dirty-bitmap.js'
+import { registerRam, type RamMigration } from '../ram/index.js'
 import type { MigratableVm } from '../migration/types.js'
 import { TimerDevice, type TimerSnapshot } from './timer.js'
 import { cpuSectionHandlers } from './cpu-section.js'
 import { VcpuRunner, type ThrottleStats } from './throttle.js'
 import { planLayout, fillCold, type MicroVmLayout } from './layout.js'
-import { sha256Chunked } from './digest.js'
+import { blake3Digest } from './digest.js'
+import { PROOF_IDSTR, checkProof, proofSectionHandlers, type Proof } from './proof.js'
 
 export const MICROVM_MACHINE = 'microvm-1'
+
+const EBUSY = 16
+/** What expectedCheckMs times its hash on: enough to keep the threads' start-up a small part of it. */
+const CHECK_SAMPLE_BYTES = 8 << 20
+/** Device states in which the emulated device's DMA engine writes guest RAM. */
+const DMA_STATES = new Set(['RUNNING', 'RUNNING_P2P', 'PRE_COPY', 'PRE_COPY_P2P'])
 export const VFIO_IDSTR = '0000:00:02.0/vfio'
 
 export interface MicroVmOptions {
@@ -35,7 +41,12 @@ export interface MicroVmOptions {
   timer?: { periodUs?: number; alarmInTicks?: number }
   /** Source: start the VM right away (default true). */
   autostart?: boolean
-  /** Destination: record a verification just before the first start (its hashing adds to the downtime). */
+  /**
+   * Destination: hash RAM and device state after loading, before reporting
+   * ready, and refuse a guest whose digests differ from the source's proof
+   * (its hashing adds to the downtime). The result is kept as the
+   * verification before the first start.
+   */
   verifyBeforeStart?: boolean
 }
 
@@ -48,7 +59,7 @@ export interface Verification {
   /** The guest's checksum equals the sum over its region (it stopped at an iteration boundary). */
   checksumConsistent: boolean
   timer: TimerSnapshot
-  /** Time spent hashing, ms. */
+  /** Time spent hashing RAM and device state, ms. */
   hashMs: number
 }
 
@@ -68,13 +79,16 @@ export class MicroVm implements MigratableVm {
   /** Whether the migration in progress uses switchover-ack (read by the VFIO devices at save/load time). */
   switchoverAck = false
   private runner: VcpuRunner
-  private tracker: DirtyTracker | undefined
-  /** The tracker of the last migration, still reported after it stopped. */
-  private lastTracker: DirtyTracker | undefined
   private dmaStarted = false
   private destroyed = false
   private verified: Promise<Verification> | undefined
+  /** How long the verification before the first start held that start back, ms. */
+  private verifyMs: number | undefined
+  /** Destination: the source's digests at the switchover, from its proof section. */
+  private proof: Proof | undefined
+  private readonly verifyBeforeStart: boolean
   private removeHandlers: (() => void)[] = []
+  private ramMigration: RamMigration | undefined
 
   private constructor(
     readonly role: 'source' | 'dest',
@@ -85,10 +99,12 @@ export class MicroVm implements MigratableVm {
     opts: MicroVmOptions,
   ) {
     this.vm = new Vm(role === 'source' ? 'prelaunch' : 'inmigrate')
-    this.vfio = new VfioMigrationSet(this.vm, this.registry, { switchoverAck: () => this.switchoverAck })
+    // The device's DMA reaches only its window, so only the window is all-dirty without DMA logging.
+    this.vfio = new VfioMigrationSet(this.vm, this.registry, { switchoverAck: () => this.switchoverAck, dmaMappings: () => this.dmaMappings() })
     // An alarm far ahead keeps the timer's subsection in the stream without firing during a demo.
     this.timer = new TimerDevice(opts.timer ?? { alarmInTicks: 1_000_000_000 })
     this.runner = new VcpuRunner(vcpu)
+    this.verifyBeforeStart = opts.verifyBeforeStart ?? false
   }
 
   static async create(opts: MicroVmOptions): Promise<MicroVm> {
@@ -122,20 +138,23 @@ export class MicroVm implements MigratableVm {
     reg.register({ idstr: 'microvm-timer', instanceId: 0, vmsd: this.timer.vmsd, state: this.timer.regs })
     reg.register({ idstr: 'cpu', instanceId: 0, versionId: 1, handlers: cpuSectionHandlers(this.vcpu) })
     if (this.emu) await this.vfio.add(this.emu.device(), { idstr: VFIO_IDSTR })
-    // Writes nothing to the stream: starts the trackers before RAM's bulk stage
-    // so no page written after its copy can be missed, and stops them after.
+    // Device DMA is the VFIO set's own dirty log of this RAM section.
+    this.ramMigration = registerRam(reg, {
+      blocks: [{ name: 'pc.ram', memory: this.vcpu.memory.bytes }],
+      dirtySources: [(into) => this.syncVcpuDirty(into)],
+    })
+    // Saved with the non-iterable sections, after RAM's last pages.
     reg.register({
-      idstr: 'microvm-dirty-log',
+      idstr: PROOF_IDSTR,
       instanceId: 0,
       versionId: 1,
-      handlers: {
-        savePrepare: () => this.startDirtyTracking(),
-        saveCleanup: () => this.stopDirtyTracking(),
-      },
-    })
-    registerRam(reg, {
-      blocks: [{ name: 'pc.ram', memory: this.vcpu.memory.bytes }],
-      dirtySources: [(into) => this.syncVcpuDirty(into), (into) => this.syncDmaDirty(into)],
+      handlers: proofSectionHandlers(
+        async () => {
+          const [ramDigest, deviceDigest] = await Promise.all([this.ramDigest(), this.deviceDigest()])
+          return { ramDigest, deviceDigest }
+        },
+        (p) => (this.proof = p),
+      ),
     })
     this.removeHandlers.push(this.vm.addChangeStateHandler({
       name: 'microvm-vcpu',
@@ -149,8 +168,14 @@ export class MicroVm implements MigratableVm {
         priority: -1000,
         // The prepare pass runs before any device resumes, so nothing has moved yet.
         prepare: async (running) => {
+          const t0 = performance.now()
           if (running && !this.verified) this.verified = this.verify()
-          if (this.verified) await this.verified
+          if (!this.verified) return
+          try {
+            await this.verified
+          } finally {
+            this.verifyMs ??= performance.now() - t0
+          }
         },
         cb: () => undefined,
       }))
@@ -171,29 +196,14 @@ export class MicroVm implements MigratableVm {
     this.timer.stop()
   }
 
+  /** Guest RAM's section: its layout and the figures of the last migration (QMP's query-migrate reads them). */
+  get ram(): RamMigration {
+    return this.ramMigration!
+  }
+
   /** Dirty source: pages the vCPU wrote since the last call (KVM_GET_DIRTY_LOG or the soft vCPU's log). */
   async syncVcpuDirty(into: DirtyBitmap): Promise<void> {
     into.markBitmap(0, await this.vcpu.syncDirtyLog())
-  }
-
-  /** Dirty source: pages the device wrote by DMA since the last call, through the chosen tracker. */
-  async syncDmaDirty(into: DirtyBitmap): Promise<void> {
-    if (this.tracker) await this.tracker.sync(into)
-  }
-
-  /** What a migration's savePrepare does: clear the vCPU log and start the best DMA tracker. */
-  async startDirtyTracking(): Promise<void> {
-    await this.stopDirtyTracking()
-    // Everything logged so far predates the bulk stage, which sends every page anyway.
-    await this.vcpu.syncDirtyLog()
-    this.tracker = await this.vfio.startDirtyTracker(this.dmaMappings())
-    this.lastTracker = this.tracker
-  }
-
-  async stopDirtyTracking(): Promise<void> {
-    const t = this.tracker
-    this.tracker = undefined
-    await t?.stop()
   }
 
   dmaMappings(): { iova: number; size: number }[] {
@@ -202,12 +212,11 @@ export class MicroVm implements MigratableVm {
 
   /** Which dirty tracker covers device DMA in the migration in progress (or the last one). */
   get dirtyTracker(): { kind: string; reason: string } | undefined {
-    const t = this.tracker ?? this.lastTracker
-    return t ? { kind: t.kind, reason: t.reason } : undefined
+    return this.vfio.dirtyTracker
   }
 
   dirtyTrackerKind(): string | undefined {
-    return this.tracker?.kind ?? this.lastTracker?.kind
+    return this.vfio.dirtyTracker?.kind
   }
 
   setThrottle(percent: number): void {
@@ -218,8 +227,13 @@ export class MicroVm implements MigratableVm {
     return this.runner.stats()
   }
 
-  ramDigest(): Promise<string> {
-    return sha256Chunked(this.vcpu.memory.bytes)
+  /** BLAKE3 (hex) of all guest RAM; refused while the vCPU or the device's DMA may write it. */
+  async ramDigest(): Promise<string> {
+    // Native threads read RAM without a lock: a guest still writing it
+    // would give a digest of no moment at all.
+    if (this.vcpu.running) throw new MachineError('guest RAM can be hashed only with the vCPU stopped', EBUSY)
+    if (this.emu && this.dmaStarted && DMA_STATES.has(this.emu.state)) throw new MachineError(`guest RAM can be hashed only with the device's DMA stopped (device in ${this.emu.state})`, EBUSY)
+    return blake3Digest(this.vcpu.memory.bytes)
   }
 
   deviceDigest(): Promise<string> {
@@ -260,11 +274,57 @@ export class MicroVm implements MigratableVm {
     return this.verified
   }
 
+  /**
+   * MigratableVm, destination: with verifyBeforeStart, hash what was loaded
+   * and compare it with the source's proof before the destination reports
+   * ready; an IntegrityError fails the migration and the source resumes.
+   */
+  async checkIncoming(): Promise<void> {
+    if (!this.verifyBeforeStart) return
+    const t0 = performance.now()
+    this.verified = this.verify()
+    let v: Verification
+    try {
+      v = await this.verified
+    } finally {
+      this.verifyMs = performance.now() - t0
+    }
+    // The proof section is required, so a loaded stream always had one.
+    if (this.proof) checkProof(this.proof, v)
+  }
+
+  /**
+   * MigratableVm, destination: what checkIncoming will cost, ms. Its bulk
+   * is hashing guest RAM, whose cost does not depend on the contents: timed
+   * on a scratch buffer (guest RAM itself is being loaded now, and may be
+   * unmapped under a native hash if the migration fails at once) and scaled
+   * to the RAM's size. The faster of two runs, so a moment's load on the
+   * machine does not hold a share of the downtime budget for good; plus a
+   * quarter for what the real run meets.
+   */
+  async expectedCheckMs(): Promise<number> {
+    if (!this.verifyBeforeStart) return 0
+    const ram = this.vcpu.memory.bytes.byteLength
+    const sample = Buffer.alloc(Math.min(ram, CHECK_SAMPLE_BYTES))
+    let best = Infinity
+    for (let i = 0; i < 2; i++) {
+      const t0 = performance.now()
+      await blake3Digest(sample)
+      best = Math.min(best, performance.now() - t0)
+    }
+    return best * (ram / sample.length) * 1.25
+  }
+
+  /** MigratableVm: how long that verification held the first start back, ms (undefined before it ran). */
+  verificationMs(): number | undefined {
+    return this.verifyMs
+  }
+
   async destroy(): Promise<void> {
     if (this.destroyed) return
     this.destroyed = true
     for (const r of this.removeHandlers) r()
-    await this.stopDirtyTracking().catch(() => undefined)
+    await this.vfio.logStop().catch(() => undefined)
     if (this.emu) {
       this.emu.stopDma()
       this.emu.detachGuestMemory()

@@ -31,8 +31,10 @@ export const timerVmsd: VMStateDescription = {
   versionId: 1,
   fields: [
     { name: 'ticks', type: 'uint64' },
-    { name: 'config', type: 'uint32' },
-    { name: 'periodUs', type: 'uint32' },
+    // Only the two bits this timer has: anything else came from another device, or from a corrupted stream.
+    { name: 'config', type: 'uint32', check: (v) => ((v as number) & ~0b11 ? `bits 0x${((v as number) & ~0b11).toString(16)} are not a timer config (only enabled 1, alarm 2)` : undefined) },
+    // A period of 0 ticks infinitely often: the timer could never fold its time again, so the VM could never stop.
+    { name: 'periodUs', type: 'uint32', min: 1 },
     { name: 'scratch', type: 'uint32', count: TIMER_SCRATCH_REGS },
   ],
   subsections: [timerAlarmVmsd],

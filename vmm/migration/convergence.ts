@@ -29,19 +29,30 @@ export interface SwitchoverInput {
   downtimeLimitMs: number
   /** User-set bandwidth for the switchover, bytes/s (0 = use the estimate). */
   availSwitchoverBandwidth: number
+  /**
+   * Downtime that is not sending data, ms: the destination's own checks
+   * before READY, as it announced them (0: none announced).
+   */
+  reserveMs?: number
 }
 
-/** The largest pending size that still fits in the downtime limit (QEMU's threshold_size). */
+const perMsOf = (i: SwitchoverInput) => (i.availSwitchoverBandwidth > 0 ? i.availSwitchoverBandwidth / 1000 : i.bytesPerMs)
+
+/**
+ * The largest pending size that still fits in the downtime limit: QEMU's
+ * threshold_size, less what the reserve takes of the limit (QEMU gives the
+ * whole limit to data, so the destination's work after the stream breaks it).
+ */
 export function thresholdBytes(i: SwitchoverInput): number {
-  const perMs = i.availSwitchoverBandwidth > 0 ? i.availSwitchoverBandwidth / 1000 : i.bytesPerMs
-  return perMs * i.downtimeLimitMs
+  return perMsOf(i) * Math.max(0, i.downtimeLimitMs - (i.reserveMs ?? 0))
 }
 
 /** What the downtime would be if the VM stopped now, ms. */
 export function expectedDowntimeMs(i: SwitchoverInput): number {
-  const perMs = i.availSwitchoverBandwidth > 0 ? i.availSwitchoverBandwidth / 1000 : i.bytesPerMs
-  if (i.pending === 0) return 0
-  return perMs > 0 ? i.pending / perMs : Number.POSITIVE_INFINITY
+  const perMs = perMsOf(i)
+  const reserve = i.reserveMs ?? 0
+  if (i.pending === 0) return reserve
+  return perMs > 0 ? i.pending / perMs + reserve : Number.POSITIVE_INFINITY
 }
 
 export interface ThrottleParams {

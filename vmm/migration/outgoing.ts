@@ -2,37 +2,58 @@
 // machine, the pre-copy loop, the switchover, and the rule that a failed or
 // cancelled migration loses nothing: the VM and its devices run again.
 //
-// Beyond QEMU: the source keeps its stopped VM until the destination reports
-// that its VM runs (RESUME_OK on the return path). If the destination fails to
-// start — a device image its driver rejects, say — the source resumes instead
-// of leaving the guest dead in 'postmigrate'.
+// Beyond QEMU: the handover (docs/flows.md). After the stream the source
+// waits for the destination's READY, then hands it the guest with GO and
+// waits for STARTED (RESUME_OK). Until GO is on the socket any failure
+// resumes the guest here, since the destination cannot start without GO;
+// after it, only the destination's explicit "failed, not running" does.
+// A side that cannot know stays paused in 'handover-unknown' until an
+// operator resolves it. Every wait is bounded: the link watchdog, the
+// handover timeout.
 import { connect } from '../channel/connect.js'
-import type { Channel } from '../channel/types.js'
+import { hasReturnPath, type Channel } from '../channel/types.js'
 import { ReturnPathReader, RpMsg } from '../channel/return-path.js'
+import { HandoverFrame, writeHandoverFrame } from '../channel/handover.js'
+import { LinkWatchdog } from './watchdog.js'
 import { MigStream } from '../stream/stream.js'
 import { SaveVM } from '../savevm/save.js'
 import { MigCmd } from '../savevm/constants.js'
-import { TypedEmitter } from '../runstate/emitter.js'
+import { typedEmitter } from '../core/events.js'
 import { AutoConverge, BandwidthMeter, expectedDowntimeMs, thresholdBytes } from './convergence.js'
 import { MigrationError } from './errors.js'
 import {
   DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS, type MigratableVm, type MigrationCapabilities, type MigrationEvents,
-  type MigrationParameters, type MigrationStats, type MigrationStatus,
+  type DowntimePhases, type MigrationParameters, type MigrationStats, type MigrationStatus, type ResolveAction,
 } from './types.js'
-import { checkCapabilities, checkParameters, validatedCapabilities } from './validate.js'
+import { checkCapabilities, checkParameters, validatedCapabilities, HANDOVER_CAPABILITY } from './validate.js'
+import { sendsSwitchoverStart } from './switchover-start.js'
 
 export interface OutgoingOptions {
   parameters?: Partial<MigrationParameters>
   capabilities?: Partial<MigrationCapabilities>
   signal?: AbortSignal
+  /**
+   * The channel given to start() or abandon() carries the stream's file
+   * header (fileHeader() of vmm/savevm/writer.ts) already: sent as soon as
+   * it connected, so that a destination dropping peers that send no stream
+   * (handshake-timeout) keeps this one while the VM is still being built.
+   */
+  fileHeaderSent?: boolean
 }
 
 const now = () => performance.now()
 
-/** Channels that can carry the destination's messages back. */
-const duplex = (c: Channel) => c.kind === 'tcp' || c.kind === 'unix' || c.kind === 'memory'
+/**
+ * A cancel in setup or pre-copy lets the stream reach a section boundary and
+ * the destination take the cancel marker while bytes still move (our writes
+ * complete, the destination reports its progress); after this long without
+ * any, the channel is shut regardless (a peer that stopped reading).
+ */
+export const CANCEL_GRACE_MS = 1000
+/** And after this long in any case. */
+export const CANCEL_GRACE_MAX_MS = 10_000
 
-export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
+export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
   readonly parameters: MigrationParameters
   readonly capabilities: MigrationCapabilities
   private st: MigrationStatus = 'none'
@@ -51,21 +72,74 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
   private error: string | undefined
   private acked = false
   private ackWaiters: (() => void)[] = []
-  private resumed: { ok: boolean; at: number; errno?: number } | null = null
+  private resumed: { ok: boolean; at: number; errno?: number; verificationUs?: number } | null = null
   private resumeWaiters: (() => void)[] = []
   private rpClosed = false
   /** The destination's own words for its failure (FAIL_REASON), if it sent them. */
   private remoteReason: string | undefined
   /** Bytes the destination reported loaded (LOAD_PROGRESS), -1 until it reports. */
   private destLoaded = -1
-  /** Set once EOF is on the wire: from then on the destination may run the guest, so a cancel could split it in two. */
+  /**
+   * Set once the destination may run the guest: GO handed to the socket (with
+   * the handover), or EOF on the wire (without). From then on this side never
+   * resumes on its own, and a cancel is not honoured.
+   */
   private committed = false
+  /** The stream's EOF is written: with the handover, a withdrawal is then an ABORT frame. */
+  private eofSent = false
+  /** Aborts a connect still in progress when the migration is cancelled. */
+  private readonly connecting = new AbortController()
+  /** Shuts the channel once a cancel's grace is over. */
+  private graceTimer: ReturnType<typeof setInterval> | undefined
+  /** When READY arrived (the handover), 0 until then. */
+  private readyAt = 0
+  /** What the destination said its checks after the stream will take, ms (RpMsg.SWITCHOVER_COST). */
+  private destCheckMs = 0
+  /** now() at each step of the switchover, for MigrationStats.downtimePhases. */
+  private marks: { stopped: number; stopDone: number; eof: number; go: number } = { stopped: 0, stopDone: 0, eof: 0, go: 0 }
+  private watchdog: LinkWatchdog | null = null
+  /** continue() was called in 'pre-switchover'. */
+  private continued = false
+  /** Set in 'handover-unknown': how start() ends once resolve() is called. */
+  private pending: { resolve: (s: MigrationStats) => void; reject: (e: Error) => void; wasRunning: boolean; code: string } | null = null
 
   constructor(readonly machine: MigratableVm, opts: OutgoingOptions = {}) {
     super()
     this.parameters = checkParameters({ ...DEFAULT_PARAMETERS, ...opts.parameters })
     this.capabilities = checkCapabilities({ ...DEFAULT_CAPABILITIES, ...opts.capabilities })
+    this.fileHeaderSent = opts.fileHeaderSent ?? false
     opts.signal?.addEventListener('abort', () => this.cancel(), { once: true })
+  }
+
+  private readonly fileHeaderSent: boolean
+
+  /** The capabilities the configuration section lists over `channel`. */
+  private streamCapabilities(channel: Channel): string[] {
+    const capabilities = validatedCapabilities(this.capabilities)
+    // A save (no return path) is not a handover: nobody could say READY.
+    if (hasReturnPath(channel) && this.capabilities.handover) capabilities.push(HANDOVER_CAPABILITY)
+    return capabilities
+  }
+
+  /**
+   * For a migration cancelled before start(), over a channel already open to
+   * the destination: send the stream's beginning and the cancel marker, so
+   * that the destination reports a cancel rather than a cut stream, then
+   * close the channel. Bounded by CANCEL_GRACE_MS.
+   */
+  async abandon(channel: Channel): Promise<void> {
+    if (this.st !== 'none') throw new MigrationError(`abandon: the migration is ${this.st}`, 'EBUSY')
+    const f = (this.f = new MigStream(channel))
+    const save = new SaveVM(f, this.machine.registry, { machine: this.machine.machine, capabilities: this.streamCapabilities(channel), fileHeaderSent: this.fileHeaderSent })
+    const rpDone = hasReturnPath(channel) ? this.returnPath(f) : null
+    try {
+      await this.endCancelled(save, rpDone, false)
+    } finally {
+      clearInterval(this.graceTimer)
+      f.shutdown('migration cancelled')
+      await f.close().catch(() => undefined)
+      if (rpDone) await rpDone
+    }
   }
 
   get status(): MigrationStatus {
@@ -80,15 +154,132 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
 
   /** Cancel at any moment; `start` then rejects after the source runs again. */
   cancel(): void {
-    if (this.st === 'completed' || this.st === 'failed' || this.st === 'cancelled') return
-    // After EOF the destination may already run the guest: resuming here too
-    // would leave two copies running. Only the destination's answer (or its
-    // silence until x-resume-timeout) decides from then on.
+    if (this.st === 'completed' || this.st === 'failed' || this.st === 'cancelled' || this.st === 'handover-unknown') return
+    // Once the destination may run the guest, resuming here too could leave
+    // two copies running: only its answer, or resolve(), decides from then on.
     if (this.committed) return
+    const vmStopped = this.st === 'device' || this.st === 'pre-switchover'
     this.cancelRequested = true
     if (this.st !== 'none') this.set('cancelling')
-    this.f?.shutdown('migration cancelled')
+    this.connecting.abort()
+    // After EOF the stream stays up so that the failure path can tell the
+    // destination with ABORT; it then fails cleanly instead of being left
+    // in handover-unknown.
+    if (this.eofSent) {
+      // (the failure path writes ABORT)
+    } else if (vmStopped || !this.f) {
+      // The guest is paused: every millisecond is downtime, cut at once.
+      this.f?.shutdown('migration cancelled')
+    } else {
+      // The guest runs: let the handlers end their sections (no more budget)
+      // so that the stream can end with the cancel marker (endCancelled).
+      this.f.rateLimiter.halt()
+      this.armGrace()
+    }
     this.wakeAll()
+  }
+
+  /**
+   * Change parameters of this migration while it runs (QMP
+   * migrate-set-parameters during a migration). max-bandwidth applies from
+   * the next rate-limit window (100 ms), downtime-limit,
+   * avail-switchover-bandwidth, the cpu-throttle ones and x-max-iterations
+   * at the next decision of the pre-copy loop, which reads them every round.
+   * The others (timeouts) were used when their waits were armed. A bad value
+   * is refused and nothing changes.
+   *
+   * @example
+   * const m = new OutgoingMigration(vm)
+   * const done = m.start('tcp:10.0.0.2:4444')
+   * m.setParameters({ maxBandwidth: 32 << 20, downtimeLimitMs: 500 })
+   */
+  setParameters(p: Partial<MigrationParameters>): void {
+    const next = checkParameters({ ...this.parameters, ...p })
+    Object.assign(this.parameters, next)
+    if (this.f && p.maxBandwidth !== undefined) this.f.rateLimiter.maxBandwidth = next.maxBandwidth
+  }
+
+  /**
+   * Release a migration paused in 'pre-switchover' (QEMU's migrate-continue,
+   * with the pauseBeforeSwitchover capability): the switchover goes on.
+   */
+  continue(): void {
+    if (this.st !== 'pre-switchover') throw new MigrationError(`Migration not in expected state: ${this.st}`, 'EINVAL')
+    this.continued = true
+    this.wakeAll()
+  }
+
+  /**
+   * Wait in 'pre-switchover' for continue() or a cancel, for as long as the
+   * manager takes: that is the capability's point. The destination's link
+   * watchdog must still hear from us meanwhile, so PING it as pre-copy does.
+   */
+  private async pausedBeforeSwitchover(save: SaveVM, rp: boolean): Promise<void> {
+    this.set('pre-switchover')
+    const every = rp && this.parameters.linkTimeoutMs > 0 ? this.parameters.linkTimeoutMs / 4 : 0
+    let pings = 0
+    while (!this.continued) {
+      this.checkCancel()
+      const fe = this.f?.error
+      if (fe) throw new MigrationError(`paused before the switchover: ${fe.message}`, fe.code ?? 'EIO', { cause: fe })
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer)
+          resolve()
+        }
+        const timer = every ? setTimeout(done, every) : undefined
+        this.resumeWaiters.push(done)
+      })
+      if (!this.continued && !this.cancelRequested && every) {
+        const b = Buffer.alloc(4)
+        // Apart from pre-copy's counter: only the destination's PONG would tell them apart.
+        b.writeUInt32BE((0x80000000 + ++pings) >>> 0)
+        await save.command(MigCmd.PING, b)
+      }
+    }
+    this.checkCancel()
+    this.set('device')
+  }
+
+  private armGrace(): void {
+    if (this.graceTimer) return
+    const started = now()
+    let moved = -1
+    let movedAt = started
+    this.graceTimer = setInterval(() => {
+      const f = this.f
+      // Under load the destination can take seconds to drain its socket; it
+      // reports its progress on the return path every 20 ms meanwhile.
+      const n = f ? f.bytesWritten + f.bytesRead : 0
+      if (n !== moved) {
+        moved = n
+        movedAt = now()
+      }
+      if (now() - movedAt >= CANCEL_GRACE_MS || now() - started >= CANCEL_GRACE_MAX_MS) {
+        clearInterval(this.graceTimer)
+        f?.shutdown('migration cancelled')
+      }
+    }, Math.min(100, CANCEL_GRACE_MS / 4))
+  }
+
+  /**
+   * End a cancelled stream so that the destination can tell a cancel from a
+   * broken link: the cancel marker at a section boundary, the end of our
+   * writes, then wait for the destination to close. Closing first, with its
+   * return-path messages unread, would reset the connection, and a reset can
+   * discard the marker before it is read. Bounded by the grace timer.
+   */
+  private async endCancelled(save: SaveVM, rpDone: Promise<void> | null, headerSent: boolean): Promise<void> {
+    this.armGrace()
+    try {
+      // A marker needs the configuration before it, which the loader reads first.
+      if (!headerSent) await save.header()
+      await save.cancelled()
+      await this.f!.channel.endWrites()
+      if (rpDone) await rpDone
+    } catch {
+      // The destination is gone or the grace ran out: the channel is shut next.
+    }
   }
 
   stats(): MigrationStats {
@@ -99,6 +290,10 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       setupTime: Math.round(this.setupTime),
       downtime: this.downtime === undefined ? undefined : Math.round(this.downtime * 1000) / 1000,
       downtimeMeasured: this.downtime === undefined ? undefined : this.downtimeMeasured,
+      downtimeVerification: this.downtime !== undefined && this.downtimeMeasured
+        ? Math.round(Math.min(this.downtime, (this.resumed?.verificationUs ?? 0) / 1000) * 1000) / 1000
+        : undefined,
+      downtimePhases: this.downtimePhases(),
       expectedDowntime: Number.isFinite(this.expected) ? Math.round(this.expected) : -1,
       transferred: f?.transferred ?? 0,
       remaining: this.remaining,
@@ -107,8 +302,23 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       iterations: this.iterations,
       cpuThrottlePercentage: this.throttle,
       vfio: this.machine.vfio ? this.machine.vfio.stats() : undefined,
-      dirtyTracker: this.machine.dirtyTrackerKind?.(),
+      dirtyTracker: this.machine.dirtyTrackerKind?.() ?? this.machine.vfio?.dirtyTracker?.kind,
+      devicesReset: this.machine.vfio?.devicesReset(),
       error: this.error,
+    }
+  }
+
+  private downtimePhases(): DowntimePhases | undefined {
+    const m = this.marks
+    const end = this.resumed?.ok ? this.resumed.at : 0
+    if (!m.stopped || !m.eof || !end) return undefined
+    const r = (x: number) => Math.round(x * 1000) / 1000
+    const ready = this.readyAt || m.go || end
+    return {
+      stopMs: r(m.stopDone - m.stopped),
+      sendMs: r(m.eof - m.stopDone),
+      readyMs: r(Math.max(0, ready - m.eof)),
+      startMs: r(Math.max(0, end - ready)),
     }
   }
 
@@ -130,8 +340,14 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
         if (!m) break
         if (m.type === RpMsg.SWITCHOVER_ACK) {
           this.acked = true
+        } else if (m.type === RpMsg.SWITCHOVER_COST && m.data.length === 8) {
+          // Capped: a destination must not be able to stall the switchover
+          // with a figure no limit can hold (the limit's own bound).
+          this.destCheckMs = Math.min(Number(m.data.readBigUInt64BE(0)) / 1000, 2_000_000)
+        } else if (m.type === RpMsg.READY) {
+          this.readyAt ||= now()
         } else if (m.type === RpMsg.RESUME_OK) {
-          this.resumed = { ok: true, at: now() }
+          this.resumed = { ok: true, at: now(), verificationUs: ReturnPathReader.resumeTiming(m).verificationUs }
         } else if (m.type === RpMsg.LOAD_PROGRESS && m.data.length === 8) {
           this.destLoaded = Number(m.data.readBigUInt64BE(0))
         } else if (m.type === RpMsg.FAIL_REASON) {
@@ -171,6 +387,55 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
   }
 
   /**
+   * The destination may run the guest and this side cannot learn whether it
+   * does: keep the guest paused ('postmigrate'), release the link, say so
+   * ('handover-unknown'), and leave the decision to resolve().
+   */
+  private async handoverUnknown(e: unknown, save: SaveVM | null, wasRunning: boolean): Promise<MigrationStats> {
+    const why = (e as Error)?.message ?? String(e)
+    this.error = `handover-unknown: ${why}`
+    this.f?.shutdown('handover-unknown')
+    await this.f?.close().catch(() => undefined)
+    if (save) await save.cleanup()
+    if (this.throttle) this.machine.setThrottle?.(0)
+    this.throttle = 0
+    const { vm } = this.machine
+    if (vm.state === 'finish-migrate') vm.runstateSet('postmigrate')
+    return new Promise((resolve, reject) => {
+      this.pending = { resolve, reject, wasRunning, code: (e as { code?: string })?.code ?? 'EIO' }
+      this.set('handover-unknown')
+    })
+  }
+
+  /**
+   * Settle 'handover-unknown' (docs/flows.md): 'resume' runs the guest here
+   * again and start() rejects (the migration failed); 'discard' leaves it to
+   * the destination and start() resolves 'completed'. Run 'resume' on exactly
+   * one side. A failed resume leaves the state as it was.
+   */
+  async resolve(action: ResolveAction): Promise<void> {
+    if (action !== 'resume' && action !== 'discard') throw new MigrationError(`resolve: action must be 'resume' or 'discard', got ${JSON.stringify(action)}`, 'EINVAL')
+    const p = this.pending
+    if (this.st !== 'handover-unknown' || !p) throw new MigrationError(`resolve: the migration is ${this.st}, not handover-unknown`, 'EINVAL')
+    if (action === 'resume') {
+      if (p.wasRunning) await this.machine.vm.vmStart()
+      this.pending = null
+      this.error = `${this.error}; resolved: the guest runs here again`
+      this.set('failed')
+      p.reject(new MigrationError(this.error, p.code, { stats: this.stats() }))
+    } else {
+      this.pending = null
+      this.set('completed')
+      p.resolve(this.stats())
+    }
+  }
+
+  /** Why the migration is in 'handover-unknown', or its last error. */
+  get reason(): string | undefined {
+    return this.error
+  }
+
+  /**
    * Run the migration to `uri` (or an open channel). Resolves the final stats
    * with status 'completed'; rejects with a MigrationError (stats attached)
    * once the source VM and its devices run again.
@@ -195,19 +460,31 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
     const wasRunning = vm.state === 'running'
     let save: SaveVM | null = null
     let rpDone: Promise<void> | null = null
+    let headerSent = false
     let stoppedAt = 0
     const auto = new AutoConverge(p)
     try {
-      const channel = typeof target === 'string' ? await connect(target) : target
+      const channel = typeof target === 'string' ? await connect(target, { signal: this.connecting.signal }) : target
+      // The kernel bounds a dead TCP link by the same figure as the watchdog (TCP_USER_TIMEOUT, keepalive).
+      channel.setLinkTimeout?.(p.linkTimeoutMs)
       const f = (this.f = new MigStream(channel, { maxBandwidth: p.maxBandwidth }))
+      const rp = hasReturnPath(channel)
+      // A save (no return path) is not a handover: nobody could say READY.
+      const handover = rp && this.capabilities.handover
+      save = new SaveVM(f, registry, { machine: this.machine.machine, capabilities: this.streamCapabilities(channel), fileHeaderSent: this.fileHeaderSent })
+      // With a SaveVM, a cancel can still be told to the destination (endCancelled).
       this.checkCancel()
-      save = new SaveVM(f, registry, { machine: this.machine.machine, capabilities: validatedCapabilities(this.capabilities) })
+      // Read from the start: a destination that refuses the configuration
+      // says why before our next write fails with EPIPE.
+      if (rp) rpDone = this.returnPath(f)
       await save.prepare()
       await save.header()
-      const rp = duplex(channel)
+      headerSent = true
       if (rp) {
         await save.command(MigCmd.OPEN_RETURN_PATH)
-        rpDone = this.returnPath(f)
+        // The destination answers at least every quarter of the link timeout.
+        this.watchdog = new LinkWatchdog(f, p.linkTimeoutMs, () => f.bytesRead, 'destination', () => this.wakeAll())
+        this.watchdog.arm()
       } else if (this.capabilities.switchoverAck) {
         throw new MigrationError(`switchover-ack needs a return path; ${channel.kind} channels have none`, 'EINVAL')
       }
@@ -233,29 +510,53 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       let sampleBytes = f.transferred
       let idleRounds = 0
       const progress = () => (this.destLoaded >= 0 ? this.destLoaded : f.transferred)
+      let pingAt = now()
+      let pings = 0
+      // PING bytes sent and not yet seen in progress(). They move the stream
+      // but are no pre-copy data: counted as link rate, a few pings over an
+      // idle link gave a state that only moves with the VM stopped a rate of
+      // bytes per second, so it waited for a switchover that could never fit
+      // instead of failing (on a loaded machine, whose rounds are slow enough
+      // for a ping to come first).
+      let pingBytes = 0
       for (;;) {
         this.checkCancel()
+        // The destination's link watchdog must hear from us while we have
+        // nothing to send (or are held back); QEMU answers PING with PONG too,
+        // which feeds ours.
+        if (rp && p.linkTimeoutMs > 0 && now() - pingAt >= p.linkTimeoutMs / 4) {
+          const b = Buffer.alloc(4)
+          b.writeUInt32BE(++pings >>> 0)
+          const at = f.transferred
+          await save.command(MigCmd.PING, b)
+          pingBytes += f.transferred - at
+          pingAt = now()
+        }
         const before = f.transferred
         const done = await save.iterate()
         const sent = f.transferred - before
         sentSinceSync += sent
         await f.flush()
         const t = now()
-        if (sent === 0 && !done) {
-          // An idle round says how much there was to send, not how fast the
-          // link is: leave it out of the measurement.
-          sampleAt = t
-          sampleBytes = progress()
-        } else if (t - sampleAt >= 20) {
-          meter.sample(progress() - sampleBytes, t - sampleAt)
+        // An idle round says how much there was to send, not how fast the
+        // link is: leave it out of the measurement.
+        const idle = sent === 0 && !done
+        if (idle || t - sampleAt >= 20) {
+          // The destination reports its progress late, so a ping's bytes
+          // show up in some later window: take them out of the one they reach.
+          const moved = progress() - sampleBytes
+          const pingSeen = Math.min(pingBytes, Math.max(0, moved))
+          pingBytes -= pingSeen
+          if (!idle) meter.sample(moved - pingSeen, t - sampleAt)
           sampleAt = t
           sampleBytes = progress()
         }
+        this.mbps = (meter.bytesPerMs * 1000 * 8) / 1e6
+        const reserveMs = this.destCheckMs
         const bw = meter.bytesPerMs
-        this.mbps = (bw * 1000 * 8) / 1e6
         const backlog = this.destLoaded >= 0 ? Math.max(0, f.transferred - this.destLoaded) : 0
         let pending = save.pendingEstimate().precopyOnly + backlog
-        const input = { pending, bytesPerMs: bw, downtimeLimitMs: p.downtimeLimitMs, availSwitchoverBandwidth: p.availSwitchoverBandwidth }
+        const input = { pending, bytesPerMs: bw, downtimeLimitMs: p.downtimeLimitMs, availSwitchoverBandwidth: p.availSwitchoverBandwidth, reserveMs }
         if (done || pending <= thresholdBytes(input)) {
           const exact = (await save.pendingExact()).precopyOnly
           pending = exact + backlog
@@ -279,7 +580,10 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
           this.remaining = pending
           this.expected = expectedDowntimeMs(input)
           const rateKnown = bw > 0 || p.availSwitchoverBandwidth > 0
-          const fits = rateKnown ? pending <= thresholdBytes(input) : pending === 0
+          // A reserve as large as the limit leaves nothing that fits: pre-copy
+          // goes on (QEMU's answer to a limit it cannot hold), and the
+          // expected downtime in the stats says why.
+          const fits = (rateKnown ? pending <= thresholdBytes(input) : pending === 0) && reserveMs < p.downtimeLimitMs
           if (fits && (!this.capabilities.switchoverAck || this.acked)) break
           // Nothing moves in pre-copy and the link was never measured: the
           // state left can only move with the VM stopped, and how long that
@@ -311,18 +615,49 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       }
 
       // ---- switchover ----
-      this.set('device')
-      stoppedAt = now()
-      await vm.vmStopForceState('finish-migrate')
+      // Not for a cancel that came during the last round: the guest would stop for nothing.
       this.checkCancel()
-      await save.switchoverStart()
+      const pause = this.capabilities.pauseBeforeSwitchover
+      // QEMU's order with the pause: active, VM stopped, pre-switchover, device.
+      if (!pause) this.set('device')
+      stoppedAt = now()
+      this.marks.stopped = stoppedAt
+      await vm.vmStopForceState('finish-migrate')
+      this.marks.stopDone = now()
+      if (pause) await this.pausedBeforeSwitchover(save, rp)
+      this.checkCancel()
+      if (sendsSwitchoverStart(p.sendSwitchoverStart, this.machine.machine, registry)) await save.switchoverStart()
       await save.complete()
       await save.nonIterable()
+      // Before the write: a cancel while EOF is on its way must leave the
+      // stream up, so that the destination, which may then hold the whole
+      // stream, hears ABORT instead of a lost link.
+      this.eofSent = true
       await save.finish()
-      this.committed = true
+      this.marks.eof = now()
       this.remaining = 0
+      if (handover) {
+        // The destination cannot start the guest without GO: until GO is
+        // handed to the socket every failure and timeout resumes it here.
+        await this.waitFor(() => this.readyAt > 0, this.resumeWaiters, p.handoverTimeoutMs, 'waiting for the destination to be READY')
+        this.checkCancel()
+        if (f.error) throw new MigrationError(`before GO: ${f.error.message}`, f.error.code, { cause: f.error })
+        this.committed = true
+        // Whether it arrived is learnt from the answer, or never: an error
+        // here does not mean the destination did not get it.
+        await writeHandoverFrame(f, HandoverFrame.GO).catch(() => undefined)
+        this.marks.go = now()
+        await this.waitFor(() => this.resumed !== null, this.resumeWaiters, p.handoverTimeoutMs, 'waiting for the destination to start the guest (STARTED)')
+      } else if (rp) {
+        this.committed = true
+        // QEMU's destination says nothing until it ends: only the timeout bounds this wait.
+        this.watchdog?.stop()
+        await this.waitFor(() => this.resumed !== null, this.resumeWaiters, p.handoverTimeoutMs, 'waiting for the destination to resume')
+      } else {
+        this.committed = true
+      }
+      this.watchdog?.stop()
       if (rp) {
-        await this.waitFor(() => this.resumed !== null, this.resumeWaiters, p.xResumeTimeoutMs, 'waiting for the destination to resume')
         if (!this.resumed!.ok) throw new MigrationError(`destination failed to start the VM: ${this.remoteReason ?? `errno ${this.resumed!.errno}`}`, 'EREMOTEIO')
         this.downtime = this.resumed!.at - stoppedAt
         this.downtimeMeasured = true
@@ -339,7 +674,16 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       this.emit('progress', s)
       return s
     } catch (e) {
+      this.watchdog?.stop()
+      // The destination may run the guest, and did not say it failed to: this
+      // side must not run it too, nor can it know that the other does.
+      if (this.committed && this.resumed?.ok !== false) return await this.handoverUnknown(e, save, wasRunning)
       const cancelled = this.cancelRequested
+      // Withdraw the handover in words: the destination then fails cleanly
+      // instead of waiting in handover-unknown for an operator.
+      if (this.eofSent && this.capabilities.handover && this.f && hasReturnPath(this.f.channel) && !this.f.error) {
+        await Promise.race([writeHandoverFrame(this.f, HandoverFrame.ABORT).catch(() => undefined), new Promise(r => setTimeout(r, 1000))])
+      }
       // A write that failed because the destination gave up says EPIPE; the
       // destination's own reason, if it reaches us shortly, says why.
       if (!cancelled && rpDone && this.remoteReason === undefined) {
@@ -349,6 +693,8 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
         e = new MigrationError(`destination failed: ${this.remoteReason}`, 'EREMOTEIO', { cause: e })
       }
       this.error = (e as Error).message
+      if (cancelled && !this.eofSent && save && this.f && !this.f.error) await this.endCancelled(save, rpDone, headerSent)
+      clearInterval(this.graceTimer)
       this.f?.shutdown(cancelled ? 'migration cancelled' : 'migration failed')
       await this.f?.close().catch(() => undefined)
       if (save) await save.cleanup()
@@ -371,6 +717,7 @@ export class OutgoingMigration extends TypedEmitter<MigrationEvents> {
       if (resumeError) err.message += `; resuming the source failed too: ${(resumeError as Error).message}`
       throw err
     } finally {
+      clearInterval(this.graceTimer)
       if (rpDone) await rpDone
     }
   }

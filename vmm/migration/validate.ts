@@ -13,11 +13,17 @@ export function checkParameters(p: MigrationParameters): MigrationParameters {
   intIn('downtime-limit', p.downtimeLimitMs, 0, 2000000)
   intIn('max-bandwidth', p.maxBandwidth, 0, Number.MAX_SAFE_INTEGER)
   intIn('avail-switchover-bandwidth', p.availSwitchoverBandwidth, 0, Number.MAX_SAFE_INTEGER)
+  if (p.sendSwitchoverStart !== true && p.sendSwitchoverStart !== false && p.sendSwitchoverStart !== 'auto') {
+    throw new MigrationError(`parameter send-switchover-start must be true, false or 'auto', got ${JSON.stringify(p.sendSwitchoverStart)}`, 'EINVAL')
+  }
   intIn('cpu-throttle-initial', p.cpuThrottleInitial, 1, 99)
   intIn('cpu-throttle-increment', p.cpuThrottleIncrement, 1, 99)
   intIn('max-cpu-throttle', p.maxCpuThrottle, 1, 99)
   intIn('x-max-iterations', p.xMaxIterations, 0, Number.MAX_SAFE_INTEGER)
-  intIn('x-resume-timeout', p.xResumeTimeoutMs, 1, 3600000)
+  intIn('link-timeout', p.linkTimeoutMs, 0, 3600000)
+  intIn('handover-timeout', p.handoverTimeoutMs, 1, 3600000)
+  intIn('handshake-timeout', p.handshakeTimeoutMs, 1, 3600000)
+  intIn('incoming-timeout', p.incomingTimeoutMs, 0, 86400000)
   for (const k of Object.keys(p)) {
     if (!(k in KNOWN_PARAMS)) throw new MigrationError(`unknown migration parameter '${k}'`, 'EINVAL')
   }
@@ -26,12 +32,14 @@ export function checkParameters(p: MigrationParameters): MigrationParameters {
 
 const KNOWN_PARAMS: Record<keyof MigrationParameters, true> = {
   downtimeLimitMs: true, maxBandwidth: true, availSwitchoverBandwidth: true, cpuThrottleInitial: true,
-  cpuThrottleIncrement: true, maxCpuThrottle: true, xMaxIterations: true, xResumeTimeoutMs: true,
+  sendSwitchoverStart: true,
+  cpuThrottleIncrement: true, maxCpuThrottle: true, xMaxIterations: true, linkTimeoutMs: true,
+  handoverTimeoutMs: true, handshakeTimeoutMs: true, incomingTimeoutMs: true,
 }
 
 export function checkCapabilities(c: MigrationCapabilities): MigrationCapabilities {
   for (const [k, v] of Object.entries(c)) {
-    if (k !== 'switchoverAck' && k !== 'autoConverge') throw new MigrationError(`unknown migration capability '${k}'`, 'EINVAL')
+    if (k !== 'switchoverAck' && k !== 'autoConverge' && k !== 'handover' && k !== 'pauseBeforeSwitchover') throw new MigrationError(`unknown migration capability '${k}'`, 'EINVAL')
     if (typeof v !== 'boolean') throw new MigrationError(`capability ${k} must be true or false, got ${JSON.stringify(v)}`, 'EINVAL')
   }
   return c
@@ -45,3 +53,12 @@ export function checkCapabilities(c: MigrationCapabilities): MigrationCapabiliti
 export function validatedCapabilities(c: MigrationCapabilities): string[] {
   return c.switchoverAck ? ['switchover-ack'] : []
 }
+
+/**
+ * The handover's name in the configuration section. The source lists it when
+ * it will use the handover (its capability is on and the channel has a return
+ * path); a destination with the capability off refuses such a stream, one with
+ * it on follows whatever the source declared (a QEMU source, or a save to a
+ * file, declares nothing: the destination then starts the guest itself).
+ */
+export const HANDOVER_CAPABILITY = 'x-handover'

@@ -1,6 +1,6 @@
 // RAM blocks as configured by the VMM: validated once, then laid out on one
 // guest-physical dirty bitmap that every dirty source writes into.
-import { DirtyBitmap } from '../vfio/dirty-pages.js'
+import { DirtyBitmap } from '../core/dirty-bitmap.js'
 import { RAM_PAGE_SIZE } from './format.js'
 
 export interface RamBlockConfig {

@@ -17,8 +17,9 @@ export class DirectLoader {
   private readonly blocks: RamLoadBlock[]
   private readonly index = new Map<RamBlock, number>()
 
-  constructor(private readonly layout: RamLayout) {
-    this.blocks = layout.blocks.map(b => ({ memory: b.memory, name: b.nameBytes }))
+  /** `received[i]`: block i's bitmap of pages applied, which native code sets too. */
+  constructor(private readonly layout: RamLayout, received: readonly Uint8Array[]) {
+    this.blocks = layout.blocks.map((b, i) => ({ memory: b.memory, name: b.nameBytes, received: received[i] }))
     layout.blocks.forEach((b, i) => this.index.set(b, i))
   }
 

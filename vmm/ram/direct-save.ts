@@ -8,7 +8,7 @@ import { native } from '../native/addon.js'
 import type { RamSendBlock, RamSendResult } from '../../native/index.js'
 import type { MigStream } from '../stream/stream.js'
 import type { RateLimiter } from '../stream/rate-limit.js'
-import type { DirtyBitmap } from '../vfio/dirty-pages.js'
+import type { DirtyBitmap } from '../core/dirty-bitmap.js'
 import type { RamLayout } from './blocks.js'
 
 export type { RamSendResult }

@@ -28,3 +28,5 @@ export class RamNoBlockError extends make('ERR_RAM_NO_BLOCK', E.EINVAL) {}
 export class RamZeroPageError extends make('ERR_RAM_ZERO_PAGE', E.EINVAL) {}
 /** A section version other than 4. */
 export class RamVersionError extends make('ERR_RAM_VERSION', E.EINVAL) {}
+/** After the stream's end: pages of a block that no record ever carried. */
+export class RamMissingPagesError extends make('ERR_RAM_MISSING_PAGES', E.ENODATA) {}

@@ -7,8 +7,8 @@ import { TruncatedError } from '../savevm/errors.js'
 import type { RamBlock, RamLayout } from './blocks.js'
 import { RAM_FLAGS_MASK, RAM_PAGE_SIZE, RAM_VERSION, RamFlag, SUPPORTED_FLAGS, describeFlags } from './format.js'
 import {
-  RamBadFlagsError, RamBlockSizeError, RamMemSizeError, RamNoBlockError, RamOffsetError, RamUnknownBlockError,
-  RamVersionError, RamZeroPageError,
+  RamBadFlagsError, RamBlockSizeError, RamMemSizeError, RamMissingPagesError, RamNoBlockError, RamOffsetError,
+  RamUnknownBlockError, RamVersionError, RamZeroPageError,
 } from './errors.js'
 import { isZeroPage } from './zero.js'
 import { DirectLoader, type RamPendingPage } from './direct-load.js'
@@ -40,14 +40,55 @@ export class RamLoader {
   private last: RamBlock | null = null
   private readonly direct: DirectLoader
   readonly stats: RamLoadStats = { normalPages: 0, zeroPages: 0, sections: 0 }
+  /**
+   * Per block, one bit per page (page i: bit i % 8 of byte i / 8), set once a
+   * PAGE or ZERO record for it was applied: sized by this side's blocks,
+   * whatever the stream says.
+   */
+  private readonly received = new Map<RamBlock, Uint8Array>()
 
   constructor(private readonly layout: RamLayout) {
-    this.direct = new DirectLoader(layout)
+    for (const b of layout.blocks) this.received.set(b, new Uint8Array(Math.ceil(b.pages / 8)))
+    this.direct = new DirectLoader(layout, layout.blocks.map(b => this.received.get(b)!))
   }
 
   reset(): void {
     this.last = null
     Object.assign(this.stats, { normalPages: 0, zeroPages: 0, sections: 0 })
+    for (const bits of this.received.values()) bits.fill(0)
+  }
+
+  private applied(b: RamBlock, addr: number): void {
+    const p = addr / RAM_PAGE_SIZE
+    this.received.get(b)![p >>> 3] |= 1 << (p & 7)
+  }
+
+  /**
+   * After the stream's end: every page of every block arrived at least once
+   * (a QEMU source sends them all in its first round, zero pages as ZERO
+   * records). A page never sent holds whatever this side had, not the
+   * guest's: refuse, naming each block and how many.
+   */
+  checkComplete(): void {
+    const short: string[] = []
+    for (const b of this.layout.blocks) {
+      const bits = this.received.get(b)!
+      let missing = 0
+      let first = -1
+      for (let i = 0; i < bits.length; i++) {
+        const byte = bits[i]
+        if (byte === 0xff) continue
+        for (let j = 0; j < 8; j++) {
+          const p = i * 8 + j
+          if (p < b.pages && (byte & (1 << j)) === 0) {
+            missing++
+            if (first < 0) first = p
+          }
+        }
+      }
+      if (missing) short.push(`'${b.name}': ${missing} of ${b.pages} pages (the first at offset 0x${(first * RAM_PAGE_SIZE).toString(16)})`)
+    }
+    if (short.length) throw new RamMissingPagesError(`pages never sent: ${short.join('; ')}`)
   }
 
   /** Read one section's RAM records up to and including EOS. */
@@ -98,6 +139,7 @@ export class RamLoader {
               await need(f, RAM_PAGE_SIZE - got, 'ram', 'page data')
               f.takeInto(b.memory, addr + got, RAM_PAGE_SIZE - got)
               this.stats.normalPages++
+              this.applied(b, addr)
               break
             }
           }
@@ -105,7 +147,7 @@ export class RamLoader {
             if (f.available < 1) await need(f, 1, 'ram', 'zero page fill byte')
             const ch = f.u8()
             if (ch !== 0) throw zeroFillError(b, addr, ch, at)
-            // Like ram_handle_zero(): leave an already-zero page untouched so the host need not back it.
+            // As QEMU's zero-page handler does: leave an already-zero page untouched so the host need not back it.
             if (!isZeroPage(b.memory, addr)) b.memory.fill(0, addr, addr + RAM_PAGE_SIZE)
             this.stats.zeroPages++
           } else {
@@ -113,6 +155,7 @@ export class RamLoader {
             f.takeInto(b.memory, addr, RAM_PAGE_SIZE)
             this.stats.normalPages++
           }
+          this.applied(b, addr)
           break
         }
         case RamFlag.MEM_SIZE:

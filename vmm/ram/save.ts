@@ -7,7 +7,8 @@
 // next sync and the page is sent again, as in QEMU. Every sync reads-and-clears
 // the sources before the pages it marked are read, so no write is lost.
 import type { MigStream } from '../stream/stream.js'
-import type { DirtyBitmap } from '../vfio/dirty-pages.js'
+import type { DirtyBitmap } from '../core/dirty-bitmap.js'
+import type { RamDirtyLog } from '../savevm/registry.js'
 import { RAM_PAGE_SIZE, RamFlag } from './format.js'
 import type { RamBlock, RamLayout } from './blocks.js'
 import { isZeroPage } from './zero.js'
@@ -55,12 +56,15 @@ export class RamSaver {
   /** performance.now() is the clock native code reads too; any other is read here. */
   private readonly realClock: boolean
   private readonly direct: DirectSender
+  /** The registry's dirty logs this migration started, which it syncs and must stop. */
+  private started: RamDirtyLog[] = []
   readonly stats: RamSaveStats = RamSaver.emptyStats()
 
   constructor(
     private readonly layout: RamLayout,
     private readonly sources: readonly DirtySource[],
     now?: () => number,
+    private readonly logs: () => readonly RamDirtyLog[] = () => [],
   ) {
     this.now = now ?? (() => performance.now())
     this.realClock = now === undefined
@@ -77,6 +81,7 @@ export class RamSaver {
 
   /** START payload: the bulk stage (every page dirty), MEM_SIZE and the block list, EOS. */
   async setup(f: MigStream): Promise<void> {
+    await this.stopLogs()
     Object.assign(this.stats, RamSaver.emptyStats())
     this.send = this.layout.bitmap()
     this.scratch = this.layout.bitmap()
@@ -86,6 +91,12 @@ export class RamSaver {
     this.cursorBlock = this.cursorPage = 0
     this.periodStart = this.now()
     this.periodPages = 0
+    // Started before the sync below and after every page was marked: a write
+    // from now on is either in the bulk stage's copy or in a later sync.
+    for (const log of this.logs()) {
+      this.started.push(log)
+      await log.logStart(this.layout.blocks)
+    }
     // Starts every source's log afresh; what it reports is already marked.
     await this.sync()
     const before = f.transferred
@@ -106,6 +117,7 @@ export class RamSaver {
     const scratch = this.scratch!
     scratch.clear()
     for (const src of this.sources) await src(scratch)
+    for (const log of this.started) await log.logSync(scratch)
     let reported = 0
     for (const b of this.layout.blocks) {
       reported += scratch.countRange(b.firstPage, b.pages)
@@ -183,10 +195,20 @@ export class RamSaver {
     this.stats.remaining = this.dirty * RAM_PAGE_SIZE
   }
 
-  cleanup(): void {
+  /** After success or failure: stops every started log (all of them, even if one fails; then throws the first error). */
+  async cleanup(): Promise<void> {
     this.send = this.scratch = null
     this.lastSent = null
     this.dirty = 0
+    await this.stopLogs()
+  }
+
+  private async stopLogs(): Promise<void> {
+    const started = this.started
+    this.started = []
+    const errors: unknown[] = []
+    for (const log of started) await log.logStop().catch(e => errors.push(e))
+    if (errors.length) throw errors[0]
   }
 
   private need(): DirtyBitmap {

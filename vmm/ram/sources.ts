@@ -1,5 +1,5 @@
-// Adapters from the VMM's dirty logs to dirty sources.
-import type { DirtyTracker } from '../vfio/dirty-tracking.js'
+// Adapters from the VMM's dirty logs to dirty sources. Device DMA has none:
+// the VFIO set is a dirty log of the RAM section by itself.
 import type { DirtySource } from './save.js'
 
 /**
@@ -8,9 +8,4 @@ import type { DirtySource } from './save.js'
  */
 export function vcpuDirtySource(vcpu: { syncDirtyLog(): Promise<Uint8Array> }, base = 0): DirtySource {
   return async into => into.markBitmap(base, await vcpu.syncDirtyLog())
-}
-
-/** Pages written by device DMA, from the VFIO dirty tracker. */
-export function trackerDirtySource(tracker: DirtyTracker): DirtySource {
-  return into => tracker.sync(into)
 }

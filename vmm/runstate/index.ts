@@ -1,3 +1,2 @@
 export { RUN_STATES, type RunState, isRunState, transitionAllowed, allowedFrom } from './states.js'
-export { Vm, InvalidTransitionError, TransitionError, type ChangeStateHandler, type ChangeStateCallback, type VmEvents } from './vm.js'
-export { TypedEmitter } from './emitter.js'
+export { Vm, InvalidTransitionError, TransitionError, ReentrantTransitionError, type ChangeStateHandler, type ChangeStateCallback, type VmEvents } from './vm.js'

@@ -5,7 +5,13 @@
 // back every callback already applied (in reverse, called with the previous
 // running flag and state), the run state does not change, and the caller gets
 // a TransitionError.
-import { TypedEmitter } from './emitter.js'
+//
+// A notifier that asks for another transition (vmStop from inside a stop)
+// would wait for the transition it is part of: it gets a
+// ReentrantTransitionError at once, and requestStop is the way to ask
+// (QEMU's qemu_system_vmstop_request: honoured once the current one is over).
+import { AsyncLocalStorage } from 'node:async_hooks'
+import { typedEmitter } from '../core/events.js'
 import { transitionAllowed, isRunState, type RunState } from './states.js'
 
 export type ChangeStateCallback = (running: boolean, state: RunState) => void | Promise<void>
@@ -46,6 +52,16 @@ export class TransitionError extends Error {
   }
 }
 
+/** vmStart/vmStop called from inside a change-state notifier of the same VM. */
+export class ReentrantTransitionError extends Error {
+  readonly code = 'ERR_RUNSTATE_REENTRANT'
+  readonly errno = 35 // EDEADLK: it would wait for itself
+  constructor(readonly from: RunState, readonly to: RunState, readonly requested: RunState) {
+    super(`ERR_RUNSTATE_REENTRANT: a change-state notifier asked for '${requested}' during '${from}' -> '${to}', which cannot finish before it; use requestStop()`)
+    this.name = 'ReentrantTransitionError'
+  }
+}
+
 export type VmEvents = {
   /** The run state changed (after every notifier succeeded). */
   'state-change': (e: { from: RunState; to: RunState; running: boolean }) => void
@@ -53,13 +69,24 @@ export type VmEvents = {
   'transition-failed': (e: { from: RunState; to: RunState; error: TransitionError }) => void
   stop: (state: RunState) => void
   resume: () => void
+  /** A stop asked for with requestStop could not be made. */
+  'stop-request-failed': (e: { state: RunState; error: unknown }) => void
 }
 
-export class Vm extends TypedEmitter<VmEvents> {
+/** Which transition the notifiers running in this async context belong to. */
+interface InTransition {
+  from: RunState
+  to: RunState
+  /** False once the transition settled: work it left behind may start others. */
+  active: boolean
+}
+
+export class Vm extends typedEmitter<VmEvents>() {
   private current: RunState
   private handlers: Entry[] = []
   private seq = 0
   private queue: Promise<unknown> = Promise.resolve()
+  private readonly inside = new AsyncLocalStorage<InTransition>()
 
   constructor(initial: RunState = 'prelaunch') {
     super()
@@ -96,7 +123,9 @@ export class Vm extends TypedEmitter<VmEvents> {
     this.emit('state-change', { from, to, running: to === 'running' })
   }
 
-  private serialize<T>(fn: () => Promise<T>): Promise<T> {
+  private serialize<T>(requested: RunState, fn: () => Promise<T>): Promise<T> {
+    const t = this.inside.getStore()
+    if (t?.active) return Promise.reject(new ReentrantTransitionError(t.from, t.to, requested))
     const run = this.queue.then(fn, fn)
     this.queue = run.catch(() => undefined)
     return run
@@ -111,11 +140,23 @@ export class Vm extends TypedEmitter<VmEvents> {
     const from = this.current
     const wasRunning = from === 'running'
     const order = running ? [...this.handlers] : [...this.handlers].reverse()
-    const applied: { fn: ChangeStateCallback; name: string }[] = []
     const passes: ['prepare' | 'main', (e: Entry) => ChangeStateCallback | undefined][] = [
       ['prepare', e => e.prepare],
       ['main', e => e.cb],
     ]
+    const mark: InTransition = { from, to, active: true }
+    try {
+      await this.inside.run(mark, () => this.passes(passes, order, running, to, from, wasRunning))
+    } finally {
+      mark.active = false
+    }
+  }
+
+  private async passes(
+    passes: ['prepare' | 'main', (e: Entry) => ChangeStateCallback | undefined][], order: Entry[],
+    running: boolean, to: RunState, from: RunState, wasRunning: boolean,
+  ): Promise<void> {
+    const applied: { fn: ChangeStateCallback; name: string }[] = []
     for (const [phase, pick] of passes) {
       for (const e of order) {
         const fn = pick(e)
@@ -142,7 +183,7 @@ export class Vm extends TypedEmitter<VmEvents> {
 
   /** QEMU's vm_start: notify (running=true) then enter 'running'. */
   vmStart(): Promise<void> {
-    return this.serialize(async () => {
+    return this.serialize('running', async () => {
       if (this.current === 'running') return
       if (!transitionAllowed(this.current, 'running')) throw new InvalidTransitionError(this.current, 'running')
       await this.notify(true, 'running')
@@ -156,16 +197,33 @@ export class Vm extends TypedEmitter<VmEvents> {
    * already stopped, only the state changes (no notifiers), like QEMU.
    */
   vmStop(state: RunState = 'paused'): Promise<void> {
-    return this.serialize(async () => {
-      if (state === 'running') throw new InvalidTransitionError(this.current, state)
-      if (!transitionAllowed(this.current, state)) throw new InvalidTransitionError(this.current, state)
-      if (this.current !== 'running') {
-        this.runstateSet(state)
-        return
-      }
-      await this.notify(false, state)
+    return this.serialize(state, () => this.stop(state, false))
+  }
+
+  private async stop(state: RunState, onlyIfRunning: boolean): Promise<void> {
+    if (onlyIfRunning && this.current !== 'running') return
+    if (state === 'running') throw new InvalidTransitionError(this.current, state)
+    if (!transitionAllowed(this.current, state)) throw new InvalidTransitionError(this.current, state)
+    if (this.current !== 'running') {
       this.runstateSet(state)
-      this.emit('stop', state)
+      return
+    }
+    await this.notify(false, state)
+    this.runstateSet(state)
+    this.emit('stop', state)
+  }
+
+  /**
+   * Ask for a stop to `state` without waiting for it (QEMU's
+   * qemu_system_vmstop_request): it runs once any transition in progress is
+   * over, and only if the VM is running then. The one way a change-state
+   * notifier can stop the VM it belongs to; a failure is reported with the
+   * 'stop-request-failed' event.
+   */
+  requestStop(state: RunState = 'paused'): void {
+    // Outside the notifier's context: this stop is not part of its transition.
+    this.inside.exit(() => {
+      this.serialize(state, () => this.stop(state, true)).catch(error => this.emit('stop-request-failed', { state, error }))
     })
   }
 

@@ -31,6 +31,15 @@ export const MigCmd = {
 } as const
 export type MigCmd = (typeof MigCmd)[keyof typeof MigCmd]
 
+/**
+ * The be32 payload of the PING that ends a stream whose source cancelled the
+ * migration ("CNCL"; this project's, see docs/stream-format.md). QEMU's own
+ * pings carry small sequence numbers, and a QEMU destination answers any
+ * PING with a PONG: nothing else it could misread, and it is only ever sent
+ * in a stream that is being abandoned.
+ */
+export const CANCEL_PING = 0x434e434c
+
 /** Payload length of each command, -1 when variable (mig_cmd_args). */
 export const MIG_CMD_LEN: Record<number, number> = {
   [MigCmd.OPEN_RETURN_PATH]: 0,

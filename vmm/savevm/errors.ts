@@ -49,10 +49,26 @@ export class TrailingGarbageError extends make('ERR_SAVEVM_TRAILING_GARBAGE', E.
 export class LengthLimitError extends make('ERR_SAVEVM_LENGTH_LIMIT', E.EMSGSIZE) {}
 export class BadCommandError extends make('ERR_SAVEVM_BAD_COMMAND', E.EINVAL) {}
 export class UnknownSubsectionError extends make('ERR_SAVEVM_UNKNOWN_SUBSECTION', E.EINVAL) {}
-export class BadValueError extends make('ERR_SAVEVM_BAD_VALUE', E.EINVAL) {}
 export class VmdescError extends make('ERR_SAVEVM_VMDESC', E.EINVAL) {}
 export class HandlerError extends make('ERR_SAVEVM_HANDLER', E.EIO) {}
+/** The stream ended without a section this side registered and needs (every one is named). */
+export class MissingSectionError extends make('ERR_SAVEVM_MISSING_SECTION', E.ENOENT) {}
 export class StreamFailedError extends make('ERR_SAVEVM_STREAM', E.EIO) {}
+/** The source said it cancelled (the CANCEL_PING command): not a broken stream. */
+export class MigrationCancelledError extends make('ERR_MIGRATION_CANCELLED', E.ECANCELED) {}
+
+/**
+ * A value this side cannot run with: a VMState field outside its declared
+ * range or refused by its check, or a postLoad that refuses what it got (as
+ * QEMU's post_load can fail). `field` names it ("microvm-timer.periodUs").
+ */
+export class InvalidFieldError extends LoadError {
+  readonly field: string
+  constructor(field: string, message: string, info?: LoadErrorInfo) {
+    super('ERR_VMSTATE_INVALID', E.EINVAL, `${field}: ${message}`, info)
+    this.field = field
+  }
+}
 
 /** Errors of the saving side (bad device state, vetoed migration, ...). */
 export class SaveError extends Error {

@@ -1,6 +1,6 @@
 export * from './constants.js'
 export * from './errors.js'
-export { SaveVMRegistry, type SaveVMHandlers, type SaveStateEntry, type RegisterOptions, type PendingSize, type LoadHandlerContext } from './registry.js'
+export { SaveVMRegistry, requiredInStream, type SaveVMHandlers, type SaveStateEntry, type RegisterOptions, type PendingSize, type LoadHandlerContext, type RamDirtyLog } from './registry.js'
 export { SaveVM, type SaveOptions, type Vmdesc, type VmdescDevice } from './save.js'
 export { loadvm, type LoadOptions, type LoadResult } from './load.js'
 export { configurationVmsd, type Configuration } from './configuration.js'

@@ -4,15 +4,15 @@
 import type { MigStream } from '../stream/stream.js'
 import {
   QEMU_VM_EOF, QEMU_VM_SECTION_START, QEMU_VM_SECTION_PART, QEMU_VM_SECTION_END, QEMU_VM_SECTION_FULL,
-  QEMU_VM_COMMAND, QEMU_VM_CONFIGURATION, MigCmd,
+  QEMU_VM_COMMAND, QEMU_VM_CONFIGURATION, MigCmd, CANCEL_PING,
 } from './constants.js'
 import {
   LoadError, ConfigurationError, UnknownSectionTypeError, UnknownSectionIdError, UnknownIdstrError,
-  VersionTooNewError, TrailingGarbageError, HandlerError, BadCommandError,
+  VersionTooNewError, TrailingGarbageError, HandlerError, BadCommandError, MissingSectionError, MigrationCancelledError,
 } from './errors.js'
 import { need, streamFailure } from './fail.js'
-import { readHeader, readSectionStart, readSectionId, readFooter, readCommand, readVmdesc, type Command } from './reader.js'
-import type { SaveVMRegistry, SaveStateEntry, LoadHandlerContext } from './registry.js'
+import { readHeader, readSectionStart, readSectionId, readFooter, readCommand, readVmdesc, parseVmdesc, type Command } from './reader.js'
+import { requiredInStream, type SaveVMRegistry, type SaveStateEntry, type LoadHandlerContext } from './registry.js'
 import { loadState } from '../vmstate/load.js'
 import { configurationVmsd, receivedCapabilities } from './configuration.js'
 
@@ -27,11 +27,20 @@ export interface LoadOptions {
    * Omitted: not checked.
    */
   capabilities?: string[]
+  /**
+   * Capabilities the source may list or not, as it chooses (LoadResult.capabilities
+   * says which it did); any other one it lists that `capabilities` lacks is refused.
+   */
+  optionalCapabilities?: string[]
   /** The stream starts with a configuration section (default true). */
   expectConfiguration?: boolean
   /** Read the VMDESCRIPTION after EOF (default true). */
   vmdesc?: boolean
-  /** Largest vmdesc accepted (default 16 MiB). */
+  /**
+   * Largest vmdesc accepted (default 1 MiB; QEMU's for a q35 machine with
+   * virtio, e1000e and USB is 99 KB). The bytes are kept as they came and
+   * parsed only when LoadResult.vmdesc is read, never during the load.
+   */
   maxVmdescLength?: number
   /**
    * After the end, insist the peer closes with nothing more (default: only
@@ -47,10 +56,22 @@ export interface LoadOptions {
 export interface LoadResult {
   machine?: string
   targetPageBits?: number
-  vmdesc?: unknown
+  /** The capabilities the source listed in the configuration section. */
+  capabilities?: string[]
+  /**
+   * The VMDESCRIPTION's JSON, parsed when first read (a VmdescError then if
+   * it is not JSON); undefined when the stream had none.
+   */
+  readonly vmdesc?: unknown
   sections: number
-  commands: { cmd: number; name: string; length: number }[]
+  /**
+   * Each kind of command received, in order of first arrival, with how many
+   * came and their payload bytes: bounded however many arrive.
+   */
+  commands: { cmd: number; name: string; count: number; bytes: number }[]
 }
+
+export const DEFAULT_MAX_VMDESC = 1 << 20
 
 const MAX_SECTIONS_IN_FLIGHT = 1 << 16
 
@@ -97,10 +118,11 @@ class Loader {
     if (this.opts.machine !== undefined && machine !== this.opts.machine) {
       throw new ConfigurationError(`machine type received is '${machine}', local is '${this.opts.machine}'`, { section: 'configuration', offset: at })
     }
+    this.result.capabilities = receivedCapabilities(state)
     if (this.opts.capabilities) {
-      const theirs = receivedCapabilities(state)
+      const theirs = this.result.capabilities
       for (const c of theirs) {
-        if (!this.opts.capabilities.includes(c)) {
+        if (!this.opts.capabilities.includes(c) && !this.opts.optionalCapabilities?.includes(c)) {
           throw new ConfigurationError(`capability '${c}' is on at the source but off here`, { section: 'configuration', offset: at })
         }
       }
@@ -165,7 +187,13 @@ class Loader {
   }
 
   async command(c: Command): Promise<void> {
-    this.result.commands.push({ cmd: c.cmd, name: c.name, length: c.data.length })
+    const seen = this.result.commands.find(x => x.cmd === c.cmd)
+    if (seen) {
+      seen.count++
+      seen.bytes += c.data.length
+    } else {
+      this.result.commands.push({ cmd: c.cmd, name: c.name, count: 1, bytes: c.data.length })
+    }
     switch (c.cmd) {
       case MigCmd.OPEN_RETURN_PATH:
         await this.maybeAck()
@@ -177,6 +205,9 @@ class Loader {
         }
         break
       case MigCmd.PING:
+        if (c.data.readUInt32BE(0) === CANCEL_PING) {
+          throw new MigrationCancelledError('the source cancelled the migration', { offset: this.f.bytesRead })
+        }
         break
       default:
         if (!this.opts.onCommand) {
@@ -229,10 +260,33 @@ class Loader {
     }
   }
 
+  /**
+   * After EOF: every section this side needs arrived, and every entry that
+   * loaded accepts what it got (loadVerify). Before anything may start.
+   */
+  async verify(): Promise<void> {
+    const loaded = new Set([...this.bySection.values()].map(s => s.entry))
+    const missing = this.reg.entries().filter(e => requiredInStream(e) && !loaded.has(e))
+    if (missing.length) {
+      const names = missing.map(e => `'${e.idstr}' instance ${e.instanceId}`)
+      throw new MissingSectionError(`the stream ended without ${missing.length === 1 ? 'a section' : `${missing.length} sections`} this side needs: ${names.join(', ')}`, { offset: this.f.bytesRead })
+    }
+    for (const e of this.reg.entries()) {
+      const h = e.handlers.loadVerify
+      if (h && loaded.has(e)) await this.runHandler(`${e.idstr}/${e.instanceId}`, () => h.call(e.handlers))
+    }
+  }
+
   async tail(): Promise<void> {
     if (this.opts.vmdesc !== false) {
       if ((await this.f.tryFill(1)) > 0) {
-        this.result.vmdesc = await readVmdesc(this.f, this.opts.maxVmdescLength ?? 16 << 20)
+        const raw = await readVmdesc(this.f, this.opts.maxVmdescLength ?? DEFAULT_MAX_VMDESC)
+        let parsed: { value: unknown } | undefined
+        // Parsing waits for whoever asks: a destination does not, so its downtime never pays for it.
+        Object.defineProperty(this.result, 'vmdesc', {
+          enumerable: true,
+          get: () => (parsed ??= { value: parseVmdesc(raw) }).value,
+        })
       }
     }
     const strict = this.opts.strictEnd ?? this.f.channel.kind === 'file'
@@ -251,6 +305,7 @@ export async function loadvm(f: MigStream, registry: SaveVMRegistry, opts: LoadO
   try {
     await l.setup()
     await l.main()
+    await l.verify()
     await l.tail()
   } finally {
     await l.cleanup()

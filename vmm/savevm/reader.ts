@@ -6,12 +6,22 @@ import {
   MIG_CMD_LEN, MIG_CMD_NAME,
 } from './constants.js'
 import {
-  BadMagicError, UnsupportedVersionError, FooterMismatchError, BadCommandError, LengthLimitError, VmdescError,
+  BadMagicError, UnsupportedVersionError, FooterMismatchError, BadCommandError, LengthLimitError, VmdescError, TruncatedError,
 } from './errors.js'
 import { need, streamFailure } from './fail.js'
 
 export async function readHeader(f: MigStream): Promise<void> {
-  await need(f, 8, 'header', 'file header')
+  if (!(await f.fill(8))) {
+    // Not one byte: a source that gave up before it began (cancelled while it
+    // built its guest, say), not a stream cut short. A reset says the same: a
+    // socket closed with unread data in it (the return path's first message)
+    // resets the connection.
+    const closed = f.error?.code === 'ENODATA' || f.error?.code === 'ECONNRESET'
+    if (closed && f.bytesRead === 0 && f.available === 0) {
+      throw new TruncatedError('empty stream: the source closed the channel before sending anything', { section: 'header', offset: 0, cause: f.error })
+    }
+    throw streamFailure(f, 'header', 'file header')
+  }
   const magic = f.be32()
   if (magic !== QEMU_VM_FILE_MAGIC) {
     throw new BadMagicError(`magic 0x${magic.toString(16).padStart(8, '0')} is not QEVM (0x5145564d)`, { section: 'header', offset: 0 })
@@ -83,19 +93,24 @@ export async function readCommand(f: MigStream): Promise<Command> {
   return { cmd, name: MIG_CMD_NAME[cmd], data: f.bytes(len) }
 }
 
-/** The VMDESCRIPTION that may follow EOF: null at end of stream. */
-export async function readVmdesc(f: MigStream, maxLength: number): Promise<unknown> {
+/** The VMDESCRIPTION that may follow EOF: its JSON bytes, unparsed, and where they start. */
+export async function readVmdesc(f: MigStream, maxLength: number): Promise<{ bytes: Buffer; offset: number }> {
   const at = f.bytesRead
   await need(f, 5, 'vmdesc', 'vmdesc header')
   const t = f.u8()
   if (t !== QEMU_VM_VMDESCRIPTION) throw new VmdescError(`expected 0x06 after EOF, found 0x${t.toString(16)}`, { section: 'vmdesc', offset: at })
   const len = f.be32()
   if (len > maxLength) throw new LengthLimitError(`vmdesc of ${len} bytes exceeds the ${maxLength} limit`, { section: 'vmdesc', offset: at })
-  const b = await f.getBuffer(len)
+  const bytes = await f.getBuffer(len)
   if (f.error) throw streamFailure(f, 'vmdesc', 'vmdesc JSON')
+  return { bytes, offset: at + 5 }
+}
+
+/** The vmdesc's JSON value; a VmdescError when it is not JSON. */
+export function parseVmdesc(raw: { bytes: Buffer; offset: number }): unknown {
   try {
-    return JSON.parse(b.toString('utf8'))
+    return JSON.parse(raw.bytes.toString('utf8'))
   } catch (e) {
-    throw new VmdescError(`vmdesc is not JSON: ${(e as Error).message}`, { section: 'vmdesc', offset: at + 5, cause: e })
+    throw new VmdescError(`vmdesc is not JSON: ${(e as Error).message}`, { section: 'vmdesc', offset: raw.offset, cause: e })
   }
 }

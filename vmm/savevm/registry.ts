@@ -2,6 +2,8 @@
 // (SaveVMHandlers). Entries are kept in save order: higher priority first,
 // then registration order.
 import type { MigStream } from '../stream/stream.js'
+import type { DirtyBitmap } from '../core/dirty-bitmap.js'
+import type { RamBlock } from '../ram/blocks.js'
 import type { State, VMStateDescription } from '../vmstate/types.js'
 import { validateVmsd } from '../vmstate/layout.js'
 
@@ -54,6 +56,29 @@ export interface SaveVMHandlers {
   switchoverAckNeeded?(): boolean
   /** Destination: MIG_CMD_SWITCHOVER_START arrived. */
   switchoverStart?(): Maybe<void>
+  /**
+   * Destination, after EOF, before anything starts: throw if what arrived
+   * cannot run (the way QEMU's post_load can fail, for a whole live
+   * section: RAM with pages never sent, say). Only for entries that were in
+   * the stream; a missing one is refused by the loader itself.
+   */
+  loadVerify?(): Maybe<void>
+}
+
+/**
+ * Writes into guest RAM that the RAM section's own dirty sources do not see,
+ * such as device DMA: QEMU's memory-listener log_global_start / log_sync /
+ * log_global_stop. The "ram" section drives every log in its registry, so
+ * whoever owns such writes (a `VfioMigrationSet`) registers here and no
+ * embedder has to wire it into `registerRam`'s dirty sources.
+ */
+export interface RamDirtyLog {
+  /** The RAM migration starts (its setup, before the first sync): log writes into `ram` from now on. */
+  logStart(ram: readonly RamBlock[]): Promise<void>
+  /** OR the pages written since the last sync into `into` and clear them (every sync of the RAM section). */
+  logSync(into: DirtyBitmap): Promise<void>
+  /** The RAM migration ended, completed or failed: stop logging. Called even if `logStart` failed. */
+  logStop(): Promise<void>
 }
 
 export interface RegisterOptions {
@@ -68,6 +93,13 @@ export interface RegisterOptions {
   vmsd?: VMStateDescription
   /** The object vmsd describes. */
   state?: State
+  /**
+   * The stream may leave this entry out (QEMU's sections whose needed() says
+   * no). Default false: a destination refuses a stream without it, since it
+   * would start the device as it happens to be instead of as the source had
+   * it. A vmsd with its own `needed` is optional by that alone.
+   */
+  optional?: boolean
 }
 
 export interface SaveStateEntry {
@@ -79,6 +111,15 @@ export interface SaveStateEntry {
   readonly handlers: SaveVMHandlers
   readonly vmsd?: VMStateDescription
   readonly state?: State
+  readonly optional: boolean
+}
+
+/**
+ * Whether a destination must find `e` in the stream: it loads something
+ * (a vmsd or a loadState handler) and may not be left out.
+ */
+export function requiredInStream(e: SaveStateEntry): boolean {
+  return !e.optional && !e.vmsd?.needed && (e.vmsd !== undefined || e.handlers.loadState !== undefined)
 }
 
 export class SaveVMRegistry {
@@ -89,6 +130,7 @@ export class SaveVMRegistry {
   // first such entry instead (e.g. "timer" on x86). QEMU's own ids start at 0
   // too, but there a non-live entry always takes 0.
   private nextSectionId = 1
+  private logs: RamDirtyLog[] = []
 
   register(o: RegisterOptions): SaveStateEntry {
     if (typeof o.idstr !== 'string' || o.idstr.length === 0 || Buffer.byteLength(o.idstr) > 255) {
@@ -114,7 +156,7 @@ export class SaveVMRegistry {
     if (this.find(o.idstr, instanceId)) throw new TypeError(`savevm register: ${o.idstr} instance ${instanceId} already registered`)
     const e: SaveStateEntry = {
       idstr: o.idstr, instanceId, versionId, priority: o.priority ?? 0, sectionId: this.nextSectionId++,
-      handlers: o.handlers ?? {}, vmsd: o.vmsd, state: o.state,
+      handlers: o.handlers ?? {}, vmsd: o.vmsd, state: o.state, optional: o.optional ?? false,
     }
     let at = this.list.findIndex(x => x.priority < e.priority)
     if (at < 0) at = this.list.length
@@ -133,5 +175,16 @@ export class SaveVMRegistry {
 
   find(idstr: string, instanceId: number): SaveStateEntry | undefined {
     return this.list.find(e => e.idstr === idstr && e.instanceId === instanceId)
+  }
+
+  /** Have the RAM migration start, sync and stop `log` with its own dirty sources. Returns the removal. */
+  addDirtyLog(log: RamDirtyLog): () => void {
+    this.logs.push(log)
+    return () => { this.logs = this.logs.filter(x => x !== log) }
+  }
+
+  /** The logs the RAM migration drives, in registration order. */
+  dirtyLogs(): readonly RamDirtyLog[] {
+    return this.logs
   }
 }

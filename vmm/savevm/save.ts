@@ -3,7 +3,7 @@
 // nonIterable, finish, cleanup.
 import type { MigStream } from '../stream/stream.js'
 import {
-  QEMU_VM_SECTION_START, QEMU_VM_SECTION_PART, QEMU_VM_SECTION_END, QEMU_VM_SECTION_FULL, MigCmd,
+  QEMU_VM_SECTION_START, QEMU_VM_SECTION_PART, QEMU_VM_SECTION_END, QEMU_VM_SECTION_FULL, MigCmd, CANCEL_PING,
 } from './constants.js'
 import { SaveError } from './errors.js'
 import type { SaveVMRegistry, SaveStateEntry, PendingSize } from './registry.js'
@@ -21,6 +21,8 @@ export interface SaveOptions extends Configuration {
   vmdesc?: boolean
   /** Write the configuration section (default true). */
   sendConfiguration?: boolean
+  /** The channel carries the file header (fileHeader()) already: header() starts at the configuration. */
+  fileHeaderSent?: boolean
 }
 
 export interface VmdescDevice extends VmdescVmsd {
@@ -70,7 +72,7 @@ export class SaveVM {
 
   /** Magic, version and the configuration section. */
   async header(): Promise<void> {
-    writeHeader(this.f)
+    if (!this.opts.fileHeaderSent) writeHeader(this.f)
     if (this.opts.sendConfiguration !== false) {
       this.vmdesc.configuration = await writeConfiguration(this.f, this.opts)
     }
@@ -162,6 +164,17 @@ export class SaveVM {
     writeCommand(this.f, cmd, data)
     await this.f.flush()
     this.checkStream()
+  }
+
+  /**
+   * End an abandoned stream at a section boundary with the cancel marker
+   * (PING CANCEL_PING), so that the destination reports a cancel rather
+   * than a truncated stream. Only between sections, after header().
+   */
+  async cancelled(): Promise<void> {
+    const data = Buffer.alloc(4)
+    data.writeUInt32BE(CANCEL_PING)
+    await this.command(MigCmd.PING, data)
   }
 
   /** END sections: the last of every live entry's state, with the VM stopped. */

@@ -14,6 +14,14 @@ export function writeHeader(f: MigStream): void {
   f.putBe32(QEMU_VM_FILE_VERSION)
 }
 
+/** The stream's first 8 bytes (magic, version), for a caller that sends them ahead (SaveOptions.fileHeaderSent). */
+export function fileHeader(): Buffer {
+  const b = Buffer.alloc(8)
+  b.writeUInt32BE(QEMU_VM_FILE_MAGIC, 0)
+  b.writeUInt32BE(QEMU_VM_FILE_VERSION, 4)
+  return b
+}
+
 /** 0x07 + the configuration vmstate; resolves its vmdesc. */
 export async function writeConfiguration(f: MigStream, c: Configuration): Promise<VmdescVmsd> {
   f.putU8(QEMU_VM_CONFIGURATION)

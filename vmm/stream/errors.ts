@@ -15,6 +15,8 @@ export const errnoOf: Record<string, number> = {
   ENOTSUP: E.ENOTSUP,
   EBADF: E.EBADF,
   ENODATA: E.ENODATA,
+  ETIMEDOUT: E.ETIMEDOUT,
+  EADDRINUSE: E.EADDRINUSE,
 }
 
 export class StreamError extends Error {

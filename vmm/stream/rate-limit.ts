@@ -8,6 +8,7 @@ export const RATE_WINDOW_MS = 100
 export class RateLimiter {
   private used = 0
   private windowStart: number
+  private halted = false
   /** Every byte ever accounted, for statistics. */
   total = 0
 
@@ -44,11 +45,21 @@ export class RateLimiter {
   }
 
   /**
+   * No budget from now on, whatever the bandwidth: every loop that stops at
+   * the limit (QEMU's rule for live handlers) ends its section at its next
+   * check, so a cancelled migration reaches a section boundary soon.
+   */
+  halt(): void {
+    this.halted = true
+  }
+
+  /**
    * Bytes that may still go out in the current window before exceeded()
    * turns true (Infinity when unlimited); for code that cuts its own writes
    * at the limit, such as the native RAM sender.
    */
   allowance(): number {
+    if (this.halted) return 0
     if (this.bytesPerSecond === 0) return Infinity
     this.roll()
     return Math.max(0, this.budget - this.used)
@@ -56,6 +67,7 @@ export class RateLimiter {
 
   /** True when the current window's budget is spent. */
   exceeded(): boolean {
+    if (this.halted) return true
     if (this.bytesPerSecond === 0) return false
     this.roll()
     return this.used >= this.budget
@@ -64,7 +76,8 @@ export class RateLimiter {
   /** Sleep until there is budget again; returns the time slept in ms. */
   async wait(): Promise<number> {
     let slept = 0
-    while (this.exceeded()) {
+    // Halted, no budget ever comes back: waiting would never end.
+    while (!this.halted && this.exceeded()) {
       const ms = this.windowStart + RATE_WINDOW_MS - this.clock.now()
       await this.clock.sleep(ms)
       slept += ms

@@ -5,7 +5,7 @@ import type { DataFd, Device, LoadFramesResult } from '../../native/index.js'
 import type { MigStream } from '../stream/stream.js'
 import type { LoadHandlerContext, PendingSize, SaveVMHandlers } from '../savevm/registry.js'
 import type { ChangeStateHandler, RunState } from '../runstate/index.js'
-import { TypedEmitter } from '../runstate/emitter.js'
+import { typedEmitter } from '../core/events.js'
 import {
   DATA_BUFFER_SIZE, FEATURE_DMA_LOGGING_START, FEATURE_OP_SET, MIG_P2P, MIG_PRE_COPY, MIG_STOP_COPY,
   UNKNOWN_STOP_COPY_SIZE, VFIO_MIG_FLAG_DEV_CONFIG_STATE, VFIO_MIG_FLAG_DEV_DATA_STATE,
@@ -58,6 +58,13 @@ export interface VfioDeviceMigrationOptions {
    * path). Default true: splice where the kernel allows it.
    */
   allowSplice?: boolean
+}
+
+/** Where a device ended after a failed incoming migration (VfioDeviceMigration.abortIncoming). */
+export interface IncomingDeviceOutcome {
+  device: string
+  state: DeviceState
+  outcome: 'recovered' | 'reset' | 'broken'
 }
 
 export type VfioDeviceEvents = {
@@ -123,13 +130,20 @@ export async function realizeVfioMigration(device: Device, opts: VfioDeviceMigra
   return new VfioDeviceMigration(device, flags, dmaLogging, blocker, opts)
 }
 
-export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
+export class VfioDeviceMigration extends typedEmitter<VfioDeviceEvents>() {
   readonly idstr: string
   readonly stats: VfioDeviceStats = { bytesSaved: 0, bytesLoaded: 0, precopyBytes: 0, stopCopyBytes: 0, stateChanges: 0, resets: 0 }
   private state: DeviceState = 'RUNNING'
   private dataFd: DataFd | null = null
   private precopyInit = 0
   private precopyDirty = 0
+  /**
+   * The last PRECOPY_INFO failed and the device has not said ENOMSG since:
+   * the initial data may not all be out, whatever the counters say.
+   */
+  private precopyUnknown = false
+  /** stats.resets when loading began: a reset since then lost the image. */
+  private resetsAtLoadSetup = 0
   private initialDataSent = false
   private blockSize: number
   private readonly allowSplice: boolean
@@ -194,8 +208,11 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
     if (fd) {
       if (this.dataFd) {
         // A second fd while one is held: the device was reset underneath us and
-        // the transfer we were doing is gone (QEMU: "data_fd out of sync").
+        // the transfer we were doing is gone (QEMU: "data_fd out of sync"),
+        // and with it whatever the device held.
         await fd.close().catch(() => undefined)
+        this.stats.resets++
+        this.emit('reset', { device: this.name, reason: 'the device reset itself (a new data fd while one was held)' })
         throw new VfioMigrationError(`${this.name}: data fd out of sync (the device was reset during the transfer)`, 'EBADF')
       }
       this.dataFd = fd
@@ -286,15 +303,21 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
       const p = await this.dataFd.precopyInfo()
       this.precopyInit = Number(p.initialBytes)
       this.precopyDirty = Number(p.dirtyBytes)
-    } catch {
-      // Unknown: leave 0; the exact query then relies on MIG_DATA_SIZE.
+      this.precopyUnknown = false
+    } catch (e) {
+      // Sizes unknown: 0 for the estimate (the exact query still has
+      // MIG_DATA_SIZE), but not "initial data sent" for switchover-ack.
+      this.precopyUnknown = true
+      trace(() => ({ event: 'precopy-info', device: this.name, ok: false, error: errText(e) }))
     }
   }
 
   private accountBlock(size: number): void {
     if (size === 0) {
+      // The device has nothing more for now: its initial data is out.
       this.precopyInit = 0
       this.precopyDirty = 0
+      this.precopyUnknown = false
       return
     }
     const fromInit = Math.min(this.precopyInit, size)
@@ -496,7 +519,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   private async saveIterate(f: MigStream): Promise<boolean> {
     const limit = 8 * this.blockSize
     const sent = await this.pump(f, n => this.accountBlock(n), { limit })
-    if (this.opts.switchoverAck?.() && this.hasPrecopy && this.precopyInit === 0 && !this.initialDataSent) {
+    if (this.opts.switchoverAck?.() && this.hasPrecopy && this.precopyInit === 0 && !this.precopyUnknown && !this.initialDataSent) {
       f.putBe64(VFIO_MIG_FLAG_DEV_INIT_DATA_SENT)
       this.initialDataSent = true
     } else {
@@ -505,7 +528,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
     await f.flush()
     this.streamError(f, 'save iterate')
     trace(() => ({ event: 'save-iterate', device: this.name, initialBytes: this.precopyInit, dirtyBytes: this.precopyDirty, sent }))
-    return this.precopyInit === 0 && this.precopyDirty === 0
+    return this.precopyInit === 0 && this.precopyDirty === 0 && !this.precopyUnknown
   }
 
   private async saveComplete(f: MigStream): Promise<void> {
@@ -540,6 +563,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
       await this.closeDataFd()
       this.precopyInit = 0
       this.precopyDirty = 0
+      this.precopyUnknown = false
       this.initialDataSent = false
       this.buffers = []
       trace(() => ({ event: 'save-cleanup', device: this.name }))
@@ -550,6 +574,7 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
 
   private async loadSetup(): Promise<void> {
     if (this.broken) throw this.broken
+    this.resetsAtLoadSetup = this.stats.resets
     await this.setState('RESUMING', this.state)
   }
 
@@ -651,10 +676,29 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
     if (this.state === 'RESUMING') await this.setStateOrReset('STOP')
   }
 
-  /** Destination, the migration failed: abandon RESUMING by reset. */
-  async abortIncoming(): Promise<void> {
+  /**
+   * Destination, the migration failed (loading, or starting the VM after
+   * it): leave the device stopped with the VM, or reset it. RESUMING and
+   * ERROR are left by reset; any other state (a failed start's rollback may
+   * leave RUNNING_P2P) goes to STOP, else reset. Says which: 'recovered'
+   * (no reset since loading began; the device holds the loaded image),
+   * 'reset' (power-on state: the image is gone) or 'broken' (reset failed).
+   */
+  async abortIncoming(): Promise<IncomingDeviceOutcome> {
     await this.closeDataFd()
-    if (this.state === 'RESUMING' || this.state === 'ERROR') await this.resetDevice('incoming migration failed')
+    const outcome = (): IncomingDeviceOutcome => ({
+      device: this.name,
+      state: this.state,
+      outcome: this.broken ? 'broken' : this.stats.resets > this.resetsAtLoadSetup ? 'reset' : 'recovered',
+    })
+    if (this.broken) return outcome()
+    try {
+      if (this.state === 'RESUMING' || this.state === 'ERROR') await this.resetDevice('incoming migration failed')
+      else if (this.state !== 'STOP' && this.stats.resets === this.resetsAtLoadSetup) await this.setStateOrReset('STOP')
+    } catch {
+      // The outcome says where it ended: reset, or broken.
+    }
+    return outcome()
   }
 
   // ---- run-state notifiers -------------------------------------------------
@@ -680,7 +724,9 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
     if (this.broken) return
     let next: DeviceState | null
     if (!running) {
-      next = this.state === 'PRE_COPY' ? 'PRE_COPY_P2P' : this.state === 'RUNNING' ? 'RUNNING_P2P' : null
+      // RUNNING_P2P here is a start being rolled back after this pass moved
+      // the device there: no main pass follows for it, so stop it now.
+      next = this.state === 'PRE_COPY' ? 'PRE_COPY_P2P' : this.state === 'RUNNING' ? 'RUNNING_P2P' : this.state === 'RUNNING_P2P' ? 'STOP' : null
     } else if (this.state === 'PRE_COPY_P2P') {
       // Rolling a failed stop back while pre-copy goes on.
       next = 'PRE_COPY'
@@ -691,7 +737,11 @@ export class VfioDeviceMigration extends TypedEmitter<VfioDeviceEvents> {
   }
 
   private async onChange(running: boolean, state: RunState): Promise<void> {
-    if (this.broken) return
+    // A broken device is left alone when the VM stops, and the VM may not run on it.
+    if (this.broken) {
+      if (running) throw this.broken
+      return
+    }
     let next: DeviceState
     if (running) {
       next = isPrecopy(this.state) ? 'PRE_COPY' : 'RUNNING'

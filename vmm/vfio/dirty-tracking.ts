@@ -5,7 +5,7 @@
 // and never blocked: without a tracker RAM converges more slowly, which the
 // downtime check sees, instead of a silently broken downtime promise.
 import type { Container } from '../../native/index.js'
-import type { DirtyBitmap } from './dirty-pages.js'
+import type { DirtyBitmap } from '../core/dirty-bitmap.js'
 import type { VfioDeviceMigration } from './device-migration.js'
 import { trace } from './trace.js'
 

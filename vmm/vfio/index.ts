@@ -1,9 +1,10 @@
 export {
   realizeVfioMigration, VfioDeviceMigration, VfioMigrationError, VfioDeviceBrokenError,
   type DeviceState, type VfioDeviceMigrationOptions, type VfioDeviceConfigHooks, type VfioDeviceStats, type VfioDeviceEvents,
+  type IncomingDeviceOutcome,
 } from './device-migration.js'
-export { VfioMigrationSet, type VfioSetOptions } from './vfio-set.js'
+export { VfioMigrationSet, describeDeviceOutcomes, type VfioSetOptions, type VfioSetEvents } from './vfio-set.js'
 export { startDirtyTracker, type DirtyTracker, type DirtyTrackerKind, type DmaMapping } from './dirty-tracking.js'
-export { DirtyBitmap } from './dirty-pages.js'
+export { DirtyBitmap } from '../core/dirty-bitmap.js'
 export { VFIO_TRACE_CHANNEL, type VfioTraceEvent } from './trace.js'
 export * as markers from './markers.js'

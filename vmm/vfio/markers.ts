@@ -25,9 +25,7 @@ export const MIG_P2P = 2
 export const MIG_PRE_COPY = 4
 
 /** Feature indices used here (include/uapi/linux/vfio.h). */
-export const FEATURE_MIGRATION = 1
 export const FEATURE_DMA_LOGGING_START = 6
-export const FEATURE_OP_GET = 1 << 16
 export const FEATURE_OP_SET = 1 << 17
 
 /** What QEMU reports as pending when MIG_DATA_SIZE fails, so the VM is never stopped too early. */

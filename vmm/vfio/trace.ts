@@ -12,6 +12,8 @@ export type VfioTraceEvent =
   | { event: 'save-block'; device: string; size: number; frames?: number }
   | { event: 'save-complete'; device: string; bytes: number }
   | { event: 'save-cleanup'; device: string }
+  /** VFIO_MIG_GET_PRECOPY_INFO failed: the pre-copy sizes are unknown until it succeeds or the device says ENOMSG. */
+  | { event: 'precopy-info'; device: string; ok: false; error: string }
   | { event: 'pending'; device: string; exact: boolean; bytes: number; stopCopySize?: number; initialBytes: number; dirtyBytes: number }
   | { event: 'load-tag'; device: string; tag: string }
   | { event: 'load-data'; device: string; size: number; frames?: number }

@@ -39,6 +39,13 @@ export function validateVmsd(vmsd: VMStateDescription, seen = new Set<VMStateDes
     if (f.type !== 'buffer' && typeof f.count === 'number' && f.count > (f.maxCount ?? DEFAULT_MAX_COUNT)) {
       throw new TypeError(`${where(f)}: count ${f.count} above maxCount`)
     }
+    if (f.type !== 'buffer' && f.type !== 'struct' && (f.min !== undefined || f.max !== undefined)) {
+      const int = (v: unknown) => typeof v === 'bigint' || (typeof v === 'number' && Number.isSafeInteger(v))
+      if (f.type === 'bool') throw new TypeError(`${where(f)}: min/max on a bool`)
+      if ((f.min !== undefined && !int(f.min)) || (f.max !== undefined && !int(f.max))) throw new TypeError(`${where(f)}: min/max must be integers`)
+      if (f.min !== undefined && f.max !== undefined && BigInt(f.min) > BigInt(f.max)) throw new TypeError(`${where(f)}: min ${f.min} > max ${f.max}`)
+    }
+    if (f.check !== undefined && typeof f.check !== 'function') throw new TypeError(`${where(f)}: check must be a function`)
     names.add(f.name)
     if (f.type === 'struct') validateVmsd(f.vmsd, seen)
   }

@@ -4,10 +4,10 @@
 import type { MigStream } from '../stream/stream.js'
 import { QEMU_VM_SUBSECTION } from '../savevm/constants.js'
 import {
-  LengthLimitError, VersionTooNewError, VersionTooOldError, UnknownSubsectionError, HandlerError, LoadError,
+  LengthLimitError, VersionTooNewError, VersionTooOldError, UnknownSubsectionError, HandlerError, LoadError, InvalidFieldError,
 } from '../savevm/errors.js'
 import { need, streamFailure } from '../savevm/fail.js'
-import type { State, VMStateDescription, VMStateField, ScalarType } from './types.js'
+import type { State, VMStateDescription, VMStateField, ScalarField, ScalarType } from './types.js'
 import { SCALAR_SIZE, DEFAULT_MAX_COUNT, DEFAULT_MAX_LENGTH } from './types.js'
 import { countOf, lengthOf } from './layout.js'
 
@@ -68,9 +68,11 @@ async function loadField(
     const len = lengthOf(field, obj)
     const max = typeof field.length === 'number' ? field.length : field.maxLength ?? DEFAULT_MAX_LENGTH
     if (len < 0 || len > max) throw new LengthLimitError(`${what}: length ${len} outside 0..${max}`, { section, offset: f.bytesRead })
+    const at = f.bytesRead
     const b = await f.getBuffer(len)
     if (f.error) throw streamFailure(f, section, what)
     obj[field.name] = b
+    checked(field, obj, what, section, at)
     return
   }
   const n = countOf(field, obj)
@@ -87,17 +89,38 @@ async function loadField(
       out.push(el)
     }
     obj[field.name] = isArray ? out : out[0]
+    checked(field, obj, what, section, f.bytesRead)
     return
   }
   const size = SCALAR_SIZE[field.type]
   await need(f, size * n, section, what)
+  const at = f.bytesRead
   if (!isArray) {
-    obj[field.name] = readScalar(f, field.type)
-    return
+    const v = readScalar(f, field.type)
+    inRange(field, v, what, section, at)
+    obj[field.name] = v
+  } else {
+    const out = new Array<unknown>(n)
+    for (let i = 0; i < n; i++) {
+      out[i] = readScalar(f, field.type)
+      inRange(field, out[i], `${what}[${i}]`, section, at + i * size)
+    }
+    obj[field.name] = out
   }
-  const out = new Array<unknown>(n)
-  for (let i = 0; i < n; i++) out[i] = readScalar(f, field.type)
-  obj[field.name] = out
+  checked(field, obj, what, section, at)
+}
+
+function inRange(field: ScalarField, v: unknown, what: string, section: string, offset: number): void {
+  if (field.min === undefined && field.max === undefined) return
+  const x = typeof v === 'bigint' ? v : BigInt(v as number)
+  if (field.min !== undefined && x < BigInt(field.min)) throw new InvalidFieldError(what, `${x} is below the minimum ${field.min}`, { section, offset })
+  if (field.max !== undefined && x > BigInt(field.max)) throw new InvalidFieldError(what, `${x} is above the maximum ${field.max}`, { section, offset })
+}
+
+function checked(field: VMStateField, obj: State, what: string, section: string, offset: number): void {
+  if (!field.check) return
+  const why = field.check(obj[field.name], obj)
+  if (why !== undefined) throw new InvalidFieldError(what, why, { section, offset })
 }
 
 async function loadSubsections(f: MigStream, vmsd: VMStateDescription, obj: State, ctx: LoadContext, section: string): Promise<void> {

@@ -13,6 +13,13 @@ interface FieldCommon {
   since?: number
   /** Dynamic presence test (QEMU's field_exists). */
   exists?: (obj: State, versionId: number) => boolean
+  /**
+   * Destination: whether this side can run with the value just loaded
+   * (QEMU's VMSTATE_VALIDATE): a reason when it cannot, which refuses the
+   * stream with an InvalidFieldError naming the field. Sees the whole
+   * object, so it may compare with fields loaded before.
+   */
+  check?: (value: unknown, obj: State) => string | undefined
 }
 
 /**
@@ -27,6 +34,10 @@ interface Countable {
 
 export interface ScalarField extends FieldCommon, Countable {
   type: ScalarType
+  /** Integer types: the smallest value (of every element) this side accepts from a stream. */
+  min?: number | bigint
+  /** Integer types: the largest value (an index's last slot, say) this side accepts from a stream. */
+  max?: number | bigint
 }
 
 export interface BufferField extends FieldCommon {
@@ -55,6 +66,7 @@ export interface VMStateDescription {
   needed?: (obj: State) => boolean
   preSave?: (obj: State) => void | Promise<void>
   preLoad?: (obj: State) => void | Promise<void>
+  /** After the fields (and subsections) loaded; throw an InvalidFieldError to refuse values that cannot run together. */
   postLoad?: (obj: State, versionId: number) => void | Promise<void>
 }
 

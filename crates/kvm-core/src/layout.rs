@@ -1,9 +1,10 @@
 //! The microVM's fixed guest-physical layout and the workload's control block.
 //! vmm/machine/workload.ts mirrors these numbers for the software vCPU; the
 //! tests compare the two through `layout_facts()`.
-use crate::error::{Error, Result};
+use crate::error::{invalid, Result, VM};
 use crate::ram::GuestRam;
 
+/// Guest page size, and the granularity of KVM's dirty log.
 pub const PAGE_SIZE: u64 = 4096;
 /// One 2 MiB guest page per page-directory entry keeps the page tables at a few
 /// fixed pages; KVM still dirty-logs at 4 KiB because logging splits host mappings.
@@ -15,15 +16,22 @@ pub const RAM_ALIGN: u64 = 2 << 20;
 pub const MAX_RAM: u64 = 3 << 30;
 const GIB: u64 = 1 << 30;
 
+/// Guest-physical address of the GDT.
 pub const GDT_ADDR: u64 = 0x1000;
+/// Guest-physical address of the 64-bit TSS, after the GDT in the same page.
 pub const TSS_ADDR: u64 = 0x1080;
+/// Limit of the TSS descriptor: a 104-byte TSS without an I/O bitmap.
 pub const TSS_LIMIT: u32 = 103;
+/// Guest-physical address of the PML4 (CR3).
 pub const PML4_ADDR: u64 = 0x2000;
+/// Guest-physical address of the single page-directory-pointer table.
 pub const PDPT_ADDR: u64 = 0x3000;
 /// Four page directories back to back, so entry `gpa / 2 MiB` of the flat array
 /// at PD_ADDR maps `gpa` for every address below 4 GiB.
 pub const PD_ADDR: u64 = 0x4000;
+/// Where the workload program is loaded, and the vCPU's entry point.
 pub const CODE_ADDR: u64 = 0x8000;
+/// The control block the host and the workload share (offsets `CTL_*`).
 pub const CTL_ADDR: u64 = 0x9000;
 /// First page the data region may use: everything below is the layout above.
 pub const FIRST_DATA_PAGE: u32 = 16;
@@ -47,30 +55,48 @@ const _: () = assert!(PD_ADDR + (EXIT_MMIO / GIB + 1) * PAGE_SIZE <= CODE_ADDR);
 const _: () = assert!(EXIT_MMIO + RAM_ALIGN <= 1 << 32 && EXIT_MMIO.is_multiple_of(RAM_ALIGN));
 const _: () = assert!(EXIT_VADDR as i64 == EXIT_VADDR as i64 as i32 as i64);
 
+/// Selector of the 64-bit user code segment (GDT entry 3, RPL 3).
 pub const SEL_USER_CS: u16 = 0x18 | 3;
+/// Selector of the user data segment (GDT entry 4, RPL 3).
 pub const SEL_USER_DS: u16 = 0x20 | 3;
+/// Selector of the TSS (GDT entries 5 and 6).
 pub const SEL_TSS: u16 = 0x28;
 
 // Control block offsets (see guest/workload.S).
+/// u64: iterations the workload completed.
 pub const CTL_COUNTER: u64 = 0x08;
+/// u32: running checksum of everything the workload wrote.
 pub const CTL_CHECKSUM: u64 = 0x10;
+/// u32: the xorshift32 state.
 pub const CTL_RNG: u64 = 0x14;
+/// u64: where in the region the next iteration writes.
 pub const CTL_CURSOR: u64 = 0x18;
+/// u32: first page of the data region.
 pub const CTL_REGION_START: u64 = 0x20;
+/// u32: pages in the data region.
 pub const CTL_REGION_PAGES: u64 = 0x24;
+/// u32: pages written per iteration.
 pub const CTL_PAGES_PER_ITER: u64 = 0x28;
+/// u32: busy-loop count after each iteration.
 pub const CTL_SPIN: u64 = 0x2c;
+/// u32: non-zero asks the workload to leave through the exit page.
 pub const CTL_STOP: u64 = 0x30;
 
+/// The assembled guest program (guest/workload.S).
 pub static WORKLOAD_CODE: &[u8] = include_bytes!("../guest/workload.bin");
 
 /// The workload's knobs. `seed` must be non-zero: xorshift32 stays at zero forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkloadParams {
+    /// First guest page of the data region (at least [`FIRST_DATA_PAGE`]).
     pub region_start: u32,
+    /// Pages of the data region.
     pub region_pages: u32,
+    /// Pages written per iteration.
     pub pages_per_iter: u32,
+    /// Busy-loop count after each iteration: the dirty-rate knob.
     pub spin: u32,
+    /// xorshift32 seed.
     pub seed: u32,
 }
 
@@ -87,35 +113,40 @@ impl WorkloadParams {
         }
     }
 
+    /// EINVAL unless the region lies inside `ram_size` bytes of RAM above the
+    /// fixed layout and the seed is usable.
     pub fn validate(&self, ram_size: u64) -> Result<()> {
         let ram_pages = ram_size / PAGE_SIZE;
         if self.region_start < FIRST_DATA_PAGE {
-            return Err(Error::invalid(format!(
+            return Err(invalid(VM, "WorkloadParams::validate", format!(
                 "workload region_start {} overlaps the fixed layout (first data page is {FIRST_DATA_PAGE})",
                 self.region_start
             )));
         }
         if self.region_pages == 0 {
-            return Err(Error::invalid("workload region_pages must be at least 1"));
+            return Err(invalid(VM, "WorkloadParams::validate", "workload region_pages must be at least 1"));
         }
         if self.region_start as u64 + self.region_pages as u64 > ram_pages {
-            return Err(Error::invalid(format!(
+            return Err(invalid(VM, "WorkloadParams::validate", format!(
                 "workload region {}+{} pages runs past guest RAM of {ram_pages} pages",
                 self.region_start, self.region_pages
             )));
         }
         if self.seed == 0 {
-            return Err(Error::invalid("workload seed must be non-zero (xorshift32 would stay at 0)"));
+            return Err(invalid(VM, "WorkloadParams::validate", "workload seed must be non-zero (xorshift32 would stay at 0)"));
         }
         Ok(())
     }
 }
 
+/// EINVAL unless `ram_size` is a non-zero multiple of [`RAM_ALIGN`] up to [`MAX_RAM`].
 pub fn validate_ram_size(ram_size: u64) -> Result<()> {
     if ram_size == 0 || !ram_size.is_multiple_of(RAM_ALIGN) || ram_size > MAX_RAM {
-        return Err(Error::invalid(format!(
-            "guest RAM size {ram_size} must be a non-zero multiple of 2 MiB and at most 3 GiB"
-        )));
+        return Err(invalid(
+            VM,
+            "validate_ram_size",
+            format!("guest RAM size {ram_size} must be a non-zero multiple of 2 MiB and at most 3 GiB"),
+        ));
     }
     Ok(())
 }
@@ -137,6 +168,7 @@ fn gdt_entries() -> [u64; 7] {
     ]
 }
 
+/// Limit of the GDT: seven 8-byte entries.
 pub const GDT_LIMIT: u16 = 7 * 8 - 1;
 
 /// Writes the page tables, GDT, TSS, guest program and control block. The
@@ -289,6 +321,6 @@ mod tests {
         let d = &WORKLOAD_CODE[at + 3..at + 7];
         let va = i32::from_le_bytes([d[0], d[1], d[2], d[3]]) as i64 as u64;
         assert_eq!(va, EXIT_VADDR);
-        assert!(EXIT_MMIO >= MAX_RAM && LEGACY_EXIT_MMIO < EXIT_MMIO);
+        const { assert!(EXIT_MMIO >= MAX_RAM && LEGACY_EXIT_MMIO < EXIT_MMIO) };
     }
 }

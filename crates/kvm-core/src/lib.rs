@@ -1,5 +1,9 @@
 //! The microVM's KVM side. See docs/microvm.md for the guest layout, the
 //! workload and the state format.
+
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod error;
 pub mod kick;
 pub mod layout;

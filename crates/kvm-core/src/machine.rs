@@ -2,7 +2,7 @@
 //! KVM_RUN loop lives on its own thread. Every vCPU ioctl happens on that
 //! thread (commands go over a channel), so KVM_RUN never contends with a
 //! state save for the vCPU mutex inside the kernel.
-use crate::error::{Error, Result};
+use crate::error::{kvm as kvm_err, refused, sys, Error, Result, KVM, VCPU, VM};
 use crate::kick;
 use crate::layout::{self, WorkloadParams, EXIT_MMIO, LEGACY_EXIT_MMIO};
 use crate::ram::GuestRam;
@@ -20,6 +20,7 @@ const SLOT: u32 = 0;
 /// Intel KVM wants three pages outside RAM for its real-mode TSS; harmless elsewhere.
 const KVM_TSS_ADDR: usize = 0xfffb_d000;
 
+/// Why the vCPU is not running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     /// Never run yet, or stopped by pause().
@@ -54,10 +55,12 @@ struct RunCtx {
     thread: libc::pthread_t,
     immediate_exit: *mut u8,
 }
-// The pointer is into the vCPU's kvm_run mmap, which outlives every use (the
-// thread is joined before the VcpuFd drops).
+// SAFETY: the pointer is into the vCPU's kvm_run mmap, which outlives every
+// use (the thread is joined before the VcpuFd drops), and the only access
+// from another thread is a volatile byte store the kernel expects to race.
 unsafe impl Send for RunCtx {}
 
+/// A VM, its guest RAM and its one vCPU thread; destroyed on drop.
 pub struct Machine {
     ram: Arc<GuestRam>,
     vm: Arc<VmFd>,
@@ -68,14 +71,16 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// Creates the VM with `ram_size` bytes of RAM and the workload installed;
+    /// the vCPU waits at the entry point, stopped.
     pub fn new(ram_size: u64, params: WorkloadParams) -> Result<Machine> {
         layout::validate_ram_size(ram_size)?;
         params.validate(ram_size)?;
-        let kvm = Kvm::new().map_err(|e| Error::kvm(e, "open /dev/kvm"))?;
-        let vm = kvm.create_vm().map_err(|e| Error::kvm(e, "KVM_CREATE_VM"))?;
+        let kvm = Kvm::new().map_err(|e| kvm_err(e, KVM, "open"))?;
+        let vm = kvm.create_vm().map_err(|e| kvm_err(e, KVM, "KVM_CREATE_VM"))?;
         if let Err(e) = vm.set_tss_address(KVM_TSS_ADDR) {
             if e.errno() != libc::ENOTTY && e.errno() != libc::EINVAL {
-                return Err(Error::kvm(e, "KVM_SET_TSS_ADDR"));
+                return Err(kvm_err(e, VM, "KVM_SET_TSS_ADDR"));
             }
         }
         let ram = Arc::new(GuestRam::new(ram_size as usize)?);
@@ -89,14 +94,14 @@ impl Machine {
         };
         // SAFETY: the mapping is owned by `ram`, which this Machine keeps alive
         // at least as long as the VM fd.
-        unsafe { vm.set_user_memory_region(region) }.map_err(|e| Error::kvm(e, "KVM_SET_USER_MEMORY_REGION"))?;
-        let mut vcpu = vm.create_vcpu(0).map_err(|e| Error::kvm(e, "KVM_CREATE_VCPU"))?;
+        unsafe { vm.set_user_memory_region(region) }.map_err(|e| kvm_err(e, VM, "KVM_SET_USER_MEMORY_REGION"))?;
+        let mut vcpu = vm.create_vcpu(0).map_err(|e| kvm_err(e, VM, "KVM_CREATE_VCPU"))?;
         vcpu::set_cpuid(&kvm, &vcpu)?;
         vcpu::init_long_mode(&vcpu)?;
         let msrs = vcpu::saveable_msrs(&kvm)?;
         let has_xsave = kvm.check_extension(Cap::Xsave);
         let has_xcrs = kvm.check_extension(Cap::Xcrs);
-        kick::install_handler();
+        kick::install_handler()?;
 
         let shared = Arc::new(Shared {
             status: Mutex::new(Status::Stopped(StopReason::Paused)),
@@ -111,7 +116,8 @@ impl Machine {
             .spawn(move || {
                 kick::unblock_on_this_thread();
                 let immediate_exit = &mut vcpu.get_kvm_run().immediate_exit as *mut u8;
-                let _ = ctx_tx.send(RunCtx { thread: unsafe { libc::pthread_self() }, immediate_exit });
+                let thread = vmm_sys::signal::this_thread();
+                let _ = ctx_tx.send(RunCtx { thread, immediate_exit });
                 while let Ok(cmd) = rx.recv() {
                     match cmd {
                         Cmd::Run => run_loop(&mut vcpu, &sh),
@@ -127,8 +133,8 @@ impl Machine {
                 *sh.status.lock().unwrap() = Status::Gone;
                 sh.cv.notify_all();
             })
-            .map_err(|e| Error::state(e.raw_os_error().unwrap_or(libc::EAGAIN), format!("spawn vCPU thread: {e}")))?;
-        let ctx = ctx_rx.recv().map_err(|_| Error::state(libc::EIO, "vCPU thread died during start-up"))?;
+            .map_err(|e| sys(&e, VCPU, "clone", "of the vCPU thread"))?;
+        let ctx = ctx_rx.recv().map_err(|_| refused(libc::EIO, VCPU, "Machine::new", "the vCPU thread died during start-up"))?;
         Ok(Machine {
             ram,
             vm: Arc::new(vm),
@@ -139,18 +145,20 @@ impl Machine {
         })
     }
 
+    /// Guest RAM (shared with any JavaScript Buffer over it).
     pub fn ram(&self) -> &Arc<GuestRam> {
         &self.ram
     }
 
-    fn send(&self, cmd: Cmd) -> Result<()> {
+    fn send(&self, op: &str, cmd: Cmd) -> Result<()> {
         let tx = self.tx.lock().unwrap();
         match tx.as_ref() {
-            Some(tx) => tx.send(cmd).map_err(|_| Error::state(libc::EIO, "vCPU thread has exited")),
-            None => Err(Error::state(libc::ENODEV, "microVM was destroyed")),
+            Some(tx) => tx.send(cmd).map_err(|_| refused(libc::EIO, VCPU, op, "the vCPU thread has exited")),
+            None => Err(destroyed(op)),
         }
     }
 
+    /// Whether the vCPU is in its run loop.
     pub fn is_running(&self) -> bool {
         *self.shared.status.lock().unwrap() == Status::Running
     }
@@ -163,18 +171,19 @@ impl Machine {
         }
     }
 
+    /// Starts or resumes the run loop; EBUSY if running, ENODEV once destroyed.
     pub fn start(&self) -> Result<()> {
         let mut st = self.shared.status.lock().unwrap();
         match &*st {
-            Status::Running => return Err(Error::state(libc::EBUSY, "vCPU is already running")),
-            Status::Gone => return Err(Error::state(libc::ENODEV, "microVM was destroyed")),
+            Status::Running => return Err(refused(libc::EBUSY, VCPU, "Machine::start", "the vCPU is already running")),
+            Status::Gone => return Err(destroyed("Machine::start")),
             Status::Stopped(_) => {}
         }
         // Marked running before the thread picks the command up so a pause()
         // issued right after start() waits for the run instead of returning early.
         *st = Status::Running;
         drop(st);
-        self.send(Cmd::Run)
+        self.send("Machine::start", Cmd::Run)
     }
 
     /// Stops the vCPU and returns why it stopped (GuestExit if it had already
@@ -183,13 +192,13 @@ impl Machine {
         let ctx = self.ctx.lock().unwrap();
         let mut st = self.shared.status.lock().unwrap();
         let Some(ctx) = ctx.as_ref() else {
-            return Err(Error::state(libc::ENODEV, "microVM was destroyed"));
+            return Err(destroyed("Machine::pause"));
         };
         let mut kicked = false;
         loop {
             match &*st {
                 Status::Stopped(r) => return Ok(r.clone()),
-                Status::Gone => return Err(Error::state(libc::ENODEV, "microVM was destroyed")),
+                Status::Gone => return Err(destroyed("Machine::pause")),
                 Status::Running => {}
             }
             if !kicked {
@@ -198,6 +207,8 @@ impl Machine {
             }
             // Re-armed on every round: the thread clears it when it stops,
             // under this lock, so it is never left set for the next run.
+            // SAFETY: ctx exists only while the vCPU fd (and its kvm_run
+            // mapping) does: destroy() clears it after joining the thread.
             unsafe { std::ptr::write_volatile(ctx.immediate_exit, 1) };
             kick::kick(ctx.thread);
             st = self.shared.cv.wait_timeout(st, Duration::from_millis(2)).unwrap().0;
@@ -212,7 +223,7 @@ impl Machine {
         loop {
             match &*st {
                 Status::Stopped(r) => return Some(r.clone()),
-                Status::Gone => return Some(StopReason::Error(Error::state(libc::ENODEV, "microVM was destroyed"))),
+                Status::Gone => return Some(StopReason::Error(destroyed("Machine::wait_stopped"))),
                 Status::Running => {}
             }
             let now = Instant::now();
@@ -223,35 +234,39 @@ impl Machine {
         }
     }
 
-    fn require_stopped(&self, what: &str) -> Result<()> {
+    fn require_stopped(&self, op: &str) -> Result<()> {
         match &*self.shared.status.lock().unwrap() {
             Status::Stopped(_) => Ok(()),
-            Status::Running => Err(Error::state(libc::EBUSY, format!("{what}: vCPU is running; pause it first"))),
-            Status::Gone => Err(Error::state(libc::ENODEV, "microVM was destroyed")),
+            Status::Running => Err(refused(libc::EBUSY, VCPU, op, "the vCPU is running; pause it first")),
+            Status::Gone => Err(destroyed(op)),
         }
     }
 
+    /// The stopped vCPU's complete state; EBUSY while running.
     pub fn save_state(&self) -> Result<VcpuState> {
-        self.require_stopped("get vCPU state")?;
+        const OP: &str = "Machine::save_state";
+        self.require_stopped(OP)?;
         let (tx, rx) = channel();
-        self.send(Cmd::Save(tx))?;
-        rx.recv().map_err(|_| Error::state(libc::EIO, "vCPU thread exited while saving"))?
+        self.send(OP, Cmd::Save(tx))?;
+        rx.recv().map_err(|_| refused(libc::EIO, VCPU, OP, "the vCPU thread exited while saving"))?
     }
 
+    /// Loads a saved state into the stopped vCPU; EBUSY while running.
     pub fn restore_state(&self, s: VcpuState) -> Result<()> {
-        self.require_stopped("set vCPU state")?;
+        const OP: &str = "Machine::restore_state";
+        self.require_stopped(OP)?;
         let (tx, rx) = channel();
-        self.send(Cmd::Restore(Box::new(s), tx))?;
-        rx.recv().map_err(|_| Error::state(libc::EIO, "vCPU thread exited while restoring"))?
+        self.send(OP, Cmd::Restore(Box::new(s), tx))?;
+        rx.recv().map_err(|_| refused(libc::EIO, VCPU, OP, "the vCPU thread exited while restoring"))?
     }
 
     /// KVM_GET_DIRTY_LOG: one bit per 4 KiB page, LSB-first within each byte,
     /// cleared by the read. Safe while the vCPU runs.
     pub fn sync_dirty_log(&self) -> Result<Vec<u8>> {
         if self.tx.lock().unwrap().is_none() {
-            return Err(Error::state(libc::ENODEV, "microVM was destroyed"));
+            return Err(destroyed("Machine::sync_dirty_log"));
         }
-        let words = self.vm.get_dirty_log(SLOT, self.ram.len()).map_err(|e| Error::kvm(e, "KVM_GET_DIRTY_LOG"))?;
+        let words = self.vm.get_dirty_log(SLOT, self.ram.len()).map_err(|e| kvm_err(e, VM, "KVM_GET_DIRTY_LOG"))?;
         let pages = self.ram.len() / 4096;
         let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         out.truncate(pages.div_ceil(8));
@@ -271,6 +286,11 @@ impl Machine {
         }
         *self.ctx.lock().unwrap() = None;
     }
+}
+
+/// `op` on a machine whose vCPU thread and VM are gone.
+fn destroyed(op: &str) -> Error {
+    refused(libc::ENODEV, VM, op, "the microVM was destroyed")
 }
 
 impl Drop for Machine {
@@ -297,10 +317,10 @@ fn run_loop(vcpu: &mut VcpuFd, sh: &Shared) {
             Ok(other) => {
                 let what = format!("{other:?}");
                 let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
-                break StopReason::Error(Error::state(libc::EIO, format!("unexpected vCPU exit {what} at rip {rip:#x}")));
+                break StopReason::Error(refused(libc::EIO, VCPU, "KVM_RUN", format!("unexpected vCPU exit {what} at rip {rip:#x}")));
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-            Err(e) => break StopReason::Error(Error::kvm(e, "KVM_RUN")),
+            Err(e) => break StopReason::Error(kvm_err(e, VCPU, "KVM_RUN")),
         }
     };
     let mut st = sh.status.lock().unwrap();

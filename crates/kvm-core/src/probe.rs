@@ -1,13 +1,19 @@
 //! Does KVM work here, and if not, why not (the software vCPU is used then).
 use kvm_ioctls::{Cap, Kvm};
 
+/// The verdict of [`probe`].
 #[derive(Debug, Clone)]
 pub struct Probe {
+    /// KVM can run the microVM here.
     pub available: bool,
+    /// Why not, when it cannot (empty otherwise).
     pub reason: String,
+    /// KVM_GET_API_VERSION, 0 when /dev/kvm could not be opened.
     pub api_version: i32,
 }
 
+/// Opens /dev/kvm, checks the API version and capabilities the machine needs,
+/// and creates (then drops) a VM.
 pub fn probe() -> Probe {
     let fail = |reason: String, api_version| Probe { available: false, reason, api_version };
     let kvm = match Kvm::new() {

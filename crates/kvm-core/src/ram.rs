@@ -1,121 +1,115 @@
 //! Guest RAM: a memfd mapped shared, so the same pages back the KVM memory slot,
 //! the JavaScript Buffer, and (through the fd) any other process that needs them.
-use crate::error::{Error, Result};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use crate::error::{invalid, sys, Result, RAM};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+/// A shared, memfd-backed mapping of guest RAM, unmapped on drop.
 pub struct GuestRam {
     ptr: *mut u8,
     len: usize,
     fd: OwnedFd,
 }
 
-// The mapping is plain shared memory; concurrent access goes through atomics
-// (host side) or is the guest's own business.
+// SAFETY: the pointer is to a MAP_SHARED mapping owned by this value, not
+// tied to the thread that made it; moving the owner moves nothing.
 unsafe impl Send for GuestRam {}
+// SAFETY: every access through &self is bounds-checked and either a raw
+// copy or an atomic load/store; the guest writes the same memory concurrently
+// by design, so no Rust reference into it is ever handed out.
 unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
+    /// `len` bytes (a non-zero multiple of 4096) of zeroed shared memory.
     pub fn new(len: usize) -> Result<Self> {
         if len == 0 || !len.is_multiple_of(4096) {
-            return Err(Error::invalid(format!("guest RAM size {len} is not a non-zero multiple of 4096")));
+            return Err(invalid(RAM, "GuestRam::new", format!("size {len} is not a non-zero multiple of 4096")));
         }
-        let name = c"microvm-ram";
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(Error::last_os("memfd_create(guest RAM)"));
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(Error::last_os(&format!("ftruncate(guest RAM, {len})")));
-        }
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::last_os(&format!("mmap(guest RAM, {len})")));
-        }
-        Ok(GuestRam { ptr: ptr as *mut u8, len, fd })
+        let fd = vmm_sys::mem::memfd(c"microvm-ram", len).map_err(|e| sys(&e, RAM, "memfd_create", format!("of {len} bytes")))?;
+        let ptr = vmm_sys::mem::mmap_shared(&fd, len).map_err(|e| sys(&e, RAM, "mmap", format!("of {len} bytes")))?;
+        Ok(GuestRam { ptr, len, fd })
     }
 
+    /// Base of the mapping, valid for [`len`](Self::len) bytes while `self` lives.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }
 
+    /// Bytes of guest RAM.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Never true: a size of 0 is refused by [`new`](Self::new).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The memfd behind the mapping (stays owned by `self`).
     pub fn fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
 
-    fn check(&self, gpa: u64, size: usize) -> Result<usize> {
+    /// The offset of `gpa..gpa+size` in the mapping, if RAM holds it all and
+    /// `gpa` is a multiple of `align`; `op` names the access refused.
+    fn check(&self, op: &str, gpa: u64, size: usize, align: usize) -> Result<usize> {
         let end = gpa.checked_add(size as u64);
         match end {
-            Some(end) if end <= self.len as u64 => Ok(gpa as usize),
-            _ => Err(Error::invalid(format!(
-                "guest range {gpa:#x}+{size:#x} is outside guest RAM of {:#x} bytes",
-                self.len
-            ))),
+            Some(end) if end <= self.len as u64 => {}
+            _ => return Err(invalid(RAM, op, format!("range {gpa:#x}+{size:#x} is outside guest RAM of {:#x} bytes", self.len))),
         }
+        if !(gpa as usize).is_multiple_of(align) {
+            return Err(invalid(RAM, op, format!("unaligned {size}-byte access at {gpa:#x}")));
+        }
+        Ok(gpa as usize)
     }
 
+    /// Copies `bytes` to guest-physical `gpa`; EINVAL outside RAM.
     pub fn write(&self, gpa: u64, bytes: &[u8]) -> Result<()> {
-        let off = self.check(gpa, bytes.len())?;
+        let off = self.check("GuestRam::write", gpa, bytes.len(), 1)?;
+        // SAFETY: off..off+len lies inside the mapping (checked), which lives
+        // as long as self, and a Rust slice never overlaps guest RAM.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(off), bytes.len()) };
         Ok(())
     }
 
+    /// Copies guest-physical `gpa..` into `out`; EINVAL outside RAM.
     pub fn read(&self, gpa: u64, out: &mut [u8]) -> Result<()> {
-        let off = self.check(gpa, out.len())?;
+        let off = self.check("GuestRam::read", gpa, out.len(), 1)?;
+        // SAFETY: as in write: in bounds, alive, and disjoint from `out`.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), out.len()) };
         Ok(())
     }
 
     // Aligned scalar accesses are atomic because the guest may be writing the
     // same words concurrently (the control block).
+    /// Atomic load of the aligned u32 at `gpa`.
     pub fn read_u32(&self, gpa: u64) -> Result<u32> {
-        let off = self.check(gpa, 4)?;
-        if off % 4 != 0 {
-            return Err(Error::invalid(format!("unaligned u32 access at {gpa:#x}")));
-        }
+        let off = self.check("GuestRam::read_u32", gpa, 4, 4)?;
+        // SAFETY: in bounds and 4-aligned (checked); atomic because the guest
+        // may store to the same word.
         Ok(unsafe { (*(self.ptr.add(off) as *const AtomicU32)).load(Ordering::SeqCst) })
     }
 
+    /// Atomic store of the aligned u32 at `gpa`.
     pub fn write_u32(&self, gpa: u64, v: u32) -> Result<()> {
-        let off = self.check(gpa, 4)?;
-        if off % 4 != 0 {
-            return Err(Error::invalid(format!("unaligned u32 access at {gpa:#x}")));
-        }
+        let off = self.check("GuestRam::write_u32", gpa, 4, 4)?;
+        // SAFETY: in bounds and 4-aligned (checked); atomic as in read_u32.
         unsafe { (*(self.ptr.add(off) as *const AtomicU32)).store(v, Ordering::SeqCst) };
         Ok(())
     }
 
+    /// Atomic load of the aligned u64 at `gpa`.
     pub fn read_u64(&self, gpa: u64) -> Result<u64> {
-        let off = self.check(gpa, 8)?;
-        if off % 8 != 0 {
-            return Err(Error::invalid(format!("unaligned u64 access at {gpa:#x}")));
-        }
+        let off = self.check("GuestRam::read_u64", gpa, 8, 8)?;
+        // SAFETY: in bounds and 8-aligned (checked); atomic as in read_u32.
         Ok(unsafe { (*(self.ptr.add(off) as *const AtomicU64)).load(Ordering::SeqCst) })
     }
 
+    /// Atomic store of the aligned u64 at `gpa`.
     pub fn write_u64(&self, gpa: u64, v: u64) -> Result<()> {
-        let off = self.check(gpa, 8)?;
-        if off % 8 != 0 {
-            return Err(Error::invalid(format!("unaligned u64 access at {gpa:#x}")));
-        }
+        let off = self.check("GuestRam::write_u64", gpa, 8, 8)?;
+        // SAFETY: in bounds and 8-aligned (checked); atomic as in read_u32.
         unsafe { (*(self.ptr.add(off) as *const AtomicU64)).store(v, Ordering::SeqCst) };
         Ok(())
     }
@@ -123,7 +117,10 @@ impl GuestRam {
 
 impl Drop for GuestRam {
     fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        // SAFETY: ptr/len are exactly the mapping made in new(); a buffer
+        // JavaScript holds keeps its own Arc, so nothing can use it after this.
+        // A failure could only be a bad range, which this cannot be.
+        let _ = unsafe { vmm_sys::mem::munmap(self.ptr, self.len) };
     }
 }
 

@@ -4,11 +4,12 @@
 //! Struct sections hold the kernel's own structs (their layout is KVM ABI, so the
 //! bytes mean the same on the destination kernel); the MSR section holds
 //! `index u32, pad u32, value u64` records. Sizes are checked on load.
-use crate::error::{Error, Result};
+use crate::error::{invalid, Result, VCPU};
 use kvm_bindings::{
     kvm_debugregs, kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 
+/// The first bytes of every state blob.
 pub const MAGIC: &[u8; 8] = b"KVMVCPU1";
 
 const TAG_REGS: u32 = 1;
@@ -23,33 +24,67 @@ const TAG_DEBUGREGS: u32 = 8;
 /// Bound on a state blob: the largest section is the 4 KiB legacy xsave area.
 pub const MAX_STATE_BYTES: usize = 64 * 1024;
 
+/// Everything KVM lets userspace read of a vCPU that this guest can change.
 #[derive(Default)]
 pub struct VcpuState {
+    /// General-purpose registers, RIP and RFLAGS.
     pub regs: kvm_regs,
+    /// Segments, descriptor tables, control registers, EFER.
     pub sregs: kvm_sregs,
+    /// Legacy FPU/SSE state; used when the host has no XSAVE.
     pub fpu: kvm_fpu,
+    /// The XSAVE area (the legacy 4 KiB one), when the host supports it.
     pub xsave: Option<Box<kvm_xsave>>,
+    /// Extended control registers (XCR0), when the host supports them.
     pub xcrs: Option<kvm_xcrs>,
+    /// (index, value) of every MSR worth carrying that this host can save.
     pub msrs: Vec<(u32, u64)>,
+    /// Pending exceptions, interrupts, NMIs and interrupt shadows.
     pub events: kvm_vcpu_events,
+    /// Debug registers.
     pub debugregs: kvm_debugregs,
 }
 
-fn pod_bytes<T>(v: &T) -> &[u8] {
-    // SAFETY: only used with the kernel's plain-old-data ABI structs.
+/// KVM ABI structs whose raw bytes are the state format.
+///
+/// # Safety
+/// Implementors are bindgen's `#[repr(C)]` mirrors of uAPI structs made of
+/// integers and integer arrays whose pads the header names as fields, so
+/// every byte is initialised and any bytes form a valid value.
+unsafe trait Abi: Default {}
+// SAFETY: eighteen u64s.
+unsafe impl Abi for kvm_regs {}
+// SAFETY: segments and tables with named padding, u64 registers, a u64 array.
+unsafe impl Abi for kvm_sregs {}
+// SAFETY: byte arrays, u16/u8 fields with pad1 named, u64s, u32 mxcsr and pad2.
+unsafe impl Abi for kvm_fpu {}
+// SAFETY: a u32 array (the zero-sized flexible tail adds no bytes).
+unsafe impl Abi for kvm_xsave {}
+// SAFETY: u32 count and flags, an array of (u32, u32, u64), u64 padding.
+unsafe impl Abi for kvm_xcrs {}
+// SAFETY: u8 groups with named pads, two u32s, 26 reserved bytes and a u8
+// that bring the u64 payload to offset 56.
+unsafe impl Abi for kvm_vcpu_events {}
+// SAFETY: u64 registers, flags and reserved words.
+unsafe impl Abi for kvm_debugregs {}
+
+fn pod_bytes<T: Abi>(v: &T) -> &[u8] {
+    // SAFETY: `v` is a live T borrowed for the slice's lifetime, and Abi
+    // promises all size_of::<T>() bytes are initialised.
     unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
 }
 
-fn pod_from<T: Default>(name: &str, b: &[u8]) -> Result<T> {
+fn pod_from<T: Abi>(name: &str, b: &[u8]) -> Result<T> {
     if b.len() != std::mem::size_of::<T>() {
-        return Err(Error::invalid(format!(
+        return Err(invalid(VCPU, "VcpuState::from_bytes", format!(
             "vCPU state section {name} is {} bytes, expected {}",
             b.len(),
             std::mem::size_of::<T>()
         )));
     }
     let mut v = T::default();
-    // SAFETY: size checked; T is a POD kernel struct, any bit pattern is a value.
+    // SAFETY: `b` holds exactly size_of::<T>() bytes (checked above), `v` is
+    // a distinct local of that size, and Abi makes any bytes a valid T.
     unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), &mut v as *mut T as *mut u8, b.len()) };
     Ok(v)
 }
@@ -57,9 +92,11 @@ fn pod_from<T: Default>(name: &str, b: &[u8]) -> Result<T> {
 fn xsave_from(b: &[u8]) -> Result<Box<kvm_xsave>> {
     let size = std::mem::size_of::<kvm_xsave>();
     if b.len() != size {
-        return Err(Error::invalid(format!("vCPU state section xsave is {} bytes, expected {size}", b.len())));
+        return Err(invalid(VCPU, "VcpuState::from_bytes", format!("vCPU state section xsave is {} bytes, expected {size}", b.len())));
     }
     let mut v: Box<kvm_xsave> = Box::default();
+    // SAFETY: `b` holds exactly size_of::<kvm_xsave>() bytes (checked above),
+    // the box owns that many, and any bytes are a valid kvm_xsave (Abi).
     unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), &mut *v as *mut kvm_xsave as *mut u8, size) };
     Ok(v)
 }
@@ -71,6 +108,7 @@ fn put(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
 }
 
 impl VcpuState {
+    /// The KVMVCPU1 blob: magic, then one section per part present.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
         out.extend_from_slice(MAGIC);
@@ -95,30 +133,31 @@ impl VcpuState {
         out
     }
 
+    /// Parses a KVMVCPU1 blob, EINVAL on anything malformed or missing.
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
         if b.len() > MAX_STATE_BYTES {
-            return Err(Error::invalid(format!("vCPU state of {} bytes exceeds {MAX_STATE_BYTES}", b.len())));
+            return Err(invalid(VCPU, "VcpuState::from_bytes", format!("vCPU state of {} bytes exceeds {MAX_STATE_BYTES}", b.len())));
         }
         if b.len() < 8 || &b[..8] != MAGIC {
-            return Err(Error::invalid("vCPU state does not start with magic KVMVCPU1"));
+            return Err(invalid(VCPU, "VcpuState::from_bytes", "vCPU state does not start with magic KVMVCPU1"));
         }
         let mut s = VcpuState::default();
         let mut seen = 0u32;
         let mut p = 8;
         while p < b.len() {
             if b.len() - p < 8 {
-                return Err(Error::invalid(format!("vCPU state truncated in a section header at byte {p}")));
+                return Err(invalid(VCPU, "VcpuState::from_bytes", format!("vCPU state truncated in a section header at byte {p}")));
             }
             let tag = u32::from_le_bytes(b[p..p + 4].try_into().unwrap());
             let len = u32::from_le_bytes(b[p + 4..p + 8].try_into().unwrap()) as usize;
             p += 8;
             if b.len() - p < len {
-                return Err(Error::invalid(format!("vCPU state section {tag} claims {len} bytes, {} left", b.len() - p)));
+                return Err(invalid(VCPU, "VcpuState::from_bytes", format!("vCPU state section {tag} claims {len} bytes, {} left", b.len() - p)));
             }
             let body = &b[p..p + len];
             p += len;
             if tag == 0 || tag > 31 || seen & (1 << tag) != 0 {
-                return Err(Error::invalid(format!("vCPU state section tag {tag} is unknown or repeated")));
+                return Err(invalid(VCPU, "VcpuState::from_bytes", format!("vCPU state section tag {tag} is unknown or repeated")));
             }
             seen |= 1 << tag;
             match tag {
@@ -131,7 +170,7 @@ impl VcpuState {
                 TAG_DEBUGREGS => s.debugregs = pod_from("debugregs", body)?,
                 TAG_MSRS => {
                     if !body.len().is_multiple_of(16) {
-                        return Err(Error::invalid("vCPU state MSR section is not a whole number of 16-byte records"));
+                        return Err(invalid(VCPU, "VcpuState::from_bytes", "vCPU state MSR section is not a whole number of 16-byte records"));
                     }
                     s.msrs = body
                         .chunks_exact(16)
@@ -140,12 +179,12 @@ impl VcpuState {
                         })
                         .collect();
                 }
-                _ => return Err(Error::invalid(format!("vCPU state section tag {tag} is unknown"))),
+                _ => return Err(invalid(VCPU, "VcpuState::from_bytes", format!("vCPU state section tag {tag} is unknown"))),
             }
         }
         for (tag, name) in [(TAG_REGS, "regs"), (TAG_SREGS, "sregs"), (TAG_FPU, "fpu"), (TAG_MSRS, "msrs"), (TAG_EVENTS, "events")] {
             if seen & (1 << tag) == 0 {
-                return Err(Error::invalid(format!("vCPU state lacks the {name} section")));
+                return Err(invalid(VCPU, "VcpuState::from_bytes", format!("vCPU state lacks the {name} section")));
             }
         }
         Ok(s)

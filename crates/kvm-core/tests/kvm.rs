@@ -1,5 +1,6 @@
 //! Runs the workload on real KVM. Skips (with the reason printed) where
 //! /dev/kvm does not work.
+#![deny(clippy::undocumented_unsafe_blocks)]
 use kvm_core::layout::*;
 use kvm_core::{probe, Machine, StopReason, VcpuState, WorkloadParams};
 use std::time::{Duration, Instant};
@@ -20,13 +21,27 @@ fn counter(m: &Machine) -> u64 {
     m.ram().read_u64(CTL_ADDR + CTL_COUNTER).unwrap()
 }
 
+/// Waits until the workload has completed an iteration past `past`, so a
+/// test asserts on a guest that ran instead of on how soon the host scheduled
+/// the vCPU thread (a loaded machine can leave it unscheduled for many ms).
+/// Returns how long that took.
+fn wait_for_progress(m: &Machine, past: u64) -> Duration {
+    let t = Instant::now();
+    while counter(m) <= past {
+        assert!(m.is_running(), "vCPU stopped before an iteration past {past}: {:?}", m.stop_reason());
+        assert!(t.elapsed() < Duration::from_secs(30), "no iteration past {past} within 30 s");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    t.elapsed()
+}
+
 /// Asks the workload to stop at an iteration boundary and waits for it.
 fn quiesce(m: &Machine) {
     m.ram().write_u32(CTL_ADDR + CTL_STOP, 1).unwrap();
     if !m.is_running() {
         m.start().unwrap();
     }
-    assert_eq!(m.wait_stopped(Duration::from_secs(5)), Some(StopReason::GuestExit));
+    assert_eq!(m.wait_stopped(Duration::from_secs(30)), Some(StopReason::GuestExit), "workload did not stop within 30 s");
     m.ram().write_u32(CTL_ADDR + CTL_STOP, 0).unwrap();
 }
 
@@ -44,7 +59,7 @@ fn runs_pauses_and_keeps_checksum() {
     let m = Machine::new(ram, p).unwrap();
     m.start().unwrap();
     assert!(m.start().is_err());
-    std::thread::sleep(Duration::from_millis(200));
+    let ran = wait_for_progress(&m, 0);
     let t = Instant::now();
     assert_eq!(m.pause().unwrap(), StopReason::Paused);
     let pause_us = t.elapsed().as_micros();
@@ -54,7 +69,7 @@ fn runs_pauses_and_keeps_checksum() {
     assert_eq!(ctl_u32(&m, CTL_CHECKSUM), region_sum(m.ram(), &p).unwrap());
     let c2 = counter(&m);
     assert!(c2 >= c1);
-    eprintln!("kvm: {c1} iterations in 200 ms, pause took {pause_us} us");
+    eprintln!("kvm: {c1} iterations in {} us, pause took {pause_us} us", ran.as_micros());
     m.destroy();
     assert!(m.start().is_err());
 }
@@ -71,9 +86,10 @@ fn dirty_log_is_exactly_the_written_pages() {
     m.sync_dirty_log().unwrap();
     let cur0 = ctl_u32(&m, CTL_CURSOR);
     let c0 = counter(&m);
-    // Let a bounded number of iterations run: the region wraps at most once.
+    // At least one iteration, so the log has pages to check; `want` below
+    // allows for the region wrapping any number of times.
     m.start().unwrap();
-    std::thread::sleep(Duration::from_micros(200));
+    wait_for_progress(&m, c0);
     quiesce(&m);
     let iters = counter(&m) - c0;
     let log = m.sync_dirty_log().unwrap();
@@ -104,7 +120,7 @@ fn state_moves_to_a_new_vm_mid_iteration() {
     let p = WorkloadParams { spin: 50, ..params(ram) };
     let a = Machine::new(ram, p).unwrap();
     a.start().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    wait_for_progress(&a, 0);
     a.pause().unwrap();
     let state = a.save_state().unwrap();
     let bytes = state.to_bytes();
@@ -121,7 +137,7 @@ fn state_moves_to_a_new_vm_mid_iteration() {
     assert_eq!(back.regs.rip, rip);
     assert_eq!(back.sregs.cr3, PML4_ADDR);
     b.start().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    wait_for_progress(&b, c_saved);
     quiesce(&b);
     assert!(counter(&b) > c_saved, "counter did not advance after restore");
     assert_eq!(ctl_u32(&b, CTL_CHECKSUM), region_sum(b.ram(), &p).unwrap());
@@ -147,7 +163,7 @@ fn state_saved_at_a_guest_exit_resumes_elsewhere() {
     let p = WorkloadParams { region_pages: 100, pages_per_iter: 2, spin: 10, ..WorkloadParams::default_for(ram) };
     let a = Machine::new(ram, p).unwrap();
     a.start().unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    wait_for_progress(&a, 0);
     quiesce(&a);
     let bytes = a.save_state().unwrap().to_bytes();
     let mut mem = vec![0u8; ram as usize];
@@ -157,7 +173,7 @@ fn state_saved_at_a_guest_exit_resumes_elsewhere() {
     b.ram().write(0, &mem).unwrap();
     b.restore_state(VcpuState::from_bytes(&bytes).unwrap()).unwrap();
     b.start().unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    wait_for_progress(&b, c);
     quiesce(&b);
     assert!(counter(&b) > c);
     assert_eq!(ctl_u32(&b, CTL_CHECKSUM), region_sum(b.ram(), &p).unwrap());
@@ -196,7 +212,7 @@ fn big_guests_run_dirty_and_move() {
         let mut moved = dirty_pages(&a.sync_dirty_log().unwrap());
         let (cur0, c0) = (ctl_u32(&a, CTL_CURSOR) as u64, counter(&a));
         a.start().unwrap();
-        std::thread::sleep(Duration::from_millis(2));
+        wait_for_progress(&a, c0);
         quiesce(&a);
         let iters = counter(&a) - c0;
         assert!(iters > 0, "{ram:#x}: guest did not run");
@@ -208,8 +224,11 @@ fn big_guests_run_dirty_and_move() {
         moved.extend(logged);
         assert_eq!(ctl_u32(&a, CTL_CHECKSUM), region_sum(a.ram(), &p).unwrap());
 
+        // Paused once it is under way again, so the saved state is taken
+        // from a running workload (usually mid-iteration), not at the exit.
+        let c_quiesced = counter(&a);
         a.start().unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        wait_for_progress(&a, c_quiesced);
         a.pause().unwrap();
         let bytes = a.save_state().unwrap().to_bytes();
         moved.extend(dirty_pages(&a.sync_dirty_log().unwrap()));
@@ -227,7 +246,7 @@ fn big_guests_run_dirty_and_move() {
         drop(a);
         b.restore_state(VcpuState::from_bytes(&bytes).unwrap()).unwrap();
         b.start().unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        wait_for_progress(&b, c);
         quiesce(&b);
         assert!(counter(&b) > c, "{ram:#x}: counter did not advance after the move");
         assert_eq!(ctl_u32(&b, CTL_CHECKSUM), region_sum(b.ram(), &p).unwrap(), "{ram:#x}: checksum after the move");
@@ -248,7 +267,7 @@ fn previous_layouts_exit_page_still_stops() {
     m.ram().write(CODE_ADDR + at, &(LEGACY_EXIT_MMIO as u32).to_le_bytes()).unwrap();
     m.ram().write_u64(PD_ADDR + (LEGACY_EXIT_MMIO / RAM_ALIGN) * 8, LEGACY_EXIT_MMIO | 0xe7).unwrap();
     m.start().unwrap();
-    std::thread::sleep(Duration::from_millis(5));
+    wait_for_progress(&m, 0);
     quiesce(&m);
     assert!(counter(&m) > 0);
 }

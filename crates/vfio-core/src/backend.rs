@@ -17,7 +17,14 @@ pub trait DeviceBackend: Send + Sync {
     /// ioctl's non-negative result. For MIG_DEVICE_STATE SET the new data fd
     /// (or -1) is written into the payload's `data_fd`, and ownership of that
     /// fd passes to the caller, as with the kernel.
-    fn device_feature(&self, buf: &mut [u8]) -> io::Result<i32>;
+    ///
+    /// # Safety
+    /// Some payloads carry user pointers (DMA_LOGGING_START's ranges,
+    /// DMA_LOGGING_REPORT's bitmap) that the kernel follows: each must point
+    /// at memory valid for what the feature reads or writes there, for the
+    /// duration of the call. A buffer shorter than its `argsz` is refused
+    /// (EFAULT) before the kernel sees it.
+    unsafe fn device_feature(&self, buf: &mut [u8]) -> io::Result<i32>;
 
     /// `VFIO_DEVICE_GET_INFO` into a `struct vfio_device_info` buffer.
     fn get_info(&self, buf: &mut [u8]) -> io::Result<()>;

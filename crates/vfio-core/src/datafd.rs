@@ -5,8 +5,8 @@
 
 use crate::backend::DeviceBackend;
 use crate::kernel::error::{Result, VfioError};
-use crate::kernel::sys;
-use crate::kernel::transfer::{self, Endpoint, Options, PlainFd, Stats};
+use vmm_sys as sys;
+use crate::transfer::{self, Endpoint, Options, PlainFd, Stats};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicBool;
@@ -18,6 +18,7 @@ use vfio_uapi::DeviceState;
 mod frames;
 pub use frames::{FrameOptions, FrameStats, LoadEnd, LoadFrameOptions, LoadFrameStats, MAX_FRAME_BLOCK};
 
+/// A migration data fd, owned; every call runs through its device's backend.
 pub struct DataFd {
     // Every operation holds the read lock for its whole syscall, so close
     // (the write lock) never frees a number another thread is still using.
@@ -32,7 +33,9 @@ pub struct DataFd {
 /// `VFIO_MIG_GET_PRECOPY_INFO`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrecopyInfo {
+    /// Initial bytes still to read (the part a destination needs before it can converge).
     pub initial_bytes: u64,
+    /// Bytes dirtied since, as the device estimates them.
     pub dirty_bytes: u64,
 }
 
@@ -81,6 +84,7 @@ impl DataFd {
         DataFd { fd: RwLock::new(Some(fd)), backend, label, splice_refused: AtomicBool::new(false) }
     }
 
+    /// The fd's name in messages: device, number and the state that opened it.
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -113,10 +117,12 @@ impl DataFd {
         self.with_fd("read", |fd| self.backend.data_read(fd, buf).map_err(|e| self.err(&e, "read")))
     }
 
+    /// Bytes of `buf` written (RESUMING).
     pub fn write(&self, buf: &[u8]) -> Result<usize> {
         self.with_fd("write", |fd| self.backend.data_write(fd, buf).map_err(|e| self.err(&e, "write")))
     }
 
+    /// `VFIO_MIG_GET_PRECOPY_INFO`: EINVAL outside PRE_COPY(_P2P).
     pub fn precopy_info(&self) -> Result<PrecopyInfo> {
         self.with_fd("VFIO_MIG_GET_PRECOPY_INFO", |fd| {
             let mut buf = [0u8; std::mem::size_of::<vfio_precopy_info>()];
@@ -174,7 +180,7 @@ struct PlainBackend {
 }
 
 impl DeviceBackend for PlainBackend {
-    fn device_feature(&self, _buf: &mut [u8]) -> io::Result<i32> {
+    unsafe fn device_feature(&self, _buf: &mut [u8]) -> io::Result<i32> {
         Err(io::Error::from_raw_os_error(libc::ENOTTY))
     }
     fn get_info(&self, _buf: &mut [u8]) -> io::Result<()> {
@@ -185,7 +191,7 @@ impl DeviceBackend for PlainBackend {
     }
     fn precopy_info(&self, fd: i32, buf: &mut [u8]) -> io::Result<()> {
         // A pipe answers the real ioctl with ENOTTY, as a non-VFIO fd does.
-        sys::ioctl_buf(fd, vfio_uapi::ioctl::VFIO_MIG_GET_PRECOPY_INFO, buf).map(|_| ())
+        crate::kernel::device::precopy_info(fd, buf)
     }
     fn data_read(&self, fd: i32, buf: &mut [u8]) -> io::Result<usize> {
         sys::read(fd, buf)

@@ -22,6 +22,7 @@ pub const DMA_LOGGING_MAX_RANGES: usize = 4096 / std::mem::size_of::<vfio_device
 
 const MIG_STATE_CALL: &str = "VFIO_DEVICE_FEATURE(MIG_DEVICE_STATE)";
 
+/// A VFIO migration device over any backend: the typed helpers, each checked in userspace first.
 pub struct Device {
     backend: Arc<dyn DeviceBackend>,
     flags: OnceLock<MigrationFlags>,
@@ -29,15 +30,20 @@ pub struct Device {
     state_lock: Mutex<()>,
 }
 
+/// `VFIO_DEVICE_GET_INFO`'s answer.
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceInfo {
+    /// `VFIO_DEVICE_FLAGS_*`.
     pub flags: u32,
+    /// Regions the device has.
     pub num_regions: u32,
+    /// IRQ indexes the device has.
     pub num_irqs: u32,
 }
 
 /// Answer of a raw feature call.
 pub struct RawFeature {
+    /// The ioctl's return value.
     pub ret: i32,
     /// A SET MIG_DEVICE_STATE that produced a data fd hands it over here.
     pub data_fd: Option<DataFd>,
@@ -54,14 +60,17 @@ pub fn dma_bitmap_bytes(length: u64, page_size: u64) -> u64 {
 }
 
 impl Device {
+    /// Wraps a backend (a kernel device fd or the emulated device).
     pub fn new(backend: Arc<dyn DeviceBackend>) -> Device {
         Device { backend, flags: OnceLock::new(), state_lock: Mutex::new(()) }
     }
 
+    /// The backend's name, for messages.
     pub fn name(&self) -> &str {
         self.backend.name()
     }
 
+    /// The backend, for calls the helpers do not cover.
     pub fn backend(&self) -> &Arc<dyn DeviceBackend> {
         &self.backend
     }
@@ -76,9 +85,10 @@ impl Device {
         let mut buf = vec![0u8; head + payload.len()];
         vfio_device_feature { argsz, flags }.write_to(&mut buf);
         buf[head..].copy_from_slice(payload);
-        let r = self
-            .backend
-            .device_feature(&mut buf)
+        // SAFETY: the only payloads with user pointers are built by
+        // dma_logging_start/report, which point them at vectors that outlive
+        // this call; feature() refuses such payloads from its callers.
+        let r = unsafe { self.backend.device_feature(&mut buf) }
             .map_err(|e| VfioError::from_io(&e, syscall_for(index), format!("{}: VFIO_DEVICE_FEATURE {what}", self.name())))?;
         payload.copy_from_slice(&buf[head..]);
         Ok(r)
@@ -92,6 +102,7 @@ impl Device {
         Ok(p)
     }
 
+    /// `VFIO_DEVICE_GET_INFO`.
     pub fn info(&self) -> Result<DeviceInfo> {
         let mut buf = [0u8; std::mem::size_of::<vfio_device_info>()];
         vfio_device_info { argsz: buf.len() as u32, ..Default::default() }.write_to(&mut buf);
@@ -163,6 +174,7 @@ impl Device {
         Ok(*self.flags.get_or_init(|| f))
     }
 
+    /// The current migration state (GET MIG_DEVICE_STATE).
     pub fn state(&self) -> Result<DeviceState> {
         let s: vfio_device_feature_mig_state = self.get(VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE)?;
         DeviceState::from_u32(s.device_state).ok_or_else(|| {
@@ -253,6 +265,7 @@ impl Device {
         Ok(out.page_size)
     }
 
+    /// Stops device DMA logging.
     pub fn dma_logging_stop(&self) -> Result<()> {
         self.call(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP, &mut [], "SET DMA_LOGGING_STOP").map(|_| ())
     }
@@ -289,6 +302,7 @@ impl Device {
         Ok(())
     }
 
+    /// `VFIO_DEVICE_RESET`: back to RUNNING; every data fd stops working.
     pub fn reset(&self) -> Result<()> {
         let _g = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.backend
@@ -311,7 +325,7 @@ mod tests {
     }
 
     impl DeviceBackend for Fake {
-        fn device_feature(&self, buf: &mut [u8]) -> io::Result<i32> {
+        unsafe fn device_feature(&self, buf: &mut [u8]) -> io::Result<i32> {
             let h = vfio_device_feature::read_from(buf).unwrap();
             assert_eq!(h.argsz as usize, buf.len());
             let p = &mut buf[8..];
@@ -329,7 +343,7 @@ mod tests {
                     let target = DeviceState::from_u32(req.device_state).unwrap();
                     let mut cur = self.state.lock().unwrap();
                     let fd = if target.has_data_fd() && !(cur.is_saving() && target.is_saving()) {
-                        crate::kernel::sys::pipe()?.0.into_raw_fd()
+                        vmm_sys::pipe()?.0.into_raw_fd()
                     } else {
                         -1
                     };

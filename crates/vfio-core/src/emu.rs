@@ -16,7 +16,7 @@ mod machine;
 mod session;
 pub mod hash;
 pub mod stream;
-mod sys;
+mod threads;
 
 pub use config::EmuConfig;
 pub use content::{DEFAULT_REGION_SIZE, MAX_REGIONS};

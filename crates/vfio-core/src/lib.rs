@@ -9,10 +9,15 @@
 //! DMA logging, ...) are written once on top of that seam, so the kernel
 //! driver and the emulated device are driven by exactly the same code.
 
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod backend;
 pub mod emu; // the emulated migration device
 pub mod kernel; // Container, Group, KernelDevice: the kernel objects
 pub mod device; // Device: typed helpers over any backend
 pub mod datafd; // DataFd: read/write/precopy info/poll/transfer
+pub mod transfer; // the fd-to-fd engine under DataFd and fdTransfer
 
 pub use vfio_uapi;
+pub use vmm_sys;

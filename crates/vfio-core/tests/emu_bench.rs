@@ -5,6 +5,7 @@
 //! and dropped), load alone (an image held in memory written into the
 //! resume fd, then RESUMING -> STOP), and save -> load with the source fd
 //! spliced into the destination fd, as a migration's transfer would.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[path = "emu_util.rs"]
 mod util;
@@ -33,6 +34,7 @@ fn drain(fd: &OwnedFd, mut keep: Option<&mut Vec<u8>>) -> u64 {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
+        // SAFETY: the kernel writes at most buf.len() bytes into `buf`.
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -51,6 +53,7 @@ fn drain(fd: &OwnedFd, mut keep: Option<&mut Vec<u8>>) -> u64 {
 
 fn write_all_raw(fd: &OwnedFd, mut data: &[u8]) {
     while !data.is_empty() {
+        // SAFETY: the kernel reads at most data.len() bytes of `data`.
         let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len().min(1 << 20)) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -114,6 +117,7 @@ fn bench_save_load_pipe() {
     let inp = go(&dst, DeviceState::Resuming).unwrap();
     let mut moved = 0u64;
     loop {
+        // SAFETY: null offsets; no user memory is involved.
         let n = unsafe {
             libc::splice(out.as_raw_fd(), std::ptr::null_mut(), inp.as_raw_fd(), std::ptr::null_mut(), 1 << 20, libc::SPLICE_F_MOVE)
         };

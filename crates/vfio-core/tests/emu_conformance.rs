@@ -2,6 +2,7 @@
 //! checked against the kernel's algorithm restated here from the uAPI
 //! (include/uapi/linux/vfio.h, drivers/vfio/vfio_main.c
 //! vfio_mig_get_next_state) without using vfio_uapi::path.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[path = "emu_util.rs"]
 mod util;
@@ -153,7 +154,7 @@ fn every_flag_set_every_pair_matches_the_kernel_walk() {
                             // Saving group members share one fd: no fresh fd on an arc inside it.
                             assert!(!(cur == PRE_COPY || cur == PRE_COPY_P2P) || target == RESUMING, "{ctx}");
                         }
-                        assert_eq!(d.stats().arcs >= path.len() as u64, true);
+                        assert!(d.stats().arcs >= path.len() as u64, "{ctx}: arcs counted");
                     }
                     Err(()) => {
                         assert_eq!(errno_of(got), libc::EINVAL, "{ctx}");
@@ -259,7 +260,9 @@ fn async_reset_invalidates_the_held_fd() {
 }
 
 fn vfio_core_inode(fd: &std::os::fd::OwnedFd) -> u64 {
+    // SAFETY: libc::stat is plain integers; all-zero is a value.
     let mut s: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel fills the local.
     assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut s) }, 0);
     s.st_ino
 }

@@ -1,4 +1,5 @@
 //! Data fd semantics and byte-exact save -> load.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[path = "emu_util.rs"]
 mod util;
@@ -99,7 +100,10 @@ fn dirty_rate_dirties_while_running() {
     let fd = go(&src, DeviceState::PreCopy).unwrap();
     let mut stream = Vec::new();
     let t0 = std::time::Instant::now();
-    while t0.elapsed() < std::time::Duration::from_millis(200) {
+    // Reads for at least 200 ms and until the dirtying thread has run: on a
+    // loaded machine it may not have been scheduled within the 200 ms.
+    while t0.elapsed() < std::time::Duration::from_millis(200) || src.stats().dirtied_bytes == 0 {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "nothing dirtied within 10 s");
         let mut b = vec![0u8; 256 * 1024];
         match src.data_read(fd.as_raw_fd(), &mut b) {
             Ok(n) => stream.extend_from_slice(&b[..n]),
@@ -321,7 +325,9 @@ fn the_data_fd_is_a_real_fd() {
 fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     use std::os::fd::FromRawFd;
     let mut p = [0i32; 2];
+    // SAFETY: the kernel writes two ints into the local array.
     assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    // SAFETY: pipe succeeded: two fresh fds nothing else owns.
     unsafe { (std::os::fd::OwnedFd::from_raw_fd(p[0]), std::os::fd::OwnedFd::from_raw_fd(p[1])) }
 }
 

@@ -1,5 +1,6 @@
 //! No fd or thread outlives the device. Alone in its binary: /proc/self/fd
 //! is process-wide and other tests would race the count.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[path = "emu_util.rs"]
 mod util;

@@ -1,5 +1,6 @@
 //! VFIO_DEVICE_FEATURE validation (vfio_ioctl_device_feature +
 //! vfio_check_feature order), GET_INFO and DMA logging.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[path = "emu_util.rs"]
 mod util;
@@ -14,7 +15,9 @@ fn raw(d: &EmuDevice, argsz: u32, flags: u32, payload_len: usize) -> std::io::Re
     let mut b = vec![0u8; 8 + payload_len];
     b[..4].copy_from_slice(&argsz.to_le_bytes());
     b[4..8].copy_from_slice(&flags.to_le_bytes());
-    d.device_feature(&mut b)
+    // SAFETY: the emulated device follows payload pointers only through
+    // process_vm_readv/writev, which fault cleanly (EFAULT) on bad ones.
+    unsafe { d.device_feature(&mut b) }
 }
 
 #[test]
@@ -23,7 +26,8 @@ fn header_checks() {
     assert_eq!(errno_of(raw(&d, 7, GET | 1, 8)), libc::EINVAL, "argsz < header");
     assert_eq!(errno_of(raw(&d, 16, GET | 1 | (1 << 19), 8)), libc::EINVAL, "unknown flag bit");
     assert_eq!(errno_of(raw(&d, 16, GET | SET | 2, 8)), libc::EINVAL, "GET|SET without PROBE");
-    assert_eq!(errno_of(d.device_feature(&mut [0u8; 4])), libc::EFAULT, "no header at all");
+    // SAFETY: no payload, so no pointer to follow.
+    assert_eq!(errno_of(unsafe { d.device_feature(&mut [0u8; 4]) }), libc::EFAULT, "no header at all");
     // Unknown features and features the device lacks: ENOTTY, before any op check.
     for f in [0u32, 3, 4, 5, 10, 11, 12, 0xffff] {
         assert_eq!(errno_of(raw(&d, 16, GET | f, 8)), libc::ENOTTY, "feature {f}");
@@ -163,6 +167,8 @@ fn dma_engine_marks_logged_pages_and_report_reads_and_clears() {
     let d = dev(7, 10);
     let mut guest = vec![0u8; 64 * 4096];
     let iova = 0x1_0000_0000u64;
+    // SAFETY: DMA into `guest` stops at stop_dma() below, before the test
+    // reads it, and no later write can happen while it is dropped.
     unsafe { d.attach_guest_memory(guest.as_mut_ptr(), guest.len(), iova).unwrap() };
     // Track only the first half of guest memory.
     let (r, _) = start(&d, 4096, &[(iova, 32 * 4096)]);
@@ -198,7 +204,9 @@ fn dma_engine_marks_logged_pages_and_report_reads_and_clears() {
     assert!(d.logged_pages().unwrap().is_empty());
     // A coarser report page: one bit per 2 pages.
     d.start_dma(5000).unwrap();
+    let t0 = std::time::Instant::now();
     while d.logged_pages().unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "DMA engine idle after a restart");
         std::thread::sleep(Duration::from_millis(2));
     }
     d.stop_dma();
@@ -220,6 +228,7 @@ fn more_ranges_than_the_device_tracks_are_merged() {
     let (r, _) = start(&d, 4096, &[(0, 4096), (8192, 4096), (1 << 20, 4096)]);
     r.unwrap();
     let mut guest = vec![0u8; 16 * 4096];
+    // SAFETY: `guest` outlives the device: drop(d) comes first below.
     unsafe { d.attach_guest_memory(guest.as_mut_ptr(), guest.len(), 0).unwrap() };
     d.start_dma(20000).unwrap();
     let t0 = std::time::Instant::now();

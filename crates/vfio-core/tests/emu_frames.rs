@@ -2,6 +2,7 @@
 //! emulated device, whose data fds are pipes and so take the splice path:
 //! the device's own verdicts (ENOMSG in PRE_COPY, EOF only after the last
 //! STOP_COPY byte, failure after a reset) must come through unchanged.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[path = "emu_util.rs"]
 mod util;
@@ -15,8 +16,8 @@ use vfio_core::backend::DeviceBackend;
 use vfio_core::datafd::{DataFd, FrameOptions, LoadEnd, LoadFrameOptions};
 use vfio_core::device::Device;
 use vfio_core::emu::{EmuConfig, EmuDevice};
-use vfio_core::kernel::sys;
-use vfio_core::kernel::transfer::End;
+use vfio_core::vmm_sys as sys;
+use vfio_core::transfer::End;
 use vfio_core::vfio_uapi::DeviceState;
 
 const DATA_STATE: u64 = 0xffff_ffff_ef10_0004;
@@ -123,7 +124,7 @@ fn a_reset_mid_stream_is_an_error_not_the_end_of_the_state() {
 fn the_transfer_engine_also_takes_the_end_of_the_state_from_the_device() {
     // transfer_to splices the same pipe: its closed end must be confirmed by
     // the device (EOF after the last byte) and a reset must be an error.
-    use vfio_core::kernel::transfer::Options;
+    use vfio_core::transfer::Options;
     let size = 8 << 20;
     let (_src, sdev) = emu(1, size, 7);
     let (a, b) = sys::socketpair().unwrap();

@@ -33,7 +33,10 @@ pub fn feature(d: &dyn DeviceBackend, flags: u32, payload: &[u8]) -> (io::Result
     buf.extend_from_slice(&((8 + payload.len()) as u32).to_le_bytes());
     buf.extend_from_slice(&flags.to_le_bytes());
     buf.extend_from_slice(payload);
-    let r = d.device_feature(&mut buf);
+    // SAFETY: every caller's pointers are either live buffers or chosen to
+    // fault, and the emulated device reaches them only through
+    // process_vm_readv/writev, which fail cleanly on bad ones.
+    let r = unsafe { d.device_feature(&mut buf) };
     (r, buf[8..].to_vec())
 }
 
@@ -44,6 +47,7 @@ pub fn set_state(d: &dyn DeviceBackend, s: u32) -> io::Result<Option<OwnedFd>> {
     let (r, out) = feature(d, SET | 2, &p);
     let fd = i32::from_le_bytes(out[4..8].try_into().unwrap());
     match r {
+        // SAFETY: a successful SET handed this fresh fd to us, as the kernel does.
         Ok(_) if fd >= 0 => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
         Ok(_) => {
             assert_eq!(fd, -1, "data_fd must be -1 when no fd is returned");

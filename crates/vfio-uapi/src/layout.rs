@@ -9,8 +9,11 @@ use std::mem::{offset_of, size_of};
 /// A struct's C name, size and (C field name, offset) pairs.
 #[derive(Debug)]
 pub struct StructLayout {
+    /// The C struct name.
     pub name: &'static str,
+    /// `sizeof` the struct.
     pub size: usize,
+    /// Each field's C name and `offsetof`.
     pub fields: Vec<(&'static str, usize)>,
 }
 
@@ -26,6 +29,7 @@ macro_rules! layout {
     (@name $field:ident $cname:literal) => { $cname };
 }
 
+/// Every `#[repr(C)]` struct of [`crate::abi`].
 pub fn structs() -> Vec<StructLayout> {
     vec![
         layout!(vfio_group_status { argsz, flags }),

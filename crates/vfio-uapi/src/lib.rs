@@ -5,11 +5,13 @@
 //! userspace can check a move before the kernel sees it. Nothing here owns a
 //! file descriptor; the safe owners live in `vfio-core`.
 
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![allow(non_camel_case_types)]
 
-pub mod abi; // #[repr(C)] structs
-pub mod ioctl; // ioctl numbers and flag values
-pub mod layout; // the table the header test walks
+pub mod abi;
+pub mod ioctl;
+pub mod layout;
 pub mod migration;
 
 pub use migration::{next_step, path, DeviceState, MigrationFlags};

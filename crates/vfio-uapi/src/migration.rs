@@ -14,17 +14,26 @@ use std::fmt;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DeviceState {
+    /// The device failed; only a reset leaves this state.
     Error = 0,
+    /// Stopped, no data fd: neither running nor moving state.
     Stop = 1,
+    /// Running normally.
     Running = 2,
+    /// Stopped, its full state readable from the data fd.
     StopCopy = 3,
+    /// Stopped, taking a saved state written to the data fd.
     Resuming = 4,
+    /// Running but starting no peer-to-peer DMA.
     RunningP2p = 5,
+    /// Running, an initial part of its state readable from the data fd.
     PreCopy = 6,
+    /// PRE_COPY without peer-to-peer DMA.
     PreCopyP2p = 7,
 }
 
 impl DeviceState {
+    /// Every state, indexed by its uAPI value.
     pub const ALL: [DeviceState; 8] = [
         DeviceState::Error,
         DeviceState::Stop,
@@ -36,6 +45,7 @@ impl DeviceState {
         DeviceState::PreCopyP2p,
     ];
 
+    /// The state with uAPI value `v`, if there is one.
     pub fn from_u32(v: u32) -> Option<DeviceState> {
         Self::ALL.get(v as usize).copied()
     }
@@ -103,13 +113,18 @@ impl fmt::Display for DeviceState {
 pub struct MigrationFlags(pub u64);
 
 impl MigrationFlags {
+    /// `VFIO_MIGRATION_STOP_COPY`.
     pub const STOP_COPY: MigrationFlags = MigrationFlags(1 << 0);
+    /// `VFIO_MIGRATION_P2P`.
     pub const P2P: MigrationFlags = MigrationFlags(1 << 1);
+    /// `VFIO_MIGRATION_PRE_COPY`.
     pub const PRE_COPY: MigrationFlags = MigrationFlags(1 << 2);
 
+    /// The raw bits.
     pub fn bits(self) -> u64 {
         self.0
     }
+    /// Whether every bit of `other` is set.
     pub fn contains(self, other: MigrationFlags) -> bool {
         self.0 & other.0 == other.0
     }

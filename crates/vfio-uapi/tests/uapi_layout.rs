@@ -2,6 +2,7 @@
 //! Linux 6.12 header, by compiling a C program that prints what the C
 //! compiler sees. The header comes from scripts/fetch-uapi-header.sh; without
 //! it this test fails (a silently skipped ABI check is worse than none).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -7,7 +7,8 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::sync::Arc;
 use vfio_core::datafd;
-use vfio_core::kernel::{sys, VfioError};
+use vfio_core::kernel::VfioError;
+use vmm_sys as sys;
 
 #[napi(object)]
 pub struct PrecopyInfo {

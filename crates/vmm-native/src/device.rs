@@ -1,10 +1,10 @@
 //! `Device`: one class for the kernel device and the emulated device. The
 //! typed helpers live in vfio_core::device::Device, so both backends are
 //! driven by the same bytes; this file only converts arguments and results.
+//! `Device.open(group, name)` lives with `Group`, which makes kernel devices.
 
 use crate::datafd::DataFd;
 use crate::error::{blocking, u64_arg, Blocking, VResult};
-use crate::group::Group;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::sync::Arc;
@@ -59,12 +59,6 @@ impl Device {
 
 #[napi]
 impl Device {
-    /// Same as `group.getDevice(name)`.
-    #[napi(ts_return_type = "Promise<Device>")]
-    pub fn open(group: &Group, name: String) -> AsyncTask<Blocking<Device>> {
-        group.get_device(name)
-    }
-
     #[napi(getter)]
     pub fn name(&self) -> String {
         self.inner.name().to_string()

@@ -89,8 +89,8 @@ fn config(o: &EmulatedDeviceOptions) -> VResult<EmuConfig> {
     Ok(c)
 }
 
-/// errno from a number or a code name ("EIO").
-fn errno_arg(v: &Either<u32, String>) -> VResult<i32> {
+/// errno from a number or a code name ("EIO"), for the fault setter `call`.
+fn errno_arg(v: &Either<u32, String>, call: &str) -> VResult<i32> {
     const CODES: [(&str, i32); 12] = [
         ("EIO", libc::EIO),
         ("EINVAL", libc::EINVAL),
@@ -108,9 +108,9 @@ fn errno_arg(v: &Either<u32, String>) -> VResult<i32> {
     match v {
         Either::A(n) if *n > 0 && *n < 4096 => Ok(*n as i32),
         Either::B(s) => CODES.iter().find(|(c, _)| c == s).map(|(_, e)| *e).ok_or_else(|| {
-            VfioError::invalid(CALL, format!("{CALL}.failNextMove: errno {s:?}"), "unknown errno name")
+            VfioError::invalid(CALL, format!("{CALL}.{call}: errno {s:?}"), "unknown errno name")
         }),
-        Either::A(n) => Err(VfioError::invalid(CALL, format!("{CALL}.failNextMove: errno {n}"), "must be 1..4095")),
+        Either::A(n) => Err(VfioError::invalid(CALL, format!("{CALL}.{call}: errno {n}"), "must be 1..4095")),
     }
 }
 
@@ -213,9 +213,36 @@ impl EmulatedDevice {
     /// following SET fails too and leaves the device in ERROR.
     #[napi(ts_args_type = "state: string, errno: number | string, recovery?: boolean")]
     pub fn fail_next_move(&self, env: Env, state: String, errno: Either<u32, String>, recovery: Option<bool>) -> Result<()> {
-        let r = state_arg(&state, "failNextMove").and_then(|s| Ok((s, errno_arg(&errno)?)));
+        let r = state_arg(&state, "failNextMove").and_then(|s| Ok((s, errno_arg(&errno, "failNextMove")?)));
         let (s, e) = self.sync(&env, r)?;
         self.dev.fail_next_move(s, e, recovery.unwrap_or(false));
+        Ok(())
+    }
+
+    /// The next `count` (default 1) VFIO_DEVICE_RESETs fail with `errno`
+    /// and change nothing.
+    #[napi(ts_args_type = "errno: number | string, count?: number")]
+    pub fn fail_reset(&self, env: Env, errno: Either<u32, String>, count: Option<u32>) -> Result<()> {
+        let e = self.sync(&env, errno_arg(&errno, "failReset"))?;
+        self.dev.fail_reset(e, count.unwrap_or(1));
+        Ok(())
+    }
+
+    /// The next `count` (default 1) VFIO_MIG_GET_PRECOPY_INFO calls that
+    /// the kernel would let through fail with `errno`.
+    #[napi(ts_args_type = "errno: number | string, count?: number")]
+    pub fn fail_precopy_info(&self, env: Env, errno: Either<u32, String>, count: Option<u32>) -> Result<()> {
+        let e = self.sync(&env, errno_arg(&errno, "failPrecopyInfo"))?;
+        self.dev.fail_precopy_info(e, count.unwrap_or(1));
+        Ok(())
+    }
+
+    /// The next `count` (default 1) DMA_LOGGING_REPORTs that pass the
+    /// kernel's checks fail with `errno`; their pages stay logged.
+    #[napi(ts_args_type = "errno: number | string, count?: number")]
+    pub fn fail_dma_report(&self, env: Env, errno: Either<u32, String>, count: Option<u32>) -> Result<()> {
+        let e = self.sync(&env, errno_arg(&errno, "failDmaReport"))?;
+        self.dev.fail_dma_report(e, count.unwrap_or(1));
         Ok(())
     }
 
@@ -240,7 +267,8 @@ impl EmulatedDevice {
         self.dev.eagain(count);
     }
 
-    /// The device resets itself after `afterMs` (data fds invalidated, RUNNING).
+    /// The device resets itself after `afterMs`: data fds invalidated,
+    /// RUNNING, back in its power-on state (docs/emulated-device.md, Reset).
     #[napi]
     pub fn async_reset(&self, env: Env, after_ms: f64) -> Result<()> {
         let r = len_arg(after_ms, "afterMs", "EmulatedDevice.asyncReset");

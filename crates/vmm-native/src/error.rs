@@ -1,17 +1,19 @@
 //! Errors as JavaScript sees them, and the one way blocking work leaves the
 //! JavaScript thread.
 //!
-//! Every native failure becomes an `Error` with `code` ('EINVAL'), `errno`
-//! (22), `syscall` ('VFIO_DEVICE_FEATURE(MIG_DEVICE_STATE)') and a message
-//! naming the object and the request, like Node's own fs/net errors.
+//! Every native failure (VFIO, guest RAM, KVM, the channels) is a
+//! [`vmm_sys::Error`], and [`js_error`] is the one place it becomes an
+//! `Error` with `code` ('EINVAL'), `errno` (22), `syscall`
+//! ('VFIO_DEVICE_FEATURE(MIG_DEVICE_STATE)', 'KVM_RUN') and a message naming
+//! the object and the request, like Node's own fs/net errors.
 
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
-use vfio_core::kernel::VfioError;
+use vmm_sys::Error as NativeError;
 
-pub(crate) type VResult<T> = std::result::Result<T, VfioError>;
+pub(crate) type VResult<T> = std::result::Result<T, NativeError>;
 
-fn build(env: &Env, e: &VfioError) -> napi::Result<napi::Error> {
+fn build(env: &Env, e: &NativeError) -> napi::Result<napi::Error> {
     let mut obj = env.create_error(napi::Error::new(Status::GenericFailure, e.message.clone()))?;
     obj.set("code", e.code())?;
     obj.set("errno", e.errno)?;
@@ -20,11 +22,11 @@ fn build(env: &Env, e: &VfioError) -> napi::Result<napi::Error> {
 }
 
 /// The JS error for `e` (a plain Error with the message if building fails).
-pub(crate) fn js_error(env: &Env, e: &VfioError) -> napi::Error {
+pub(crate) fn js_error(env: &Env, e: &NativeError) -> napi::Error {
     build(env, e).unwrap_or_else(|_| napi::Error::new(Status::GenericFailure, e.message.clone()))
 }
 
-/// Work for a libuv worker thread; its result or VfioError settles a Promise.
+/// Work for a libuv worker thread; its result or NativeError settles a Promise.
 pub struct Blocking<T: Send + 'static> {
     work: Option<Box<dyn FnOnce() -> VResult<T> + Send>>,
 }
@@ -56,7 +58,7 @@ where
 pub(crate) fn u64_arg(v: &BigInt, name: &str, call: &str) -> VResult<u64> {
     let (negative, value, lossless) = v.get_u64();
     if negative || !lossless {
-        return Err(VfioError::invalid(call, format!("{call}: argument {name}"), "must be a bigint in 0..2^64"));
+        return Err(NativeError::invalid(call, format!("{call}: argument {name}"), "must be a bigint in 0..2^64"));
     }
     Ok(value)
 }
@@ -64,7 +66,7 @@ pub(crate) fn u64_arg(v: &BigInt, name: &str, call: &str) -> VResult<u64> {
 /// A non-negative safe integer from a JS number.
 pub(crate) fn len_arg(v: f64, name: &str, call: &str) -> VResult<u64> {
     if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= 9_007_199_254_740_991.0) {
-        return Err(VfioError::invalid(call, format!("{call}: argument {name} = {v}"), "must be a non-negative safe integer"));
+        return Err(NativeError::invalid(call, format!("{call}: argument {name} = {v}"), "must be a non-negative safe integer"));
     }
     Ok(v as u64)
 }
@@ -77,7 +79,7 @@ pub(crate) fn ms_arg(v: Option<f64>, name: &str, call: &str) -> VResult<Option<s
 /// An fd number from JS: negative numbers are EBADF, as for the syscalls.
 pub(crate) fn fd_arg(fd: i32, name: &str, call: &str) -> VResult<i32> {
     if fd < 0 {
-        return Err(VfioError::new(libc::EBADF, call, format!("{call}: argument {name} = {fd}"), Some("not a file descriptor")));
+        return Err(NativeError::new(libc::EBADF, call, format!("{call}: argument {name} = {fd}"), Some("not a file descriptor")));
     }
     Ok(fd)
 }

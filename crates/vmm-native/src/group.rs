@@ -68,3 +68,14 @@ impl Group {
         blocking(move || Ok(Device::from_backend(Arc::new(g.device(&name)?))))
     }
 }
+
+// A second impl block of Device, here rather than in device.rs so that only
+// this file knows both classes.
+#[napi]
+impl Device {
+    /// Same as `group.getDevice(name)`.
+    #[napi(ts_return_type = "Promise<Device>")]
+    pub fn open(group: &Group, name: String) -> AsyncTask<Blocking<Device>> {
+        group.get_device(name)
+    }
+}

@@ -1,6 +1,10 @@
 //! KvmMachine: the microVM's KVM vCPU for JavaScript. Everything that waits on
 //! the vCPU thread or issues ioctls returns a Promise (runs on the libuv pool);
 //! guest RAM is handed out once as an external Buffer over the shared mapping.
+//! Failures are kvm-core's errors (the native layer's one type), turned into
+//! JavaScript errors by `js_error` like every other native failure.
+use crate::error::{js_error, VResult};
+use kvm_core::error::{invalid, refused, VCPU, VM};
 use kvm_core::layout as L;
 use kvm_core::{GuestRam, Machine, StopReason, VcpuState, WorkloadParams};
 use napi::bindgen_prelude::*;
@@ -10,15 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-
-fn to_napi(e: kvm_core::Error) -> Error {
-    // "(errno N)" at the end is what the TS side parses into err.errno.
-    Error::new(Status::GenericFailure, format!("kvm: {e}"))
-}
-
-fn invalid(msg: String) -> Error {
-    to_napi(kvm_core::Error::invalid(msg))
-}
 
 thread_local! {
     /// Live machines of this thread's env (main thread or a worker: one env
@@ -154,7 +149,7 @@ fn stop_to_js(r: StopReason) -> KvmStop {
     match r {
         StopReason::Paused => KvmStop { reason: "paused".into(), error: None },
         StopReason::GuestExit => KvmStop { reason: "guest-exit".into(), error: None },
-        StopReason::Error(e) => KvmStop { reason: "error".into(), error: Some(format!("kvm: {e}")) },
+        StopReason::Error(e) => KvmStop { reason: "error".into(), error: Some(e.message) },
     }
 }
 
@@ -164,12 +159,13 @@ pub struct CreateTask {
 }
 
 impl Task for CreateTask {
-    type Output = Arc<Machine>;
+    type Output = VResult<Arc<Machine>>;
     type JsValue = KvmMachine;
     fn compute(&mut self) -> Result<Self::Output> {
-        Machine::new(self.ram_size, self.params).map(Arc::new).map_err(to_napi)
+        Ok(Machine::new(self.ram_size, self.params).map(Arc::new))
     }
     fn resolve(&mut self, env: Env, m: Self::Output) -> Result<KvmMachine> {
+        let m = m.map_err(|e| js_error(&env, &e))?;
         register(&env, &m);
         Ok(KvmMachine { inner: m, memory_taken: AtomicBool::new(false) })
     }
@@ -178,9 +174,10 @@ impl Task for CreateTask {
 /// Creates a VM with `ramSize` bytes of guest RAM (multiple of 2 MiB), the
 /// workload installed and the vCPU at its entry, stopped.
 #[napi(ts_return_type = "Promise<KvmMachine>")]
-pub fn create_kvm_machine(ram_size: f64, params: KvmWorkloadParams) -> Result<AsyncTask<CreateTask>> {
+pub fn create_kvm_machine(env: Env, ram_size: f64, params: KvmWorkloadParams) -> Result<AsyncTask<CreateTask>> {
     if !(ram_size.is_finite() && ram_size > 0.0 && ram_size.fract() == 0.0 && ram_size <= L::MAX_RAM as f64) {
-        return Err(invalid(format!("ramSize {ram_size} must be a positive integer of at most {} bytes", L::MAX_RAM)));
+        let why = format!("ramSize {ram_size} must be a positive integer of at most {} bytes", L::MAX_RAM);
+        return Err(js_error(&env, &invalid(VM, "createKvmMachine", why)));
     }
     Ok(AsyncTask::new(CreateTask { ram_size: ram_size as u64, params: params.into() }))
 }
@@ -193,12 +190,13 @@ macro_rules! op_task {
             f: Box<dyn FnMut(&Machine) -> kvm_core::Result<$out> + Send>,
         }
         impl Task for $name {
-            type Output = $out;
+            type Output = VResult<$out>;
             type JsValue = $js;
-            fn compute(&mut self) -> Result<$out> {
-                (self.f)(&self.m).map_err(to_napi)
+            fn compute(&mut self) -> Result<Self::Output> {
+                Ok((self.f)(&self.m))
             }
-            fn resolve(&mut self, _: Env, o: $out) -> Result<$js> {
+            fn resolve(&mut self, env: Env, o: Self::Output) -> Result<$js> {
+                let o = o.map_err(|e| js_error(&env, &e))?;
                 #[allow(clippy::redundant_closure_call)]
                 Ok(($conv)(o))
             }
@@ -234,7 +232,8 @@ impl KvmMachine {
     #[napi]
     pub fn memory<'env>(&self, env: &'env Env) -> Result<BufferSlice<'env>> {
         if self.memory_taken.swap(true, Ordering::SeqCst) {
-            return Err(to_napi(kvm_core::Error::state(libc::EEXIST, "memory() was already called for this machine; keep that Buffer")));
+            let why = "memory() was already called for this machine; keep that Buffer";
+            return Err(js_error(env, &refused(libc::EEXIST, VM, "KvmMachine.memory", why)));
         }
         let ram: Arc<GuestRam> = self.inner.ram().clone();
         let (ptr, len) = (ram.as_ptr(), ram.len());
@@ -270,14 +269,14 @@ impl KvmMachine {
     }
 
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn set_state(&self, state: Buffer) -> Result<AsyncTask<UnitTask>> {
-        let s = VcpuState::from_bytes(&state).map_err(to_napi)?;
+    pub fn set_state(&self, env: Env, state: Buffer) -> Result<AsyncTask<UnitTask>> {
+        let s = VcpuState::from_bytes(&state).map_err(|e| js_error(&env, &e))?;
         let mut s = Some(s);
         Ok(AsyncTask::new(UnitTask {
             m: self.inner.clone(),
             f: Box::new(move |m| match s.take() {
                 Some(s) => m.restore_state(s),
-                None => Err(kvm_core::Error::invalid("state already consumed")),
+                None => Err(invalid(VCPU, "KvmMachine.setState", "the state was already consumed")),
             }),
         }))
     }

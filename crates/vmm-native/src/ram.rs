@@ -4,22 +4,19 @@
 //! Every argument is checked on the JavaScript thread before any work; the
 //! typed arrays are held by the task until it settles.
 
-// The napi exports are the only callers, and unit tests do not register them.
-#![cfg_attr(test, allow(dead_code))]
-
 mod decode;
 mod encode;
 mod mem;
 mod sock;
 
 use crate::error::{blocking, js_error, len_arg, Blocking, VResult};
-use mem::{GuestMem, PAGE};
+use mem::{GuestMem, PageBits, PAGE};
 use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
 use sock::Sock;
 use std::time::{Duration, Instant};
-use vfio_core::kernel::VfioError;
+use vmm_sys::Error as NativeError;
 
 #[napi(object, object_to_js = false)]
 pub struct RamSendBlock {
@@ -67,6 +64,9 @@ pub struct RamSendResult {
 pub struct RamLoadBlock {
     pub memory: Uint8Array,
     pub name: Buffer,
+    /// One bit per page of the block (page i: bit i % 8 of byte i / 8),
+    /// set for every page applied; untouched by anything else.
+    pub received: Option<Uint8Array>,
 }
 
 /// A record whose head the caller took and checked, its payload partly read.
@@ -113,8 +113,8 @@ pub struct RamLoadResult {
     pub fill: Option<u32>,
 }
 
-fn bad(call: &str, what: &str, why: &str) -> VfioError {
-    VfioError::invalid(call, format!("{call}: {what}"), why)
+fn bad(call: &str, what: &str, why: &str) -> NativeError {
+    NativeError::invalid(call, format!("{call}: {what}"), why)
 }
 
 fn name_arg(name: &[u8], i: usize, call: &str) -> VResult<()> {
@@ -146,8 +146,9 @@ fn guest(memory: &mut Uint8Array) -> GuestMem {
 }
 
 impl encode::Sink for Sock {
-    fn write_all(&mut self, iov: &mut [libc::iovec], after: u64) -> VResult<()> {
-        self.writev_all(iov, after)
+    unsafe fn write_all(&mut self, iov: &mut [libc::iovec], after: u64) -> VResult<()> {
+        // SAFETY: the iovecs are readable until we return (Sink's contract).
+        unsafe { self.writev_all(iov, after) }
     }
 }
 
@@ -256,6 +257,12 @@ fn load_job(fd: i32, blocks: Vec<RamLoadBlock>, o: RamLoadOptions) -> VResult<Lo
     for (i, b) in blocks.iter().enumerate() {
         name_arg(&b.name, i, CALL)?;
         memory_arg(&b.memory, None, i, CALL)?;
+        if let Some(r) = &b.received {
+            let need = (b.memory.len() / PAGE).div_ceil(8);
+            if r.len() < need {
+                return Err(bad(CALL, &format!("blocks[{i}].received"), &format!("must have {need} bytes for the block's pages, has {}", r.len())));
+            }
+        }
     }
     if o.last < -1 || o.last >= blocks.len() as i32 {
         return Err(bad(CALL, "last", &format!("must be -1..{}, got {}", blocks.len() - 1, o.last)));
@@ -288,7 +295,26 @@ fn load_job(fd: i32, blocks: Vec<RamLoadBlock>, o: RamLoadOptions) -> VResult<Lo
 
 fn run_load(mut j: LoadJob) -> VResult<RamLoadResult> {
     let mems: Vec<GuestMem> = j.blocks.iter_mut().map(|b| guest(&mut b.memory)).collect();
-    let blocks: Vec<decode::Block> = j.blocks.iter().zip(&mems).map(|(b, &mem)| decode::Block { mem, name: &b.name }).collect();
+    let received: Vec<Option<PageBits>> = j
+        .blocks
+        .iter_mut()
+        .map(|b| {
+            b.received.as_mut().map(|r| {
+                // SAFETY: the typed array is held by the job until it ends, and
+                // the loader leaves it alone until this call settles.
+                let bytes = unsafe { r.as_mut() };
+                // SAFETY: the pointer and length describe those live bytes.
+                unsafe { PageBits::new(bytes.as_mut_ptr(), bytes.len()) }
+            })
+        })
+        .collect();
+    let blocks: Vec<decode::Block> = j
+        .blocks
+        .iter()
+        .zip(&mems)
+        .zip(&received)
+        .map(|((b, &mem), &received)| decode::Block { mem, name: &b.name, received })
+        .collect();
     let (consumed, end) = decode::load(&j.sock, &blocks, &mut j.state, j.base)?;
     let st = &j.state;
     // A failed record is the one still pending.

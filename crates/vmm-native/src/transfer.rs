@@ -7,8 +7,9 @@ use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
 use std::os::fd::{AsRawFd, IntoRawFd};
-use vfio_core::kernel::transfer::{self, Options, PlainFd, Stats};
-use vfio_core::kernel::{sys, VfioError};
+use vmm_sys::Error as NativeError;
+use vfio_core::transfer::{self, Options, PlainFd, Stats};
+use vmm_sys as sys;
 
 #[napi(object)]
 #[derive(Clone)]
@@ -54,7 +55,7 @@ pub(crate) fn options(o: Option<&TransferOptions>) -> VResult<Options> {
         opts.idle_timeout = ms_arg(o.idle_timeout_ms, "idleTimeoutMs", "transfer")?;
         if let Some(c) = o.chunk_size {
             if c == 0 || c > MAX_CHUNK {
-                return Err(VfioError::invalid("transfer", "transfer: option chunkSize", &format!("must be 1..{MAX_CHUNK}, got {c}")));
+                return Err(NativeError::invalid("transfer", "transfer: option chunkSize", &format!("must be 1..{MAX_CHUNK}, got {c}")));
             }
             opts.chunk = c as usize;
         }
@@ -73,7 +74,7 @@ fn run(from: i32, to: i32, length: f64, o: Option<TransferOptions>) -> VResult<S
     let label = format!("fdTransfer fd {from} -> fd {to}");
     // Our own references for the call (see vfio_core::datafd's hold): a
     // number closed by its owner meanwhile is never reused under us.
-    let held = |fd: i32| sys::dup(fd).map_err(|e| VfioError::from_io(&e, "transfer", format!("{label}: fd {fd}")));
+    let held = |fd: i32| sys::dup(fd).map_err(|e| NativeError::from_io(&e, "transfer", format!("{label}: fd {fd}")));
     let (f, t) = (held(from)?, held(to)?);
     transfer::transfer(&PlainFd(f.as_raw_fd()), &PlainFd(t.as_raw_fd()), len, &opts, &label)
 }
@@ -96,7 +97,7 @@ fn pair(env: &Env, r: std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedF
     match r {
         // The caller owns both fds now (close them with fs.closeSync).
         Ok((a, b)) => Ok(vec![a.into_raw_fd(), b.into_raw_fd()]),
-        Err(e) => Err(crate::error::js_error(env, &VfioError::from_io(&e, call, call))),
+        Err(e) => Err(crate::error::js_error(env, &NativeError::from_io(&e, call, call))),
     }
 }
 
@@ -118,6 +119,5 @@ pub fn testing_socket_pair(env: Env) -> Result<Vec<i32>> {
 /// closing the fd would not. False when `fd` is not a connected socket.
 #[napi]
 pub fn shutdown_socket(fd: i32) -> bool {
-    // SAFETY: shutdown takes any integer; a bad one is an error return.
-    fd >= 0 && unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } == 0
+    fd >= 0 && sys::shutdown(fd).is_ok()
 }

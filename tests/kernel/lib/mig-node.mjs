@@ -77,7 +77,7 @@ async function source() {
   const before = await s.device.getState();
   let res;
   try {
-    const stats = await migrate(s.machine, args.uri, { capabilities: caps, parameters: { xResumeTimeoutMs: 20_000 } });
+    const stats = await migrate(s.machine, args.uri, { capabilities: caps, parameters: { handoverTimeoutMs: 20_000 } });
     res = { ok: true, stats };
   } catch (e) {
     res = { ok: false, error: errInfo(e), stats: e?.stats };

@@ -17,8 +17,8 @@
 
 use super::{DataEnd, DataFd};
 use crate::kernel::error::{Result, VfioError};
-use crate::kernel::sys;
-use crate::kernel::transfer::{self, Endpoint, PlainFd};
+use vmm_sys as sys;
+use crate::transfer::{self, Endpoint, PlainFd};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -46,12 +46,16 @@ pub struct FrameOptions {
 /// that a bad argument cannot make the pump allocate without bound.
 pub const MAX_FRAME_BLOCK: usize = 64 << 20;
 
+/// What [`DataFd::pump_frames`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameStats {
+    /// Payload bytes sent (headers not counted).
     pub bytes: u64,
+    /// Frames sent.
     pub frames: u64,
     /// Frames whose payload went fd to fd by splice (the rest were read).
     pub spliced: u64,
+    /// Why it stopped.
     pub end: transfer::End,
 }
 
@@ -119,14 +123,9 @@ impl DataFd {
         // (above pipe-max-size an unprivileged process gets EPERM).
         // Never below the default 64 KiB: a pipe holds a fixed number of
         // buffers, and partly consumed pages spliced in take one each.
-        let want = o.block_size.clamp(64 << 10, i32::MAX as usize) as libc::c_int;
-        // SAFETY: fcntl on a pipe this function owns; failure is a return value.
-        let mut cap = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
-        if cap <= 0 {
-            // SAFETY: as above.
-            cap = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        }
-        let block = if cap > 0 { o.block_size.min(cap as usize) } else { o.block_size.min(4096) };
+        let want = o.block_size.clamp(64 << 10, i32::MAX as usize);
+        let cap = sys::set_pipe_size(&pw, want).or_else(|_| sys::pipe_size(&pw)).unwrap_or(0);
+        let block = if cap > 0 { o.block_size.min(cap) } else { o.block_size.min(4096) };
         let mut st = FrameStats { bytes: 0, frames: 0, spliced: 0, end: transfer::End::Limit };
         let fail = |e: &io::Error, call: &str, on: &str, done: u64| VfioError::from_io(e, call, format!("{ctx}: {call} on {on} after {done} payload bytes"));
         // Set when a wait for the producer timed out: the next empty pipe
@@ -312,9 +311,11 @@ pub struct LoadFrameOptions {
     pub max_bytes: u64,
     /// Longest wait for the channel to become readable; None waits forever.
     pub idle_timeout: Option<Duration>,
+    /// false: write the data fd even where splice would work.
     pub allow_splice: bool,
 }
 
+/// Why [`DataFd::load_frames`] stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadEnd {
     /// A be64 other than the frame marker came next; it was consumed.
@@ -325,10 +326,14 @@ pub enum LoadEnd {
     Eof,
 }
 
+/// What [`DataFd::load_frames`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadFrameStats {
+    /// Payload bytes written into the data fd.
     pub bytes: u64,
+    /// Frames taken.
     pub frames: u64,
+    /// Why it stopped.
     pub end: LoadEnd,
 }
 
@@ -410,14 +415,7 @@ fn room(max: u64, done: u64, block: usize) -> usize {
 /// One non-blocking splice (EINTR retried): a full or empty pipe answers
 /// EAGAIN, so every wait goes through poll and its timeout.
 fn splice_nb(from: RawFd, to: RawFd, n: usize) -> io::Result<usize> {
-    loop {
-        // SAFETY: no offsets; both fds are open for the call's duration.
-        let r = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), n, libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK) };
-        match sys::cvt_size(r) {
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            r => return r,
-        }
-    }
+    sys::splice(from, to, n)
 }
 
 /// A frame header alone (the payload follows by splice).
@@ -444,12 +442,11 @@ fn write_frame(to: RawFd, head: &[u8; 16], data: &[u8], o: &FrameOptions, ctx: &
             libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() },
         ];
         let cnt = if b.is_empty() { 1 } else { 2 };
-        // SAFETY: both iovecs point into live slices that outlive the call.
-        let r = unsafe { libc::writev(to, iov.as_ptr(), cnt) };
-        match sys::cvt_size(r) {
+        // SAFETY: both iovecs describe the live slices `a` and `b`, borrowed
+        // across the call.
+        match unsafe { sys::writev(to, &iov[..cnt]) } {
             Ok(0) => return Err(fail(&io::Error::from_raw_os_error(libc::EIO), "writev", off)),
             Ok(n) => off += n,
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => wait_ready(to, libc::POLLOUT, o.idle_timeout).map_err(|e| wait_error(&e, ctx, done))?,
             Err(e) => return Err(fail(&e, "writev", off)),
         }
@@ -475,7 +472,7 @@ fn wait_ready(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Result<(
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    use std::os::fd::{FromRawFd, OwnedFd};
 
     const DATA_STATE: u64 = 0xffff_ffff_ef10_0004;
 
@@ -497,7 +494,7 @@ mod tests {
 
     fn read_to_end(fd: OwnedFd) -> Vec<u8> {
         let mut got = Vec::new();
-        unsafe { std::fs::File::from_raw_fd(fd.into_raw_fd()) }.read_to_end(&mut got).unwrap();
+        std::fs::File::from(fd).read_to_end(&mut got).unwrap();
         got
     }
 
@@ -560,6 +557,7 @@ mod tests {
             drop(w);
             let d = DataFd::for_testing(r);
             let (a, b) = sys::socketpair().unwrap();
+            // SAFETY: setsockopt reads one int from a local; fcntl takes an int.
             unsafe {
                 let small: libc::c_int = 4096;
                 libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &small as *const _ as *const libc::c_void, 4);
@@ -596,8 +594,10 @@ mod tests {
     fn a_data_fd_that_refuses_splice_is_read_instead() {
         // eventfd has read but no splice_read, like a kernel VFIO migration
         // file: splice answers EINVAL and the pump reads (8 bytes: the counter).
+        // SAFETY: eventfd takes only integers.
         let efd = unsafe { libc::eventfd(5, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         assert!(efd >= 0);
+        // SAFETY: a fresh eventfd (checked above) that nothing else owns.
         let d = DataFd::for_testing(unsafe { OwnedFd::from_raw_fd(efd) });
         let (a, b) = sys::socketpair().unwrap();
         let st = d.pump_frames(a.as_raw_fd(), &opts(4096, 8, true)).unwrap();
@@ -711,7 +711,7 @@ mod tests {
     #[test]
     fn waits_on_a_non_blocking_channel_and_times_out_when_nothing_comes() {
         let (a, b) = sys::socketpair().unwrap();
-        unsafe { libc::fcntl(b.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        sys::set_nonblocking(&b).unwrap();
         let writer = std::thread::spawn(move || {
             let f = frame(&[6u8; 3000]);
             for part in f.chunks(7) {
@@ -736,8 +736,10 @@ mod tests {
 
     #[test]
     fn a_data_fd_that_refuses_splice_is_written_instead() {
+        // SAFETY: eventfd takes only integers.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         assert!(efd >= 0);
+        // SAFETY: a fresh eventfd (checked above) that nothing else owns.
         let d = DataFd::for_testing(unsafe { OwnedFd::from_raw_fd(efd) });
         let (a, b) = sys::socketpair().unwrap();
         sys::write(a.as_raw_fd(), &frame(&3u64.to_ne_bytes())).unwrap();

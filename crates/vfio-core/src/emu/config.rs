@@ -6,8 +6,10 @@ use vfio_uapi::MigrationFlags;
 
 use super::content::{Layout, DEFAULT_REGION_SIZE, MAX_REGIONS};
 
+/// How an emulated device is built.
 #[derive(Clone, Debug)]
 pub struct EmuConfig {
+    /// Its name in messages ("emulated:nic0").
     pub name: String,
     /// Any legal set: STOP_COPY alone, +P2P, +PRE_COPY, or all three.
     pub flags: MigrationFlags,
@@ -15,6 +17,7 @@ pub struct EmuConfig {
     pub state_size: u64,
     /// Granularity of dirtying and of the stream's records.
     pub region_size: u32,
+    /// Seed of its content and of its dirtying, so runs repeat.
     pub seed: u64,
     /// Bytes the device dirties per second while RUNNING, PRE_COPY or
     /// PRE_COPY_P2P (changeable later with `set_dirty_rate`).
@@ -51,6 +54,7 @@ fn invalid(msg: String) -> io::Error {
 }
 
 impl EmuConfig {
+    /// The state layout these sizes give.
     pub fn layout(&self) -> Layout {
         Layout { state_size: self.state_size, region_size: self.region_size }
     }

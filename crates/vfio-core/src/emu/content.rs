@@ -5,6 +5,7 @@
 
 use super::hash::{finish, Hasher};
 
+/// Bytes of one state region unless configured otherwise.
 pub const DEFAULT_REGION_SIZE: u32 = 64 * 1024;
 /// Bounds the per-region bookkeeping (a few dozen bytes each).
 pub const MAX_REGIONS: u64 = 1 << 20;

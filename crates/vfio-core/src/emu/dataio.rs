@@ -6,7 +6,7 @@ use std::io;
 use vfio_uapi::DeviceState;
 
 use super::device::{EmuDevice, State};
-use super::sys::{self, errno};
+use vmm_sys::{self as sys, errno};
 
 enum Which {
     Saving,
@@ -73,7 +73,7 @@ impl EmuDevice {
                 return Ok(n);
             }
             // The producer is behind: wait for it outside the lock.
-            let _ = sys::poll(&[(fd, libc::POLLIN)], 50);
+            let _ = sys::poll_many(&[(fd, libc::POLLIN)], 50);
         }
     }
 
@@ -97,7 +97,7 @@ impl EmuDevice {
         if cap == 0 {
             return Ok(0);
         }
-        let n = write_nosigpipe(fd, &buf[..cap])?;
+        let n = sys::write_nosigpipe(fd, &buf[..cap])?;
         // mtty fails the very write that completes a bad header, not a later
         // one: while the header is still unjudged, parse what is queued now
         // rather than when the loader thread gets to it.
@@ -139,6 +139,9 @@ impl EmuDevice {
             if !saving {
                 return Err(st.fail(libc::ENODEV, "precopy_info: session closed".into()));
             }
+            if let Some(e) = st.faults.fail_precopy_info.take() {
+                return Err(st.fail(e, "precopy_info failed (injected)".into()));
+            }
             let rem = st.saving.as_ref().unwrap().remaining(st.content.layout);
             buf[8..16].copy_from_slice(&rem.initial.to_le_bytes());
             buf[16..24].copy_from_slice(&rem.dirty.to_le_bytes());
@@ -147,28 +150,10 @@ impl EmuDevice {
     }
 }
 
-/// write() that turns a vanished reader into EPIPE even when the host
-/// process has not ignored SIGPIPE.
-fn write_nosigpipe(fd: i32, buf: &[u8]) -> io::Result<usize> {
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGPIPE);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        let r = sys::write(fd, buf);
-        if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EPIPE)) {
-            // Consume the SIGPIPE we raised before unblocking it.
-            let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
-        }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        r
-    }
-}
-
 impl crate::backend::DeviceBackend for EmuDevice {
-    fn device_feature(&self, buf: &mut [u8]) -> io::Result<i32> {
+    // Safe to call with any pointers in `buf`: the device reaches them only
+    // through copy_from_user/copy_to_user, as the driver does.
+    unsafe fn device_feature(&self, buf: &mut [u8]) -> io::Result<i32> {
         let shared = self.shared.clone();
         self.with(|st| super::feature::device_feature(&shared, st, buf))
     }
@@ -178,8 +163,13 @@ impl crate::backend::DeviceBackend for EmuDevice {
     }
 
     fn reset(&self) -> io::Result<()> {
-        self.with(|st| st.do_reset());
-        Ok(())
+        self.with(|st| {
+            if let Some(e) = st.faults.fail_reset.take() {
+                return Err(st.fail(e, format!("reset failed (injected), device stays in {}", st.state)));
+            }
+            st.do_reset();
+            Ok(())
+        })
     }
 
     fn precopy_info(&self, fd: i32, buf: &mut [u8]) -> io::Result<()> {

@@ -12,20 +12,29 @@ use vfio_uapi::DeviceState;
 use super::config::EmuConfig;
 use super::content::{digest_of, region_hash, DeviceContent, Rng};
 use super::dma::{DmaEngine, DmaLog, GuestMem};
-use super::faults::Faults;
+use super::faults::{Countdown, Faults};
 use super::session::{LoadSession, SaveSession};
 use super::hash::hex;
-use super::sys::{self, errno};
+use vmm_sys::{self as sys, errno};
 
+/// Counters of what the device did, for tests and benchmarks.
 #[derive(Clone, Debug, Default)]
 pub struct EmuStats {
+    /// State machine arcs taken.
     pub arcs: u64,
+    /// Resets, requested or injected.
     pub resets: u64,
+    /// Data fd sessions opened.
     pub sessions: u64,
+    /// Bytes of state the device changed by itself.
     pub dirtied_bytes: u64,
+    /// DMA writes into guest memory.
     pub dma_writes: u64,
+    /// Pages newly marked in the DMA dirty log.
     pub dma_logged_pages: u64,
+    /// Bytes written into saving data fds.
     pub bytes_saved: u64,
+    /// Bytes read from resuming data fds.
     pub bytes_loaded: u64,
 }
 
@@ -119,10 +128,21 @@ impl State {
         self.close_resuming();
     }
 
-    /// VFIO_DEVICE_RESET: back to RUNNING, every data fd disabled.
+    /// A function reset (VFIO_DEVICE_RESET, or the device's own): every
+    /// data fd disabled and the device back in its power-on state. A real
+    /// device loses what it held, so the content is again what construction
+    /// generated from the configured seed (a loaded image and everything
+    /// dirtied since are gone), the DMA engine is idle (a reset clears Bus
+    /// Master Enable: nothing is programmed to write until a driver does it
+    /// again) and the dirty rate is the configured one. The DMA log stays:
+    /// the host set it up through the VFIO feature, not the guest.
     pub fn do_reset(&mut self) {
         self.close_sessions();
         self.state = DeviceState::Running;
+        self.content = DeviceContent::fresh(self.cfg.layout(), self.cfg.seed);
+        self.dirty_rate = self.cfg.dirty_rate;
+        self.dirty_budget = 0.0;
+        self.dma.power_on();
         self.faults.fail_recovery = None;
         self.stats.resets += 1;
         self.poke();
@@ -188,6 +208,7 @@ pub struct EmuDevice {
 }
 
 impl EmuDevice {
+    /// Builds the device (RUNNING) and starts its ticker thread.
     pub fn new(cfg: EmuConfig) -> io::Result<EmuDevice> {
         cfg.validate()?;
         let content = DeviceContent::fresh(cfg.layout(), cfg.seed);
@@ -232,18 +253,22 @@ impl EmuDevice {
         r
     }
 
+    /// The configured name.
     pub fn device_name(&self) -> &str {
         &self.name
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> EmuConfig {
         self.with(|s| s.cfg.clone())
     }
 
+    /// The current migration state.
     pub fn state(&self) -> DeviceState {
         self.with(|s| s.state)
     }
 
+    /// A snapshot of the counters.
     pub fn stats(&self) -> EmuStats {
         self.with(|s| s.stats.clone())
     }
@@ -254,6 +279,7 @@ impl EmuDevice {
         self.with(|s| s.last_error.clone())
     }
 
+    /// Sets how fast the device dirties its own state (0 stops it).
     pub fn set_dirty_rate(&self, bytes_per_sec: u64) {
         self.with(|s| {
             s.dirty_rate = bytes_per_sec;
@@ -342,6 +368,26 @@ impl EmuDevice {
         })
     }
 
+    /// The next `count` VFIO_DEVICE_RESETs fail with `errno` and leave the
+    /// device as it was (its state unknown to the caller, as after a
+    /// function reset the PCI core could not perform).
+    pub fn fail_reset(&self, errno: i32, count: u32) {
+        self.with(|s| s.faults.fail_reset = Countdown(count, errno))
+    }
+
+    /// The next `count` VFIO_MIG_GET_PRECOPY_INFO calls on a valid saving
+    /// fd in PRE_COPY fail with `errno`.
+    pub fn fail_precopy_info(&self, errno: i32, count: u32) {
+        self.with(|s| s.faults.fail_precopy_info = Countdown(count, errno))
+    }
+
+    /// The next `count` DMA_LOGGING_REPORTs that pass the kernel's checks
+    /// fail with `errno`; the pages they would have reported stay logged.
+    pub fn fail_dma_report(&self, errno: i32, count: u32) {
+        self.with(|s| s.faults.fail_dma_report = Countdown(count, errno))
+    }
+
+    /// Disarms every injected fault.
     pub fn clear_faults(&self) {
         self.with(|s| s.faults = Faults::default())
     }
@@ -364,6 +410,7 @@ impl EmuDevice {
         })
     }
 
+    /// Takes the guest memory back from the DMA engine (stops its writes).
     pub fn detach_guest_memory(&self) {
         self.with(|s| s.dma.mem = None)
     }
@@ -380,6 +427,7 @@ impl EmuDevice {
         })
     }
 
+    /// Stops DMA (the memory stays attached).
     pub fn stop_dma(&self) {
         self.with(|s| s.dma.rate = 0)
     }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use super::content::Rng;
-use super::sys::{copy_from_user, copy_to_user, errno};
+use vmm_sys::{copy_from_user, copy_to_user, errno};
 
 /// The kernel copies at most one page of ranges (PAGE_SIZE / 16).
 pub const LOG_MAX_RANGES: u32 = 4096 / 16;
@@ -129,8 +129,9 @@ pub struct GuestMem {
     pub iova: u64,
 }
 
-// The pointer is only dereferenced under the device lock, and the lender
-// keeps the memory alive until detach.
+// SAFETY: the pointer is only dereferenced under the device lock, whichever
+// thread holds it, and the lender keeps the memory alive until detach
+// (attach_guest_memory's contract).
 unsafe impl Send for GuestMem {}
 
 #[derive(Default)]
@@ -152,6 +153,13 @@ pub struct DmaEngine {
 impl DmaEngine {
     pub fn new(seed: u64) -> DmaEngine {
         DmaEngine { mem: None, rate: 0, budget: 0.0, rng: Rng::new(seed ^ 0xd4a), counter: 0, stats: DmaStats::default() }
+    }
+
+    /// What a function reset leaves: no writes programmed. The attached
+    /// memory (the host's IOMMU mapping) and the statistics stay.
+    pub fn power_on(&mut self) {
+        self.rate = 0;
+        self.budget = 0.0;
     }
 
     pub fn active(&self) -> bool {

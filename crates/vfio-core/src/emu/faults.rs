@@ -19,6 +19,30 @@ pub struct Faults {
     pub eagain: u32,
     /// The device resets itself at this time (from its own thread).
     pub reset_at: Option<Instant>,
+    /// The next `.0` VFIO_DEVICE_RESETs fail with errno `.1` and change
+    /// nothing, as a function reset the PCI core could not perform does.
+    pub fail_reset: Countdown,
+    /// The next `.0` VFIO_MIG_GET_PRECOPY_INFO calls fail with errno `.1`
+    /// (the driver could not query its firmware).
+    pub fail_precopy_info: Countdown,
+    /// The next `.0` DMA_LOGGING_REPORT calls fail with errno `.1` after the
+    /// kernel's own checks passed (the tracker could not be read).
+    pub fail_dma_report: Countdown,
+}
+
+/// A fault armed for a number of calls: `(calls left, errno)`.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Countdown(pub u32, pub i32);
+
+impl Countdown {
+    /// The errno this call fails with, if the fault is still armed.
+    pub fn take(&mut self) -> Option<i32> {
+        if self.0 == 0 {
+            return None;
+        }
+        self.0 -= 1;
+        Some(self.1)
+    }
 }
 
 impl Faults {

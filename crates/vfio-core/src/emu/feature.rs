@@ -9,7 +9,7 @@ use super::device::{Shared, State};
 use super::dma::{read_ranges, DmaLog};
 use super::machine::set_state;
 use super::stream;
-use super::sys::errno;
+use vmm_sys::errno;
 
 // The uAPI's numbers, from the one table in vfio-uapi, under the short names
 // this module's decoding reads best with.
@@ -161,9 +161,13 @@ pub fn device_feature(shared: &Arc<Shared>, st: &mut State, buf: &mut [u8]) -> i
             if length == 0 {
                 return Err(st.fail(libc::EINVAL, "DMA_LOGGING_REPORT: empty range".into()));
             }
-            let Some(log) = st.log.as_mut() else {
+            if st.log.is_none() {
                 return Err(st.fail(libc::EINVAL, "DMA_LOGGING_REPORT: logging not started".into()));
-            };
+            }
+            if let Some(e) = st.faults.fail_dma_report.take() {
+                return Err(st.fail(e, "DMA_LOGGING_REPORT failed (injected); the pages stay logged".into()));
+            }
+            let log = st.log.as_mut().expect("logging checked above");
             log.report(iova, length, page_size, bitmap)
                 .map_err(|e| st.fail(e.raw_os_error().unwrap_or(libc::EFAULT), format!("DMA_LOGGING_REPORT: bitmap at {bitmap:#x} not writable")))?;
             Ok(0)

@@ -6,10 +6,12 @@
 
 pub use blake3::Hasher;
 
+/// The 32-byte digest of `h`.
 pub fn finish(h: &Hasher) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const D: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);

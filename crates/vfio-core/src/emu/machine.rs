@@ -11,7 +11,8 @@ use std::sync::Arc;
 use vfio_uapi::{next_step, DeviceState};
 
 use super::device::{Shared, State};
-use super::session::{spawn_loader, spawn_saver, LoadSession, SaveSession};
+use super::session::{LoadSession, SaveSession};
+use super::threads::{spawn_loader, spawn_saver};
 
 use DeviceState::{
     Error, PreCopy as PC, PreCopyP2p as PCP, Resuming as RS, Running as R, RunningP2p as RP, Stop as S,
@@ -71,7 +72,7 @@ fn arc(shared: &Arc<Shared>, st: &mut State, cur: DeviceState, next: DeviceState
             // Same file, now also carrying what only a stopped device can give.
             if let Some(s) = st.saving.as_mut() {
                 s.stop_copy = true;
-                super::sys::eventfd_signal(&s.wake);
+                vmm_sys::eventfd_signal(&s.wake);
                 Ok(None)
             } else {
                 open_saving(shared, st, true).map(Some)

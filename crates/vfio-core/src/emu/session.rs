@@ -10,13 +10,22 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::content::{DeviceContent, Layout};
-use super::device::{Shared, State};
 use super::stream::{self, Loader};
-use super::sys;
+use vmm_sys as sys;
+
+/// A data fd's pipe, both ends close-on-exec (the kernel hands out data fds
+/// O_CLOEXEC): `(read end, write end)`.
+fn session_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = sys::pipe()?;
+    // A bigger pipe means fewer wakeups per record; the default limit for
+    // unprivileged users is 1 MiB, and failure only costs speed.
+    let _ = sys::set_pipe_size(&w, 1 << 20);
+    Ok((r, w))
+}
 
 const UNSENT: u32 = u32::MAX;
 /// Bytes a session thread moves per hold of the device lock.
-const BATCH: usize = 4 << 20;
+pub(super) const BATCH: usize = 4 << 20;
 
 pub struct SaveSession {
     pub id: u64,
@@ -79,7 +88,7 @@ impl SaveSession {
         corrupt: Vec<u64>,
         stop_copy: bool,
     ) -> io::Result<(SaveSession, OwnedFd)> {
-        let (r, w) = sys::pipe()?;
+        let (r, w) = session_pipe()?;
         sys::set_nonblocking(&w)?;
         let probe = r.try_clone()?;
         let ino = sys::inode(r.as_raw_fd())?;
@@ -224,7 +233,7 @@ impl SaveSession {
     /// there is nothing to send. Returns whether we wait for POLLOUT: also
     /// after a full batch, since a reader that keeps pace never fills the
     /// pipe and nothing else would wake us for the rest.
-    fn pump(&mut self, content: &mut DeviceContent) -> bool {
+    pub(super) fn pump(&mut self, content: &mut DeviceContent) -> bool {
         let Some(w) = self.w.clone() else { return false };
         let mut moved = 0;
         loop {
@@ -254,7 +263,7 @@ impl SaveSession {
 
 impl LoadSession {
     pub fn new(id: u64, layout: Layout) -> io::Result<(LoadSession, OwnedFd)> {
-        let (r, w) = sys::pipe()?;
+        let (r, w) = session_pipe()?;
         sys::set_nonblocking(&r)?;
         let ino = sys::inode(r.as_raw_fd())?;
         let s = LoadSession {
@@ -285,47 +294,4 @@ impl LoadSession {
             }
         }
     }
-}
-
-pub fn spawn_saver(shared: Arc<Shared>, id: u64) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("vfio-emu-save".into()).spawn(move || {
-        sys::block_sigpipe();
-        loop {
-            let (w, wake, want_out) = {
-                let mut g = shared.lock();
-                let st: &mut State = &mut g;
-                if st.shutdown {
-                    return;
-                }
-                let Some(s) = st.saving.as_mut().filter(|s| s.id == id) else { return };
-                let want_out = s.pump(&mut st.content);
-                if s.finished() || s.broken {
-                    // Dropping the last write end is the reader's EOF.
-                    s.w = None;
-                    return;
-                }
-                (s.w.clone().unwrap(), s.wake.clone(), want_out)
-            };
-            let ev = if want_out { libc::POLLOUT } else { 0 };
-            let _ = sys::poll(&[(w.as_raw_fd(), ev), (wake.as_raw_fd(), libc::POLLIN)], -1);
-            sys::eventfd_drain(&wake);
-        }
-    })
-}
-
-pub fn spawn_loader(shared: Arc<Shared>, id: u64) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("vfio-emu-load".into()).spawn(move || loop {
-        let (r, wake, gone) = {
-            let mut g = shared.lock();
-            if g.shutdown {
-                return;
-            }
-            let Some(s) = g.resuming.as_mut().filter(|s| s.id == id) else { return };
-            s.drain(BATCH);
-            (s.r.clone(), s.wake.clone(), s.writer_gone)
-        };
-        let ev = if gone { 0 } else { libc::POLLIN };
-        let _ = sys::poll(&[(r.as_raw_fd(), ev), (wake.as_raw_fd(), libc::POLLIN)], -1);
-        sys::eventfd_drain(&wake);
-    })
 }

@@ -22,13 +22,21 @@
 use super::content::{region_hasher, start_region, Layout};
 use super::hash::{finish, Hasher};
 
+/// First 8 bytes of a stream.
 pub const MAGIC: u64 = 0x7646_494f_454d_5531; // "1UMEOIFv" in memory
+/// Stream format version.
 pub const VERSION: u32 = 2;
+/// Bytes of the stream header.
 pub const HEADER_LEN: usize = 64;
+/// Bytes of a record header (tag, region, generation, length, hash).
 pub const RECORD_HDR_LEN: usize = 56;
+/// Record tag: a region's contents.
 pub const TAG_DATA: u32 = 1;
+/// Record tag: the end of the stream.
 pub const TAG_END: u32 = 2;
+/// Bytes of the END record's payload.
 pub const END_PAYLOAD_LEN: usize = 16;
+/// Bytes of the whole END record.
 pub const END_LEN: u64 = (RECORD_HDR_LEN + END_PAYLOAD_LEN) as u64;
 
 /// A cheap mix protecting the fixed-size headers (the payload has its hash).
@@ -42,6 +50,7 @@ pub fn mix(bytes: &[u8]) -> u64 {
     h
 }
 
+/// Bytes of a DATA record with `payload` bytes.
 pub fn record_len(payload: u32) -> u64 {
     RECORD_HDR_LEN as u64 + payload as u64
 }
@@ -61,6 +70,7 @@ pub fn full_len(layout: Layout) -> u64 {
     HEADER_LEN as u64 + layout.regions() as u64 * RECORD_HDR_LEN as u64 + layout.state_size + END_LEN
 }
 
+/// Appends the stream header for `layout` and `seed`.
 pub fn encode_header(layout: Layout, seed: u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&MAGIC.to_le_bytes());
@@ -87,10 +97,12 @@ pub fn record_hdr(tag: u32, region: u32, gen: u32, len: u32, hash: &[u8; 32]) ->
     b
 }
 
+/// Appends a record header.
 pub fn encode_record_hdr(tag: u32, region: u32, gen: u32, len: u32, hash: &[u8; 32], out: &mut Vec<u8>) {
     out.extend_from_slice(&record_hdr(tag, region, gen, len, hash));
 }
 
+/// Appends the END record, which counts what came before it.
 pub fn encode_end(regions: u32, records: u64, bytes_before: u64, out: &mut Vec<u8>) {
     let mut payload = [0u8; END_PAYLOAD_LEN];
     payload[..8].copy_from_slice(&records.to_le_bytes());
@@ -113,17 +125,21 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 /// else is an incomplete or damaged image (EINVAL when leaving RESUMING).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reject {
+    /// The header does not match this device (EINVAL).
     BadHeader(String),
+    /// A record is malformed or fails its hash (EINVAL).
     Corrupt(String),
 }
 
 impl Reject {
+    /// The errno a driver would answer.
     pub fn errno(&self) -> i32 {
         match self {
             Reject::BadHeader(_) => libc::EFAULT,
             Reject::Corrupt(_) => libc::EINVAL,
         }
     }
+    /// Why, in words.
     pub fn message(&self) -> &str {
         match self {
             Reject::BadHeader(m) | Reject::Corrupt(m) => m,
@@ -150,19 +166,25 @@ pub struct Loader {
     h: Box<Hasher>,
     end_payload: Vec<u8>,
     end_at: u64,
+    /// The source device's content seed, from the header.
     pub seed: u64,
+    /// Each region's generation as loaded.
     pub gens: Vec<u32>,
     /// `(generation, hash)` of the last good record of each region: the
     /// device's content bookkeeping as is, so installing an image is a move.
     pub hashes: Vec<Option<(u32, [u8; 32])>>,
     /// Regions with no good record yet.
     missing: usize,
+    /// Bytes fed so far.
     pub bytes: u64,
+    /// Records applied so far.
     pub records: u64,
+    /// The first rejection; once set, further input is ignored.
     pub error: Option<Reject>,
 }
 
 impl Loader {
+    /// A loader for a device whose layout is `expect`.
     pub fn new(expect: Layout) -> Loader {
         let n = expect.regions() as usize;
         Loader {
@@ -182,6 +204,7 @@ impl Loader {
         }
     }
 
+    /// The header's rejection, once the header is in.
     pub fn header_error(&self) -> Option<&Reject> {
         match &self.error {
             Some(r @ Reject::BadHeader(_)) => Some(r),
@@ -195,6 +218,7 @@ impl Loader {
         }
     }
 
+    /// Parses `data`, which may cut records anywhere.
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() && self.error.is_none() {
             let offset = self.bytes;

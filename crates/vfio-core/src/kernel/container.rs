@@ -2,14 +2,16 @@
 //! of type1 dirty tracking.
 
 use super::error::{Result, VfioError};
-use super::sys;
+use vmm_sys as sys;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use vfio_uapi::abi::*;
 use vfio_uapi::ioctl::*;
 
+/// Where the container lives.
 pub const CONTAINER_PATH: &str = "/dev/vfio/vfio";
 
+/// An open VFIO container.
 pub struct Container {
     fd: OwnedFd,
     path: String,
@@ -21,7 +23,9 @@ pub struct Container {
 /// `VFIO_IOMMU_GET_INFO` answer.
 #[derive(Clone, Copy, Debug)]
 pub struct IommuInfo {
+    /// `VFIO_IOMMU_INFO_*`.
     pub flags: u32,
+    /// Bitmap of supported IOMMU page sizes.
     pub iova_pgsizes: u64,
 }
 
@@ -33,16 +37,19 @@ pub fn bitmap_bytes(size: u64, pgsize: u64) -> u64 {
 }
 
 impl Container {
+    /// Opens [`CONTAINER_PATH`], or `path` (tests).
     pub fn open(path: Option<&str>) -> Result<Container> {
         let path = path.unwrap_or(CONTAINER_PATH).to_string();
         let fd = sys::open_rw(&path).map_err(|e| VfioError::from_io(&e, "open", format!("{path}: open")))?;
         Ok(Container { fd, path, dma: Mutex::new(()) })
     }
 
+    /// The fd number (stays owned by `self`).
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
+    /// The path it was opened from.
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -51,26 +58,32 @@ impl Container {
         VfioError::from_io(&e, call, format!("{}: {call} {what}", self.path))
     }
 
+    /// `VFIO_GET_API_VERSION`.
     pub fn api_version(&self) -> Result<i32> {
-        sys::ioctl_val(self.raw_fd(), VFIO_GET_API_VERSION, 0).map_err(|e| self.err(e, "VFIO_GET_API_VERSION", ""))
+        // SAFETY: VFIO_GET_API_VERSION ignores its argument.
+        unsafe { sys::ioctl_val(self.raw_fd(), VFIO_GET_API_VERSION, 0) }.map_err(|e| self.err(e, "VFIO_GET_API_VERSION", ""))
     }
 
     /// Non-zero when the extension (e.g. `VFIO_TYPE1v2_IOMMU`) is supported.
     pub fn check_extension(&self, ext: u32) -> Result<i32> {
-        sys::ioctl_val(self.raw_fd(), VFIO_CHECK_EXTENSION, ext as libc::c_ulong)
+        // SAFETY: VFIO_CHECK_EXTENSION takes the extension number by value.
+        unsafe { sys::ioctl_val(self.raw_fd(), VFIO_CHECK_EXTENSION, ext as libc::c_ulong) }
             .map_err(|e| self.err(e, "VFIO_CHECK_EXTENSION", ext))
     }
 
     /// Needs at least one group attached first (the kernel answers EINVAL otherwise).
     pub fn set_iommu(&self, iommu_type: u32) -> Result<()> {
-        sys::ioctl_val(self.raw_fd(), VFIO_SET_IOMMU, iommu_type as libc::c_ulong)
+        // SAFETY: VFIO_SET_IOMMU takes the IOMMU type by value.
+        unsafe { sys::ioctl_val(self.raw_fd(), VFIO_SET_IOMMU, iommu_type as libc::c_ulong) }
             .map(|_| ())
             .map_err(|e| self.err(e, "VFIO_SET_IOMMU", iommu_type))
     }
 
+    /// `VFIO_IOMMU_GET_INFO`.
     pub fn iommu_info(&self) -> Result<IommuInfo> {
         let mut info = vfio_iommu_type1_info { argsz: std::mem::size_of::<vfio_iommu_type1_info>() as u32, ..Default::default() };
-        sys::ioctl_ref(self.raw_fd(), VFIO_IOMMU_GET_INFO, &mut info).map_err(|e| self.err(e, "VFIO_IOMMU_GET_INFO", ""))?;
+        // SAFETY: the kernel writes at most `argsz` bytes, the struct's size.
+        unsafe { sys::ioctl_ref(self.raw_fd(), VFIO_IOMMU_GET_INFO, &mut info) }.map_err(|e| self.err(e, "VFIO_IOMMU_GET_INFO", ""))?;
         Ok(IommuInfo { flags: info.flags, iova_pgsizes: info.iova_pgsizes })
     }
 
@@ -93,7 +106,9 @@ impl Container {
             size,
         };
         let _g = self.dma.lock().unwrap_or_else(|p| p.into_inner());
-        sys::ioctl_ref(self.raw_fd(), VFIO_IOMMU_MAP_DMA, &mut m).map(|_| ()).map_err(|e| self.err(e, "VFIO_IOMMU_MAP_DMA", what))
+        // SAFETY: the struct is read in place; the memory it names is this
+        // function's contract with its caller.
+        unsafe { sys::ioctl_ref(self.raw_fd(), VFIO_IOMMU_MAP_DMA, &mut m) }.map(|_| ()).map_err(|e| self.err(e, "VFIO_IOMMU_MAP_DMA", what))
     }
 
     /// Returns the number of bytes the kernel unmapped.
@@ -105,20 +120,25 @@ impl Container {
             size,
         };
         let _g = self.dma.lock().unwrap_or_else(|p| p.into_inner());
-        sys::ioctl_ref(self.raw_fd(), VFIO_IOMMU_UNMAP_DMA, &mut u)
+        // SAFETY: the struct is read and written in place; without
+        // GET_DIRTY_BITMAP it has no tail and no pointer.
+        unsafe { sys::ioctl_ref(self.raw_fd(), VFIO_IOMMU_UNMAP_DMA, &mut u) }
             .map_err(|e| self.err(e, "VFIO_IOMMU_UNMAP_DMA", format!("iova {iova:#x} size {size:#x}")))?;
         Ok(u.size)
     }
 
     fn dirty(&self, flags: u32, name: &str) -> Result<()> {
         let mut d = vfio_iommu_type1_dirty_bitmap { argsz: std::mem::size_of::<vfio_iommu_type1_dirty_bitmap>() as u32, flags };
-        sys::ioctl_ref(self.raw_fd(), VFIO_IOMMU_DIRTY_PAGES, &mut d).map(|_| ()).map_err(|e| self.err(e, "VFIO_IOMMU_DIRTY_PAGES", name))
+        // SAFETY: START and STOP read only the two u32s of the struct.
+        unsafe { sys::ioctl_ref(self.raw_fd(), VFIO_IOMMU_DIRTY_PAGES, &mut d) }.map(|_| ()).map_err(|e| self.err(e, "VFIO_IOMMU_DIRTY_PAGES", name))
     }
 
+    /// Starts type1 dirty tracking of every mapping.
     pub fn dirty_start(&self) -> Result<()> {
         self.dirty(VFIO_IOMMU_DIRTY_PAGES_FLAG_START, "START")
     }
 
+    /// Stops type1 dirty tracking.
     pub fn dirty_stop(&self) -> Result<()> {
         self.dirty(VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP, "STOP")
     }
@@ -149,6 +169,9 @@ impl Container {
         }
         .write_to(&mut buf[head..]);
         let _g = self.dma.lock().unwrap_or_else(|p| p.into_inner());
-        sys::ioctl_buf(self.raw_fd(), VFIO_IOMMU_DIRTY_PAGES, &mut buf).map(|_| ()).map_err(|e| VfioError::from_io(&e, "VFIO_IOMMU_DIRTY_PAGES", ctx()))
+        // SAFETY: `buf` is exactly header + get struct (its argsz); the
+        // bitmap pointer is `bitmap`, exclusively borrowed for the call and
+        // at least `need` bytes long (checked), which the kernel writes at most.
+        unsafe { sys::ioctl_buf(self.raw_fd(), VFIO_IOMMU_DIRTY_PAGES, &mut buf) }.map(|_| ()).map_err(|e| VfioError::from_io(&e, "VFIO_IOMMU_DIRTY_PAGES", ctx()))
     }
 }

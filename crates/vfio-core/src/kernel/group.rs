@@ -4,12 +4,13 @@
 use super::container::Container;
 use super::device::KernelDevice;
 use super::error::{Result, VfioError};
-use super::sys;
+use vmm_sys as sys;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use vfio_uapi::abi::*;
 use vfio_uapi::ioctl::*;
 
+/// An open IOMMU group.
 pub struct Group {
     fd: OwnedFd,
     path: String,
@@ -23,10 +24,12 @@ impl Group {
         Ok(Group { fd, path })
     }
 
+    /// The fd number (stays owned by `self`).
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
+    /// The path it was opened from.
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -34,20 +37,25 @@ impl Group {
     /// `VFIO_GROUP_FLAGS_*`: VIABLE (all devices bound to vfio) and CONTAINER_SET.
     pub fn status(&self) -> Result<u32> {
         let mut s = vfio_group_status { argsz: std::mem::size_of::<vfio_group_status>() as u32, flags: 0 };
-        sys::ioctl_ref(self.raw_fd(), VFIO_GROUP_GET_STATUS, &mut s)
+        // SAFETY: the kernel writes at most `argsz` bytes, the struct's size.
+        unsafe { sys::ioctl_ref(self.raw_fd(), VFIO_GROUP_GET_STATUS, &mut s) }
             .map_err(|e| VfioError::from_io(&e, "VFIO_GROUP_GET_STATUS", format!("{}: VFIO_GROUP_GET_STATUS", self.path)))?;
         Ok(s.flags)
     }
 
+    /// `VFIO_GROUP_SET_CONTAINER`: attaches the group to `container`.
     pub fn set_container(&self, container: &Container) -> Result<()> {
         let mut cfd: i32 = container.raw_fd();
-        sys::ioctl_ref(self.raw_fd(), VFIO_GROUP_SET_CONTAINER, &mut cfd).map(|_| ()).map_err(|e| {
+        // SAFETY: the request reads one int, the container's fd, through the pointer.
+        unsafe { sys::ioctl_ref(self.raw_fd(), VFIO_GROUP_SET_CONTAINER, &mut cfd) }.map(|_| ()).map_err(|e| {
             VfioError::from_io(&e, "VFIO_GROUP_SET_CONTAINER", format!("{}: VFIO_GROUP_SET_CONTAINER {}", self.path, container.path()))
         })
     }
 
+    /// `VFIO_GROUP_UNSET_CONTAINER`.
     pub fn unset_container(&self) -> Result<()> {
-        sys::ioctl_val(self.raw_fd(), VFIO_GROUP_UNSET_CONTAINER, 0)
+        // SAFETY: VFIO_GROUP_UNSET_CONTAINER ignores its argument.
+        unsafe { sys::ioctl_val(self.raw_fd(), VFIO_GROUP_UNSET_CONTAINER, 0) }
             .map(|_| ())
             .map_err(|e| VfioError::from_io(&e, "VFIO_GROUP_UNSET_CONTAINER", format!("{}: VFIO_GROUP_UNSET_CONTAINER", self.path)))
     }
@@ -61,7 +69,9 @@ impl Group {
         }
         let c = CString::new(name)
             .map_err(|_| VfioError::invalid("VFIO_GROUP_GET_DEVICE_FD", ctx(), "device name contains a NUL byte"))?;
-        let fd = sys::ioctl_val(self.raw_fd(), VFIO_GROUP_GET_DEVICE_FD, c.as_ptr() as libc::c_ulong)
+        // SAFETY: the request reads a NUL-terminated string at the pointer,
+        // which `c` is, alive until the call returns.
+        let fd = unsafe { sys::ioctl_val(self.raw_fd(), VFIO_GROUP_GET_DEVICE_FD, c.as_ptr() as libc::c_ulong) }
             .map_err(|e| VfioError::from_io(&e, "VFIO_GROUP_GET_DEVICE_FD", ctx()))?;
         // SAFETY: the ioctl returned a fresh device fd that nothing else owns.
         Ok(KernelDevice::new(unsafe { OwnedFd::from_raw_fd(fd) }, name.to_string()))

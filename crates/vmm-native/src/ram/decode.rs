@@ -8,7 +8,7 @@
 //! A record whose head is checked but whose payload has not all arrived is
 //! taken as far as it goes and finished from later bytes (`Pending`).
 
-use super::mem::{GuestMem, PAGE};
+use super::mem::{GuestMem, PageBits, PAGE};
 use super::sock::Sock;
 use crate::error::VResult;
 use std::cell::RefCell;
@@ -25,6 +25,16 @@ const PEEK_SIZE: usize = 512 << 10;
 pub struct Block<'a> {
     pub mem: GuestMem,
     pub name: &'a [u8],
+    /// Where to record the pages applied, if the caller keeps count.
+    pub received: Option<PageBits>,
+}
+
+impl Block<'_> {
+    fn applied(&self, offset: usize) {
+        if let Some(r) = self.received {
+            r.set(offset);
+        }
+    }
 }
 
 /// A checked record whose payload is partly in guest memory already.
@@ -75,6 +85,7 @@ fn finish_pending(buf: &[u8], blocks: &[Block], st: &mut State) -> (usize, Step)
             return (0, Step::ZeroFill { ch: buf[0] });
         }
         mem.zero_page(p.offset);
+        blocks[p.block].applied(p.offset);
         st.zero += 1;
         st.pending = None;
         return (1, Step::More);
@@ -83,6 +94,7 @@ fn finish_pending(buf: &[u8], blocks: &[Block], st: &mut State) -> (usize, Step)
     mem.write(p.offset + p.got, &buf[..take]);
     p.got += take;
     if p.got == PAGE {
+        blocks[p.block].applied(p.offset);
         st.normal += 1;
         st.pending = None;
     } else {
@@ -149,6 +161,7 @@ pub fn parse(buf: &[u8], base: u64, blocks: &[Block], st: &mut State) -> (usize,
                 mem.write(addr, &rest[head..head + PAGE]);
                 st.normal += 1;
             }
+            blocks[bi].applied(addr);
             if named {
                 st.last = Some(bi);
             }
@@ -246,7 +259,8 @@ mod tests {
         stream.extend(FLAG_EOS.to_be_bytes());
         for cut in [1, 7, 8, 9, 15, 16, 100, PAGE, PAGE + 15, PAGE + 16, PAGE + 24, PAGE + 25, stream.len() - 3] {
             let mut ram = vec![1u8; 3 * PAGE];
-            let blocks = [Block { mem: unsafe { GuestMem::new(ram.as_mut_ptr(), ram.len()) }, name: b"pc.ram" }];
+            // SAFETY: the test's buffers outlive every use of the blocks made here.
+            let blocks = [Block { mem: unsafe { GuestMem::new(ram.as_mut_ptr(), ram.len()) }, name: b"pc.ram", received: None }];
             let mut st = State::default();
             let (a, s1) = parse(&stream[..cut], 0, &blocks, &mut st);
             assert_eq!(s1, Step::More, "cut {cut}");
@@ -258,9 +272,33 @@ mod tests {
     }
 
     #[test]
+    fn applied_pages_are_recorded_a_pending_one_once_complete() {
+        let mut ram = vec![1u8; 12 * PAGE];
+        let mut bits = vec![0u8; 2];
+        let mut stream = rec(9 * PAGE as u64, FLAG_PAGE, Some(b"a"), &[5u8; PAGE]);
+        stream.extend(rec(0, FLAG_ZERO | FLAG_CONTINUE, None, &[0]));
+        let cut = stream.len() - 1;
+        stream.extend(rec(2 * PAGE as u64, FLAG_PAGE | FLAG_CONTINUE, None, &[9u8; PAGE]));
+        // SAFETY: the test's buffers outlive every use of the blocks made here.
+        let mem = unsafe { GuestMem::new(ram.as_mut_ptr(), ram.len()) };
+        // SAFETY: as above.
+        let received = Some(unsafe { PageBits::new(bits.as_mut_ptr(), bits.len()) });
+        let blocks = [Block { mem, name: b"a", received }];
+        let mut st = State::default();
+        let (a, _) = parse(&stream[..cut], 0, &blocks, &mut st);
+        assert!(st.pending.is_some(), "the zero page's fill byte is still to come");
+        assert_eq!(bits, [0, 1 << 1], "page 9 only");
+        let (b, _) = parse(&stream[a..a + 10], a as u64, &blocks, &mut st);
+        assert_eq!(bits, [1, 1 << 1], "the zero page 0 once its fill byte came");
+        parse(&stream[a + b..], (a + b) as u64, &blocks, &mut st);
+        assert_eq!(bits, [1 | 1 << 2, 1 << 1]);
+    }
+
+    #[test]
     fn records_for_the_loader_are_left_alone() {
         let mut ram = vec![1u8; PAGE];
-        let blocks = [Block { mem: unsafe { GuestMem::new(ram.as_mut_ptr(), ram.len()) }, name: b"a" }];
+        // SAFETY: the test's buffers outlive every use of the blocks made here.
+        let blocks = [Block { mem: unsafe { GuestMem::new(ram.as_mut_ptr(), ram.len()) }, name: b"a", received: None }];
         let cases: Vec<(Vec<u8>, Option<usize>)> = vec![
             (rec(0, FLAG_PAGE | 0x40, Some(b"a"), &[0; PAGE]), None),
             (rec(PAGE as u64, FLAG_PAGE, Some(b"a"), &[0; PAGE]), None),
@@ -282,7 +320,8 @@ mod tests {
     #[test]
     fn a_pending_zero_page_checks_its_fill_byte() {
         let mut ram = vec![1u8; PAGE];
-        let blocks = [Block { mem: unsafe { GuestMem::new(ram.as_mut_ptr(), ram.len()) }, name: b"a" }];
+        // SAFETY: the test's buffers outlive every use of the blocks made here.
+        let blocks = [Block { mem: unsafe { GuestMem::new(ram.as_mut_ptr(), ram.len()) }, name: b"a", received: None }];
         let mut st = State::default();
         let head = rec(0, FLAG_ZERO, Some(b"a"), &[]);
         assert_eq!(parse(&head, 10, &blocks, &mut st), (head.len(), Step::More));

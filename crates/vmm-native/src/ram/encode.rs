@@ -84,7 +84,11 @@ pub struct Sent {
 /// Where the batches go: the socket, or a Vec in tests.
 pub trait Sink {
     /// Writes all bytes the iovecs describe; `after` is the count already written (for messages).
-    fn write_all(&mut self, iov: &mut [libc::iovec], after: u64) -> VResult<()>;
+    ///
+    /// # Safety
+    /// Every iovec must describe memory valid for reads of `iov_len` bytes
+    /// until the call returns.
+    unsafe fn write_all(&mut self, iov: &mut [libc::iovec], after: u64) -> VResult<()>;
 }
 
 enum Seg {
@@ -135,7 +139,10 @@ impl Batch {
             bytes += len as u64;
             self.iov.push(libc::iovec { iov_base: base as *mut libc::c_void, iov_len: len });
         }
-        sink.write_all(&mut self.iov, self.written)?;
+        // SAFETY: small segments point into `self.small`, untouched until the
+        // call returns; page segments came from GuestMem::page_ptr, in bounds
+        // of a block the caller keeps alive for the whole send.
+        unsafe { sink.write_all(&mut self.iov, self.written)? };
         self.written += bytes;
         self.segs.clear();
         self.small.clear();
@@ -241,8 +248,9 @@ mod tests {
     struct VecSink(Vec<u8>);
 
     impl Sink for VecSink {
-        fn write_all(&mut self, iov: &mut [libc::iovec], _after: u64) -> VResult<()> {
+        unsafe fn write_all(&mut self, iov: &mut [libc::iovec], _after: u64) -> VResult<()> {
             for v in iov.iter() {
+                // SAFETY: each iovec is readable for iov_len bytes (the trait's contract).
                 self.0.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
             }
             Ok(())
@@ -257,6 +265,7 @@ mod tests {
     fn records_continue_and_zero_pages() {
         let mut ram = vec![0u8; 3 * PAGE];
         ram[PAGE] = 7;
+        // SAFETY: the test's buffers outlive every use of the blocks made here.
         let mem = unsafe { GuestMem::new(ram.as_mut_ptr(), ram.len()) };
         let blocks = [Block { mem, name: b"pc.ram", first_page: 0, pages: 3 }];
         let mut words = vec![0b111u32];
@@ -277,6 +286,7 @@ mod tests {
     #[test]
     fn stops_at_the_byte_allowance_and_at_the_clock() {
         let mut ram = vec![1u8; 200 * PAGE];
+        // SAFETY: the test's buffers outlive every use of the blocks made here.
         let mem = unsafe { GuestMem::new(ram.as_mut_ptr(), ram.len()) };
         let blocks = [Block { mem, name: b"a", first_page: 0, pages: 200 }];
         let mut words = vec![!0u32; 7];
@@ -298,7 +308,9 @@ mod tests {
         let mut a = vec![1u8; 2 * PAGE];
         let mut b = vec![1u8; PAGE];
         let blocks = [
+            // SAFETY: the test's buffers outlive every use of the blocks made here.
             Block { mem: unsafe { GuestMem::new(a.as_mut_ptr(), a.len()) }, name: b"a", first_page: 0, pages: 2 },
+            // SAFETY: the test's buffers outlive every use of the blocks made here.
             Block { mem: unsafe { GuestMem::new(b.as_mut_ptr(), b.len()) }, name: b"b", first_page: 2, pages: 1 },
         ];
         let mut words = vec![0b101u32];

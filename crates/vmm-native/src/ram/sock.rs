@@ -14,16 +14,13 @@ use crate::error::VResult;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
-use vfio_core::kernel::{sys, VfioError};
+use vmm_sys::Error as NativeError;
+use vmm_sys as sys;
 
 const WAIT_SLICE: Duration = Duration::from_millis(250);
 
 fn identity(fd: RawFd) -> io::Result<(u64, u64)> {
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((st.st_dev, st.st_ino))
+    sys::inode(fd)
 }
 
 pub struct Sock {
@@ -37,13 +34,10 @@ impl Sock {
     /// Dups `orig` (a stream socket; anything else is refused with ENOTSOCK).
     /// Runs on the JavaScript thread: fcntl and fstat do not block.
     pub fn dup(orig: RawFd, label: &str) -> VResult<Sock> {
-        let fail = |e: &io::Error, call: &str| VfioError::from_io(e, call.to_string(), format!("{label}: fd {orig}"));
+        let fail = |e: &io::Error, call: &str| NativeError::from_io(e, call.to_string(), format!("{label}: fd {orig}"));
         let id = identity(orig).map_err(|e| fail(&e, "fstat"))?;
-        let mut ty: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        let r = unsafe { libc::getsockopt(orig, libc::SOL_SOCKET, libc::SO_TYPE, (&mut ty as *mut libc::c_int).cast(), &mut len) };
-        if r < 0 || ty != libc::SOCK_STREAM {
-            return Err(VfioError::new(libc::ENOTSOCK, "getsockopt(SO_TYPE)", format!("{label}: fd {orig}"), Some("not a stream socket")));
+        if sys::socket_type(orig).ok() != Some(libc::SOCK_STREAM) {
+            return Err(NativeError::new(libc::ENOTSOCK, "getsockopt(SO_TYPE)", format!("{label}: fd {orig}"), Some("not a stream socket")));
         }
         let fd = sys::dup(orig).map_err(|e| fail(&e, "dup"))?;
         Ok(Sock { fd, orig, id, label: label.to_string() })
@@ -53,8 +47,8 @@ impl Sock {
         self.fd.as_raw_fd()
     }
 
-    pub fn fail(&self, e: &io::Error, call: &str, after: u64) -> VfioError {
-        VfioError::from_io(e, call.to_string(), format!("{}: {call} on fd {} after {after} bytes", self.label, self.orig))
+    pub fn fail(&self, e: &io::Error, call: &str, after: u64) -> NativeError {
+        NativeError::from_io(e, call.to_string(), format!("{}: {call} on fd {} after {after} bytes", self.label, self.orig))
     }
 
     /// Waits for `events`; ECANCELED once the JavaScript side closed its fd.
@@ -65,33 +59,29 @@ impl Sock {
                 return Ok(r);
             }
             if identity(self.orig).ok() != Some(self.id) {
-                return Err(VfioError::new(libc::ECANCELED, "poll", format!("{}: fd {} after {after} bytes", self.label, self.orig), Some("the channel was closed")));
+                return Err(NativeError::new(libc::ECANCELED, "poll", format!("{}: fd {} after {after} bytes", self.label, self.orig), Some("the channel was closed")));
             }
         }
     }
 
     /// Writes every byte the iovecs describe (they are consumed as they go),
     /// as writev would, without SIGPIPE.
-    pub fn writev_all(&self, mut iov: &mut [libc::iovec], after: u64) -> VResult<()> {
+    ///
+    /// # Safety
+    /// Every iovec must describe memory valid for reads of `iov_len` bytes
+    /// until the call returns.
+    pub unsafe fn writev_all(&self, mut iov: &mut [libc::iovec], after: u64) -> VResult<()> {
         let mut sent = after;
         while !iov.is_empty() {
-            // SAFETY: an all-zero msghdr is valid; it only points at the iovecs.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_mut_ptr();
-            msg.msg_iovlen = iov.len().min(libc::UIO_MAXIOV as usize) as _;
-            let n = unsafe { libc::sendmsg(self.raw(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) => {
-                        self.wait(libc::POLLOUT, sent)?;
-                        continue;
-                    }
-                    _ => return Err(self.fail(&e, "sendmsg", sent)),
+            // SAFETY: the iovecs are readable until we return (our contract).
+            let mut n = match unsafe { sys::send_iov(self.raw(), iov) } {
+                Ok(n) => n,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    self.wait(libc::POLLOUT, sent)?;
+                    continue;
                 }
-            }
-            let mut n = n as usize;
+                Err(e) => return Err(self.fail(&e, "sendmsg", sent)),
+            };
             sent += n as u64;
             while n > 0 {
                 let first = &mut iov[0];
@@ -99,6 +89,8 @@ impl Sock {
                     n -= first.iov_len;
                     iov = &mut iov[1..];
                 } else {
+                    // SAFETY: n < iov_len, so the result stays inside the
+                    // memory this iovec describes.
                     first.iov_base = unsafe { (first.iov_base as *mut u8).add(n) }.cast();
                     first.iov_len -= n;
                     n = 0;
@@ -112,16 +104,7 @@ impl Sock {
     }
 
     fn recv(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
-        loop {
-            let n = unsafe { libc::recv(self.raw(), buf.as_mut_ptr().cast(), buf.len(), flags | libc::MSG_DONTWAIT) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(e);
-            }
-        }
+        sys::recv(self.raw(), buf, flags)
     }
 
     /// Copies what the socket holds into `buf` without taking it; 0 at end
@@ -146,7 +129,7 @@ impl Sock {
         while n > 0 {
             let step = n.min(scratch.len());
             match self.recv(&mut scratch[..step], libc::MSG_TRUNC) {
-                Ok(0) => return Err(VfioError::new(libc::EPIPE, "recv", format!("{}: fd {} after {taken} bytes", self.label, self.orig), Some("bytes seen by a peek are gone"))),
+                Ok(0) => return Err(NativeError::new(libc::EPIPE, "recv", format!("{}: fd {} after {taken} bytes", self.label, self.orig), Some("bytes seen by a peek are gone"))),
                 Ok(m) => {
                     let m = m.min(step);
                     n -= m;

@@ -1,0 +1,84 @@
+//! `NativeListener`: the incoming side's listening socket as JavaScript
+//! sees it; each `accept()` resolves a `NativeChannel`.
+
+use super::end::{End, Kind};
+use super::js_channel::{fail, in_runtime, settle, NativeChannel};
+use super::listen::{Listener, DEFAULT_BACKLOG};
+use crate::error::js_error;
+use napi::bindgen_prelude::*;
+use napi::Env;
+use napi_derive::napi;
+use socket2::SockAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use vfio_core::kernel::VfioError;
+
+/// A listening TCP or UNIX socket.
+#[napi]
+pub struct NativeListener {
+    inner: Mutex<Option<Arc<Listener>>>,
+    port: Option<u16>,
+}
+
+fn bind(env: &Env, addr: SockAddr, backlog: Option<u32>) -> Result<NativeListener> {
+    let backlog = backlog.map_or(DEFAULT_BACKLOG, |b| b.min(i32::MAX as u32) as i32);
+    match in_runtime(|| Listener::bind(&addr, backlog)) {
+        Ok(l) => Ok(NativeListener { port: l.port(), inner: Mutex::new(Some(Arc::new(l))) }),
+        Err(e) => Err(js_error(env, &fail(&e, "bind"))),
+    }
+}
+
+#[napi]
+impl NativeListener {
+    /// Listens on `ip` (numeric; '0.0.0.0' or '::' for every address) and
+    /// `port` (0: any free one, see `port`).
+    #[napi(factory)]
+    pub fn tcp(env: Env, ip: String, port: u32, backlog: Option<u32>) -> Result<NativeListener> {
+        match (ip.parse::<IpAddr>(), u16::try_from(port)) {
+            (Ok(ip), Ok(port)) => bind(&env, SocketAddr::new(ip, port).into(), backlog),
+            _ => Err(js_error(&env, &VfioError::invalid("bind", "bind", &format!("{ip}:{port} is not a numeric address and port")))),
+        }
+    }
+
+    /// Listens on the UNIX socket `path` (which must not exist); the path
+    /// is removed again by `close()`.
+    #[napi(factory)]
+    pub fn unix(env: Env, path: String, backlog: Option<u32>) -> Result<NativeListener> {
+        match SockAddr::unix(&path) {
+            Ok(addr) => bind(&env, addr, backlog),
+            Err(e) => Err(js_error(&env, &fail(&e, "bind"))),
+        }
+    }
+
+    /// The TCP port bound, or null for a UNIX socket.
+    #[napi(getter)]
+    pub fn port(&self) -> Option<u32> {
+        self.port.map(u32::from)
+    }
+
+    /// The next peer's channel. Rejects ECANCELED once the listener is
+    /// closed (also an accept already waiting).
+    #[napi(ts_return_type = "Promise<NativeChannel>")]
+    pub fn accept(&self, env: Env) -> Result<AsyncBlock<NativeChannel>> {
+        let l = self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        settle(&env, async move {
+            let r = async {
+                let l = l.ok_or_else(|| fail(&vmm_sys::errno(libc::ECANCELED), "accept"))?;
+                let (fd, _peer) = l.accept().await.map_err(|e| fail(&e, "accept"))?;
+                let end = End::new(fd, Kind::Socket).map_err(|e| fail(&e, "epoll_ctl"))?;
+                Ok(NativeChannel::from_socket(end))
+            };
+            (r.await, ())
+        })
+    }
+
+    /// Stops listening: pending accepts reject ECANCELED and a UNIX
+    /// socket's path is removed now; the socket closes once no accept holds
+    /// it. Idempotent.
+    #[napi]
+    pub fn close(&self) {
+        if let Some(l) = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            l.close();
+        }
+    }
+}

@@ -1,0 +1,50 @@
+// The fault lab (issue #13, docs/faults.md): a link shaped to 1 Gbit/s (tc
+// tbf) that loses 1% of its packets at random in each direction (nftables
+// numgen; one wire packet per skb). The migration must complete, intact,
+// within the downtime limit.
+//
+// It does complete intact; the limit does NOT hold yet (a todo below, docs/faults.md
+// "Results"): 550-1030 ms against 300 ms in every run here. The switchover
+// threshold gives the whole limit to the data still to send, while after the
+// stream the destination hashes the guest (50-200 ms on this machine) and READY
+// and GO each cross the link; on a lossy link a lost last segment or a lost
+// READY/GO costs a retransmission timeout (200 ms at least) with nothing
+// behind it to trigger a fast retransmit.
+import t from 'tap'
+import { Lab, ADDR_DST, labGate } from './netns.js'
+import { checkArrived, lastEvent, missingBuild, MiB, type IncomingReport, type SourceResult } from '../e2e/helpers.js'
+
+t.setTimeout(300_000)
+const noBuild = missingBuild()
+const gate = noBuild ? false : labGate(t)
+
+t.test('1 Gbit/s, 1% random loss: completes, intact, downtime within the limit', { skip: noBuild ?? gate, timeout: 240_000 }, async (t) => {
+  const lab = await Lab.create()
+  t.teardown(() => lab.destroy())
+  await lab.shape('1gbit')
+  await lab.loss(1)
+  const ram = 128 * MiB
+  // No rate cap of our own: the link is the limit.
+  const both = ['--ram', '128M', '--vcpu', 'soft', '--downtime-limit', '300']
+  const dst = lab.spawn(lab.dst, ['incoming', `tcp:${ADDR_DST}:4444`, '--events', '--run-after', '300', ...both], 'destination')
+  await dst.next('listening', 30_000)
+  const t0 = performance.now()
+  const src = lab.spawn(lab.src, ['migrate', `tcp:${ADDR_DST}:4444`, '--events', '--run', '500', '--max-bandwidth', '0', ...both], 'source')
+  const sx = await src.exit(180_000)
+  const dx = await dst.exit(60_000)
+  const took = performance.now() - t0
+  t.equal(sx.code, 0, `source completed (${src.stderr.slice(-500)})`)
+  t.equal(dx.code, 0, `destination completed (${dst.stderr.slice(-500)})`)
+  const done = lastEvent(src, 'completed') as (SourceResult & { downtime: { totalMs: number; limitMs: number; measured: boolean; withinLimit: boolean; verificationMs: number }; stats: { mbps: number; transferred: number; iterations: number; expectedDowntime: number; downtimePhases?: Record<string, number> } }) | undefined
+  const rep = lastEvent(dst, 'completed')?.report as IncomingReport | undefined
+  t.ok(done && rep, 'both sides reported')
+  if (!done || !rep) return
+  const lost = await lab.lost()
+  t.ok(lost > 0, `the link lost packets (${lost} dropped)`)
+  t.ok(done.downtime.measured, 'downtime measured end to end')
+  t.ok(done.downtime.withinLimit, `downtime ${done.downtime.totalMs} ms <= limit ${done.downtime.limitMs} ms`, {
+    todo: 'issue #13: the threshold leaves no room for the handover and the destination\'s verification; a lossy link adds retransmission timeouts',
+  })
+  t.comment(`1 Gbit/s, 1% loss: ${(done.stats.transferred / MiB).toFixed(0)} MiB in ${Math.round(took)} ms, link measured ${done.stats.mbps} Mbit/s, ${done.stats.iterations} iterations, downtime ${done.downtime.totalMs} ms (verification ${done.downtime.verificationMs} ms), ${lost} packets dropped; expected ${done.stats.expectedDowntime} ms; phases ${JSON.stringify(done.stats.downtimePhases)}`)
+  checkArrived(t, ram, 'soft', done, rep)
+})

@@ -1,0 +1,48 @@
+// One listener, several incoming migrations in turn (a VMM that migrates a
+// guest back and forth keeps listening): a source that connects between two
+// migrations belongs to the next one. The fault lab's ping-pong found the
+// first migration's leftover accept taking such a source and resetting it.
+import t from 'tap'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { native } from '../../vmm/native/addon.js'
+import { Vm } from '../../vmm/runstate/index.js'
+import { SaveVMRegistry } from '../../vmm/savevm/registry.js'
+import { VfioMigrationSet } from '../../vmm/vfio/vfio-set.js'
+import { listen } from '../../vmm/channel/connect.js'
+import { OutgoingMigration, IncomingMigration, type MigratableVm } from '../../vmm/migration/index.js'
+
+async function makeVm(role: 'source' | 'dest'): Promise<MigratableVm> {
+  const vm = new Vm('prelaunch')
+  if (role === 'source') await vm.vmStart()
+  const registry = new SaveVMRegistry()
+  const vfio = new VfioMigrationSet(vm, registry, { switchoverAck: () => false })
+  const emu = new native.EmulatedDevice({ name: `${role}0`, flags: 7, stateSize: 64 << 10, seed: 5 })
+  await vfio.add(emu.device(), { idstr: 'dev0/vfio' })
+  return { vm, registry, machine: 'test-1', vfio }
+}
+
+const parameters = { linkTimeoutMs: 2000, handoverTimeoutMs: 5000, maxBandwidth: 0 }
+
+t.test('a source that connects between two migrations on one listener is the next one\'s', { timeout: 60_000 }, async (t) => {
+  const l = await listen(`unix:${join(mkdtempSync(join(tmpdir(), 'reuse-')), 'l')}`)
+  t.teardown(() => l.close())
+  for (let i = 0; i < 3; i++) {
+    const dst = await makeVm('dest')
+    const inc = new IncomingMigration(dst, { parameters })
+    const got = inc.start(l)
+    const sent = new OutgoingMigration(await makeVm('source'), { parameters }).start(l.address)
+    const [r, s] = await Promise.all([got, sent])
+    t.equal(r.status, 'completed', `migration ${i}: destination completed`)
+    t.equal(s.status, 'completed', `migration ${i}: source completed`)
+    t.equal(dst.vm.state, 'running', `migration ${i}: the guest runs there`)
+  }
+  // Between migrations: connect first, accept later.
+  const early = new OutgoingMigration(await makeVm('source'), { parameters }).start(l.address)
+  await new Promise((r) => setTimeout(r, 200))
+  const dst = await makeVm('dest')
+  const [r, s] = await Promise.all([new IncomingMigration(dst, { parameters }).start(l), early])
+  t.equal(r.status, 'completed', 'a source that connected before the destination accepted: completed')
+  t.equal(s.status, 'completed')
+})
