@@ -22,6 +22,11 @@ function files(dir: string): string[] {
   }
 }
 
+// A fresh microVM (a vCPU worker) for each savevm input: about 0.8 s each on
+// an idle 2-core machine and twice that beside the rest of the suite, more
+// than the suite's default 120 s for the whole corpus.
+t.setTimeout(480_000)
+
 const guard = new AllocGuard()
 guard.install()
 t.teardown(() => guard.uninstall())
