@@ -97,6 +97,8 @@ export class FdChannel implements Channel {
   private writing: Promise<void> = Promise.resolve()
   private writesQueued = 0
   private landing: Buffer | null = null
+  /** Set by acceptFds: reads then all go through the runtime (recvmsg off this thread). */
+  private fdReads = false
 
   constructor(kind: ChannelKind, description: string, nat: NativeChannel, opts: FdChannelOptions = {}) {
     this.kind = kind
@@ -135,7 +137,7 @@ export class FdChannel implements Channel {
     if (this.error) throw this.error
     if (this.closed) return 0
     try {
-      const n = this.nat.tryRead(buf, offset, length)
+      const n = this.fdReads ? -1 : this.nat.tryRead(buf, offset, length)
       return n >= 0 ? n : await this.nat.read(buf, offset, length)
     } catch (e) {
       // Closed under a waiting read (the return path at the end of a
@@ -192,6 +194,67 @@ export class FdChannel implements Channel {
     // The next write waits for this one whatever its outcome.
     this.writing = p.then(() => undefined, () => undefined)
     return p
+  }
+
+  /**
+   * Writes `data` with `fds` attached (SCM_RIGHTS; 1..16, at least one
+   * byte), in order with the writes queued before it. The numbers stay the
+   * caller's and must stay open until it resolves. UNIX sockets only.
+   */
+  sendFds(fds: readonly number[], data: Uint8Array): Promise<void> {
+    if (this.error) return Promise.reject(this.error)
+    if (this.closed) return Promise.reject(new StreamError('EPIPE', `${this.description}: write after close`))
+    if (this.kind !== 'unix') return Promise.reject(new StreamError('ENOTSUP', `${this.description}: only a unix: channel passes file descriptors`))
+    this.pending += data.length
+    this.writesQueued++
+    const run = async () => {
+      try {
+        if (this.error) throw this.error
+        await this.nat.sendFds([...fds], data)
+      } catch (e) {
+        throw this.fail(e)
+      } finally {
+        this.pending -= data.length
+        this.writesQueued--
+      }
+    }
+    const p = this.writing.then(run, run)
+    this.writing = p.then(() => undefined, () => undefined)
+    return p
+  }
+
+  /**
+   * Lets the peer pass up to `max` descriptors (at most 16) in all; they
+   * wait for takeFds. Any other descriptor fails the next read with EPROTO
+   * and is closed. From here every read waits on the runtime, so recvmsg
+   * and the closes never run on this thread.
+   */
+  acceptFds(max: number): void {
+    if (this.kind !== 'unix') throw new StreamError('ENOTSUP', `${this.description}: only a unix: channel passes file descriptors`)
+    try {
+      this.nat.acceptFds(max)
+    } catch (e) {
+      throw toStreamError(e, this.description)
+    }
+    this.fdReads = true
+  }
+
+  /** The first `count` descriptors passed, now the caller's to close; throws (taking none) if fewer came. */
+  takeFds(count: number): number[] {
+    try {
+      return this.nat.takeFds(count)
+    } catch (e) {
+      throw toStreamError(e, this.description)
+    }
+  }
+
+  /** Closes the descriptors passed and not taken, and accepts no more. */
+  dropFds(): void {
+    if (!this.closed) this.nat.dropFds()
+  }
+
+  get queuedFds(): number {
+    return this.closed ? 0 : this.nat.queuedFds
   }
 
   async quiesce(): Promise<Uint8Array[]> {

@@ -63,6 +63,16 @@ export interface Channel {
   setLinkTimeout?(ms: number): boolean
   /** Release the channel. Idempotent. */
   close(): Promise<void>
+  /**
+   * File descriptor passing (SCM_RIGHTS), on channels that can: a UNIX
+   * socket. See FdChannel.sendFds / acceptFds / takeFds / dropFds.
+   */
+  sendFds?(fds: readonly number[], data: Uint8Array): Promise<void>
+  acceptFds?(max: number): void
+  takeFds?(count: number): number[]
+  dropFds?(): void
+  /** Descriptors passed and not taken yet. */
+  readonly queuedFds?: number
 }
 
 /**

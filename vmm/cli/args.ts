@@ -63,6 +63,8 @@ export interface Options {
   afterFailureMs: number | undefined
   /** The handover (docs/flows.md); off (--no-handover) for a QEMU peer. */
   handover: boolean
+  /** Local migration: guest RAM passed as file descriptors over a unix: channel. */
+  local: boolean
   linkTimeoutMs: number
   handoverTimeoutMs: number
   handshakeTimeoutMs: number
@@ -96,6 +98,7 @@ export const DEFAULT_OPTIONS: Readonly<Options> = Object.freeze({
   noVerify: false,
   afterFailureMs: undefined,
   handover: true,
+  local: false,
   linkTimeoutMs: 15_000,
   handoverTimeoutMs: 30_000,
   handshakeTimeoutMs: 5_000,
@@ -167,6 +170,7 @@ const FLAGS: Record<string, (o: Options) => void> = {
   '--no-dma-logging': (o) => (o.noDmaLogging = true),
   '--no-verify': (o) => (o.noVerify = true),
   '--no-handover': (o) => (o.handover = false),
+  '--local': (o) => (o.local = true),
   '--resume': (o) => (o.resolve = setOnce(o.resolve, 'resume')),
   '--discard': (o) => (o.resolve = setOnce(o.resolve, 'discard')),
   '--status': (o) => (o.resolve = setOnce(o.resolve, 'status')),
@@ -238,6 +242,12 @@ export function parseArgs(argv: readonly string[]): Parsed {
   if (command === 'resolve' && options.resolve === undefined) throw new UsageError('resolve needs --resume, --discard or --status')
   if (command === 'run' && options.qmp === undefined) throw new UsageError('run needs --qmp PATH (its only control is QMP)')
   if (command !== 'run' && (options.qmp !== undefined || options.incoming !== undefined)) throw new UsageError(`--${options.qmp !== undefined ? 'qmp' : 'incoming'} belongs to the run command`)
+  if (options.local) {
+    if (command !== 'migrate' && command !== 'incoming' && command !== 'demo') throw new UsageError(`--local belongs to migrate, incoming and demo, not ${command}`)
+    if (target !== undefined && !target.startsWith('unix:')) {
+      throw new UsageError(`--local: a local migration passes guest RAM as file descriptors, which only a unix: channel carries (to a process on this host); got ${target}`)
+    }
+  }
   if (command !== 'resolve' && options.resolve !== undefined) throw new UsageError(`--${options.resolve} belongs to the resolve command`)
   if (options.ram % (2 << 20) !== 0) throw new UsageError(`--ram: ${options.ram} bytes is not a multiple of 2 MiB`)
   if (options.ram < (4 << 20) || options.ram > MAX_RAM) throw new UsageError(`--ram: must be between 4M and ${MAX_RAM / (1 << 20)}M`)
@@ -267,6 +277,7 @@ const OPTION_HELP: Record<string, string> = {
     '                          running MS, check it (digests, checksum, counter) and report it; exit code stays 1',
   '--events': '--events                JSON event lines on stdout (status, throttle, starting, completed, failed)',
   '--json': '--json                  machine-readable output',
+  '--local': '--local                 same host: pass guest RAM as file descriptors over a unix: channel, no page copied',
   '--no-handover': '--no-handover           without the handover (for a QEMU peer): the destination starts by itself',
   '--link-timeout': '--link-timeout MS       no data from the peer this long: the link is down, 0 = never [15000]',
   '--handover-timeout': '--handover-timeout MS   each wait of the handover: READY, GO, STARTED [30000]',
@@ -300,7 +311,7 @@ const COMMAND_HELP: Record<Exclude<Command, 'help'>, CommandHelp> = {
     usage: 'demo [OPTIONS]',
     about: 'Spawns a destination process (incoming tcp:127.0.0.1:0), runs a microVM here for --run ms, migrates it\n' +
       'over loopback TCP and checks that the guest arrived intact (digests, counters, checksum). Exit 1 if a check fails.',
-    options: [...VM, ...SOURCE, '--run-after', '--json'],
+    options: [...VM, ...SOURCE, '--run-after', '--local', '--json'],
     examples: ['vmm-migrate demo', 'vmm-migrate demo --ram 64M --vcpu soft --json'],
   },
   incoming: {
@@ -308,15 +319,15 @@ const COMMAND_HELP: Record<Exclude<Command, 'help'>, CommandHelp> = {
     about: 'Creates a destination microVM, receives a migration on URI (tcp:HOST:PORT with port 0 allowed, unix:PATH,\n' +
       'file:PATH, exec:COMMAND, fd:N), starts the VM, lets it run --run-after ms, stops it and reports.\n' +
       'Give it the same VM options as the source.',
-    options: [...VM, '--run-after', '--no-verify', ...LINK, ...INCOMING, '--events', '--json'],
+    options: [...VM, '--run-after', '--no-verify', ...LINK, ...INCOMING, '--local', '--events', '--json'],
     examples: ['vmm-migrate incoming tcp:0.0.0.0:4444 --ram 1G'],
   },
   migrate: {
     usage: 'migrate URI [OPTIONS]',
     about: 'Connects to URI (a destination started with incoming), then creates a source microVM, runs it --run ms,\n' +
       "migrates it and prints the stats and the source's digests. SIGINT cancels: the guest runs on here.",
-    options: [...VM, ...SOURCE, ...LINK, '--after-failure', '--events', '--json'],
-    examples: ['vmm-migrate migrate tcp:hostB:4444 --ram 1G --max-bandwidth 1G'],
+    options: [...VM, ...SOURCE, ...LINK, '--local', '--after-failure', '--events', '--json'],
+    examples: ['vmm-migrate migrate tcp:hostB:4444 --ram 1G --max-bandwidth 1G', 'vmm-migrate migrate unix:/run/vm.sock --local --ram 1G'],
   },
   save: {
     usage: 'save file:PATH [OPTIONS]',

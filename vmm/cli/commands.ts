@@ -144,7 +144,7 @@ export async function migrateVm(vm: MicroVm, uri: string | Channel, o: Options, 
     if (typeof uri !== 'string') await new OutgoingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), fileHeaderSent }).abandon(uri)
     throw new MigrationError('migration cancelled before it started', 'ECANCELED')
   }
-  const m = new OutgoingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), signal, fileHeaderSent })
+  const m = new OutgoingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), signal, fileHeaderSent, local: o.local })
   if (hooks.onStatus) m.on('status', hooks.onStatus)
   m.on('progress', (s) => {
     hooks.onProgress?.(s)
@@ -158,8 +158,11 @@ export async function migrateVm(vm: MicroVm, uri: string | Channel, o: Options, 
     out.done()
     await unwatch()
   }
-  // The source is left in postmigrate: vCPU quiesced, device stopped, RAM as sent.
-  const verification = await vm.verify()
+  // The source is left in postmigrate: vCPU quiesced, device stopped, RAM as
+  // sent. After a local handover that RAM is the destination's running
+  // guest: report what the proof section took before GO instead.
+  const verification = o.local ? vm.switchoverVerification() : await vm.verify()
+  if (!verification) throw new Error('the local migration completed without a proof section')
   return { stats, verification }
 }
 
@@ -267,7 +270,7 @@ export async function runIncoming(uri: string, o: Options, onListening: (address
     // runs yet and the source has not been told (the window a test kills in).
     vm.vm.addChangeStateHandler({ name: 'cli-starting', priority: -2000, prepare: (running) => { if (running) onStarting() }, cb: () => undefined })
   }
-  const m = new IncomingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), onListening, signal })
+  const m = new IncomingMigration(vm, { parameters: parameters(o), capabilities: capabilities(o), onListening, signal, local: o.local })
   m.on('status', (s) => { if (s === 'ready') event?.({ event: 'ready' }) })
   m.on('peer-dropped', (e) => {
     event?.({ event: 'peer-dropped', ...e })

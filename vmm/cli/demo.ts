@@ -3,6 +3,9 @@
 // arrived intact: digests and counters at the switchover compared across the
 // two processes, and the guest still running correctly on the destination.
 import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { kvmAvailable } from '../machine/index.js'
@@ -34,10 +37,10 @@ export interface DemoResult {
 const CHILD_TIMEOUT_MS = 120_000
 
 /** Options for the child: everything given except what only the source uses. */
-function childArgs(p: Parsed, vcpu: string): string[] {
+function childArgs(p: Parsed, vcpu: string, address: string): string[] {
   const skip = new Set(['--json', '--vcpu', '--run', '--events', '--no-verify', '--after-failure'])
   const rest = p.given.filter(([name]) => !skip.has(name!)).flat()
-  return ['incoming', 'tcp:127.0.0.1:0', '--events', '--vcpu', vcpu, ...rest]
+  return ['incoming', address, '--events', '--vcpu', vcpu, ...rest]
 }
 
 class Child {
@@ -130,13 +133,15 @@ export function compare(src: Verification, dst: IncomingReport, runAfterMs: numb
 export async function cmdDemo(p: Parsed, out: Out, signal?: AbortSignal): Promise<number> {
   const o: Options = { ...p.options }
   if (o.vcpu === 'auto') o.vcpu = (await kvmAvailable()).available ? 'kvm' : 'soft'
-  const child = new Child(childArgs(p, o.vcpu))
+  // A local migration passes descriptors, which only a UNIX socket carries.
+  const dir = o.local ? await mkdtemp(join(tmpdir(), 'vmm-local-')) : undefined
+  const child = new Child(childArgs(p, o.vcpu, dir ? `unix:${join(dir, 'migrate.sock')}` : 'tcp:127.0.0.1:0'))
   const onAbort = () => child.kill()
   signal?.addEventListener('abort', onAbort, { once: true })
   try {
     const listening = await child.next('listening')
     const address = String(listening.address)
-    if (!o.json) out.line(`destination (pid ${child.proc.pid}) listening on ${address}; migrating a ${o.ram >> 20} MiB ${o.vcpu} microVM`)
+    if (!o.json) out.line(`destination (pid ${child.proc.pid}) listening on ${address}; ${o.local ? 'handing over (local: RAM passed as file descriptors)' : 'migrating'} a ${o.ram >> 20} MiB ${o.vcpu} microVM`)
     const { stats, verification, vm } = await runSource(address, o, out, signal)
     await vm.destroy()
     const done = await child.next('completed')
@@ -161,5 +166,6 @@ export async function cmdDemo(p: Parsed, out: Out, signal?: AbortSignal): Promis
   } finally {
     signal?.removeEventListener('abort', onAbort)
     child.kill()
+    if (dir) await rm(dir, { recursive: true, force: true })
   }
 }

@@ -3,6 +3,7 @@ import { native } from '../native/addon.js'
 import type { KvmMachine } from '../../native/index.js'
 import { GuestMemory } from './guest-memory.js'
 import type { StopInfo, Vcpu, VcpuState } from './vcpu.js'
+import type { SharedRam } from '../ram/blocks.js'
 import { WorkloadVcpu } from './workload-vcpu.js'
 import { DEFAULT_QUIESCE_MS } from './vcpu.js'
 import {
@@ -52,6 +53,8 @@ export async function kvmAvailable(): Promise<KvmProbeResult> {
 export class KvmVcpu extends WorkloadVcpu implements Vcpu {
   readonly kind = 'kvm' as const
   readonly memory: GuestMemory
+  readonly ramBacking = 'a memfd of the KVM VM'
+  readonly sharedRam: SharedRam
   private readonly m: KvmMachine
   protected p: WorkloadParams
 
@@ -60,6 +63,12 @@ export class KvmVcpu extends WorkloadVcpu implements Vcpu {
     this.m = m
     this.p = p
     this.memory = new GuestMemory(m.memory())
+    // adopt and detach map over the same address, so `memory` stays valid.
+    this.sharedRam = {
+      fd: () => m.ramFd,
+      adopt: (fd) => call(() => m.adoptRam(fd)),
+      detach: () => call(() => m.detachRam()),
+    }
   }
 
   static async create(ramSize: number, params: Partial<WorkloadParams> = {}): Promise<KvmVcpu> {

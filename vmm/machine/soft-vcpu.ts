@@ -27,6 +27,7 @@ const WORKER_URL = new URL(import.meta.url.endsWith('.ts') ? './soft-worker.ts' 
 export class SoftVcpu extends WorkloadVcpu implements Vcpu {
   readonly kind = 'soft' as const
   readonly memory: GuestMemory
+  readonly ramBacking = "a SharedArrayBuffer of the soft vCPU, which no other process can map"
   private readonly worker: Worker
   private readonly dirty: Int32Array
   private readonly ctrl: Int32Array

@@ -1,6 +1,7 @@
 // The one vCPU interface both implementations (KVM, software) provide.
 import type { GuestMemory } from './guest-memory.js'
 import type { WorkloadParams } from './workload.js'
+import type { SharedRam } from '../ram/blocks.js'
 
 export type VcpuKind = 'kvm' | 'soft'
 
@@ -19,6 +20,10 @@ export interface VcpuState {
 export interface Vcpu {
   readonly kind: VcpuKind
   readonly memory: GuestMemory
+  /** The file behind `memory`, where there is one (a KVM VM's memfd): what a local migration passes. */
+  readonly sharedRam?: SharedRam
+  /** What `memory` is, for a refusal to name where it is not a file. */
+  readonly ramBacking: string
   readonly running: boolean
   /** Starts or resumes the guest. */
   start(): Promise<void>

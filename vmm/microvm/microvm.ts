@@ -89,6 +89,8 @@ export class MicroVm implements MigratableVm {
   private readonly verifyBeforeStart: boolean
   private removeHandlers: (() => void)[] = []
   private ramMigration: RamMigration | undefined
+  /** Source: the verification taken for the proof section, with the guest stopped before the handover. */
+  private atSwitchover: Verification | undefined
 
   private constructor(
     readonly role: 'source' | 'dest',
@@ -140,7 +142,7 @@ export class MicroVm implements MigratableVm {
     if (this.emu) await this.vfio.add(this.emu.device(), { idstr: VFIO_IDSTR })
     // Device DMA is the VFIO set's own dirty log of this RAM section.
     this.ramMigration = registerRam(reg, {
-      blocks: [{ name: 'pc.ram', memory: this.vcpu.memory.bytes }],
+      blocks: [{ name: 'pc.ram', memory: this.vcpu.memory.bytes, shared: this.vcpu.sharedRam, backing: this.vcpu.ramBacking }],
       dirtySources: [(into) => this.syncVcpuDirty(into)],
     })
     // Saved with the non-iterable sections, after RAM's last pages.
@@ -150,8 +152,11 @@ export class MicroVm implements MigratableVm {
       versionId: 1,
       handlers: proofSectionHandlers(
         async () => {
-          const [ramDigest, deviceDigest] = await Promise.all([this.ramDigest(), this.deviceDigest()])
-          return { ramDigest, deviceDigest }
+          // All of verify(), kept: after a local migration's GO the
+          // destination runs on these very pages, so this side may not read
+          // them again to report what it sent.
+          const v = (this.atSwitchover = await this.verify())
+          return { ramDigest: v.ramDigest, deviceDigest: v.deviceDigest }
         },
         (p) => (this.proof = p),
       ),
@@ -267,6 +272,11 @@ export class MicroVm implements MigratableVm {
       timer: this.timer.snapshot(),
       hashMs,
     }
+  }
+
+  /** Source: the verification of the guest as the last migration's proof section sent it (stopped, before GO). */
+  switchoverVerification(): Verification | undefined {
+    return this.atSwitchover
   }
 
   /** The verification recorded before the first start (verifyBeforeStart), once it ran. */

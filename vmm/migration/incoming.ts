@@ -9,6 +9,7 @@ import { hasReturnPath, type Channel } from '../channel/types.js'
 import { ReturnPathWriter } from '../channel/return-path.js'
 import { HandoverFrame, readHandoverFrame } from '../channel/handover.js'
 import { MigStream } from '../stream/stream.js'
+import { MAX_LOCAL_BLOCKS } from '../ram/load.js'
 import { StreamError } from '../stream/errors.js'
 import { loadvm } from '../savevm/load.js'
 import { MigCmd, QEMU_VM_FILE_MAGIC } from '../savevm/constants.js'
@@ -30,7 +31,16 @@ export interface IncomingOptions {
   /** Called with the bound address once listening (tcp port 0 becomes the real port). */
   onListening?(address: string): void
   signal?: AbortSignal
+  /**
+   * Take a local migration (see OutgoingOptions.local): the source's RAM
+   * arrives as file descriptors over a unix: channel and is mapped here.
+   * Without it, descriptors from the peer fail the migration (and are closed).
+   */
+  local?: boolean
 }
+
+/** Descriptors a local migration's channel accepts in all: one per RAM block, bounded. */
+const LOCAL_MAX_FDS = MAX_LOCAL_BLOCKS
 
 export interface IncomingResult {
   status: 'completed'
@@ -142,6 +152,7 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
     } else {
       this.pending = null
       await this.machine.vfio?.abortIncoming().catch(() => undefined)
+      await this.letGoOfSource(null)
       this.error = `handover-unknown resolved by discarding this copy (${this.unknownWhy})`
       this.set('failed')
       p.fail(new MigrationError(this.error, 'ECANCELED'))
@@ -158,6 +169,10 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
     this.set('setup')
     let f: MigStream
     try {
+      if (this.opts.local) {
+        const kind = typeof source === 'string' ? source.slice(0, Math.max(0, source.indexOf(':'))) : 'accept' in source ? source.address.split(':')[0] : source.kind
+        if (kind !== 'unix') throw new MigrationError(`local migration refused: only a unix: channel passes file descriptors (from a process on this host); got ${typeof source === 'string' ? source : kind}`, 'EINVAL')
+      }
       f = await this.accept(source)
     } catch (e) {
       this.error = (e as Error).message
@@ -168,7 +183,7 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
   }
 
   private async accept(source: string | Listener | Channel): Promise<MigStream> {
-    if (typeof source !== 'string' && !('accept' in source)) return new MigStream(source)
+    if (typeof source !== 'string' && !('accept' in source)) return new MigStream(this.fdsAccepted(source), { local: this.opts.local })
     const listener = typeof source === 'string' ? await listen(source) : source
     try {
       this.opts.onListening?.(listener.address)
@@ -211,7 +226,8 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
         else reject(err)
       }
       const probe = async (ch: Channel) => {
-        const f = new MigStream(ch)
+        // Before the first read: the stream's first reads may already bring the RAM's descriptors.
+        const f = new MigStream(this.fdsAccepted(ch), { local: this.opts.local })
         probing.add(f)
         let timedOut = false
         const timer = many
@@ -267,6 +283,15 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
         }
       })()
     })
+  }
+
+  /** `ch`, set to accept a local migration's descriptors when this is one. */
+  private fdsAccepted(ch: Channel): Channel {
+    if (this.opts.local) {
+      if (!ch.acceptFds) throw new MigrationError(`local migration refused: ${ch.description} cannot pass file descriptors`, 'EINVAL')
+      ch.acceptFds(LOCAL_MAX_FDS)
+    }
+    return ch
   }
 
   private async load(f: MigStream): Promise<IncomingResult> {
@@ -338,6 +363,11 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
         },
       })
       watchdog?.disarm()
+      const stray = f.channel.queuedFds ?? 0
+      if (stray > 0) {
+        f.channel.dropFds?.()
+        throw new MigrationError(`${stray} file descriptor(s) arrived without a section that claims them; closed them`, 'EPROTO')
+      }
       const loaded = now()
       await this.machine.vfio?.finishIncoming()
       await this.machine.checkIncoming?.()
@@ -387,6 +417,7 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
       // A start after GO that failed was rolled back: the guest does not run
       // here, and the source, told so below, runs it again.
       const devices = await this.machine.vfio?.abortIncoming().catch(() => undefined)
+      await this.letGoOfSource(f)
       // Say which devices kept the loaded image (stopped) and which were reset.
       if (devices?.length && e instanceof Error) e.message += `; devices now: ${describeDeviceOutcomes(devices)}`
       // Also before the source opened the return path (a configuration it
@@ -410,6 +441,16 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
         await f.close().catch(() => undefined)
       }
     }
+  }
+
+  /**
+   * The guest will not run here: close every descriptor the source passed
+   * (queued on the channel, or mapped as RAM), since the source runs the
+   * guest on those very pages and this side must never write them.
+   */
+  private async letGoOfSource(f: MigStream | null): Promise<void> {
+    f?.channel.dropFds?.()
+    for (const e of this.machine.registry.entries()) await Promise.resolve(e.handlers.loadAbort?.()).catch(() => undefined)
   }
 
   /** How long a last message (STARTED, a failure) may take to leave before the link is given up. */

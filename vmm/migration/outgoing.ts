@@ -17,6 +17,7 @@ import { HandoverFrame, writeHandoverFrame } from '../channel/handover.js'
 import { LinkWatchdog } from './watchdog.js'
 import { MigStream } from '../stream/stream.js'
 import { SaveVM } from '../savevm/save.js'
+import type { SaveVMRegistry } from '../savevm/registry.js'
 import { MigCmd } from '../savevm/constants.js'
 import { typedEmitter } from '../core/events.js'
 import { AutoConverge, BandwidthMeter, expectedDowntimeMs, thresholdBytes } from './convergence.js'
@@ -39,6 +40,23 @@ export interface OutgoingOptions {
    * (handshake-timeout) keeps this one while the VM is still being built.
    */
   fileHeaderSent?: boolean
+  /**
+   * A local migration (live update on one host): guest RAM goes to the
+   * destination as its file descriptors over a unix: channel, not as pages,
+   * so the downtime does not grow with RAM. Refused, before anything is
+   * sent, on any other channel and for RAM that is not fd-backed.
+   */
+  local?: boolean
+}
+
+/** Why a local migration to `target` cannot be: a channel that cannot pass descriptors, entries that cannot go by them. */
+export function localRefusal(target: string | Channel, registry: SaveVMRegistry): string | null {
+  const kind = typeof target === 'string' ? target.slice(0, Math.max(0, target.indexOf(':'))) : target.kind
+  if (kind !== 'unix') {
+    return `a local migration passes file descriptors, which only a unix: channel carries (to a process on this host); got ${typeof target === 'string' ? target : `a ${kind} channel`}`
+  }
+  const why = registry.entries().flatMap(e => e.handlers.localBlockers?.() ?? [])
+  return why.length ? why.join('; ') : null
 }
 
 const now = () => performance.now()
@@ -108,10 +126,12 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
     this.parameters = checkParameters({ ...DEFAULT_PARAMETERS, ...opts.parameters })
     this.capabilities = checkCapabilities({ ...DEFAULT_CAPABILITIES, ...opts.capabilities })
     this.fileHeaderSent = opts.fileHeaderSent ?? false
+    this.local = opts.local ?? false
     opts.signal?.addEventListener('abort', () => this.cancel(), { once: true })
   }
 
   private readonly fileHeaderSent: boolean
+  private readonly local: boolean
 
   /** The capabilities the configuration section lists over `channel`. */
   private streamCapabilities(channel: Channel): string[] {
@@ -457,6 +477,14 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
       this.set('failed')
       throw new MigrationError(`cannot migrate a VM in run state '${vm.state}'`, 'EINVAL', { stats: this.stats() })
     }
+    if (this.local) {
+      const why = localRefusal(target, registry)
+      if (why) {
+        this.error = why
+        this.set('failed')
+        throw new MigrationError(`local migration refused: ${why}`, 'EINVAL', { stats: this.stats() })
+      }
+    }
     const wasRunning = vm.state === 'running'
     let save: SaveVM | null = null
     let rpDone: Promise<void> | null = null
@@ -467,7 +495,7 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
       const channel = typeof target === 'string' ? await connect(target, { signal: this.connecting.signal }) : target
       // The kernel bounds a dead TCP link by the same figure as the watchdog (TCP_USER_TIMEOUT, keepalive).
       channel.setLinkTimeout?.(p.linkTimeoutMs)
-      const f = (this.f = new MigStream(channel, { maxBandwidth: p.maxBandwidth }))
+      const f = (this.f = new MigStream(channel, { maxBandwidth: p.maxBandwidth, local: this.local }))
       const rp = hasReturnPath(channel)
       // A save (no return path) is not a handover: nobody could say READY.
       const handover = rp && this.capabilities.handover

@@ -10,6 +10,28 @@ export interface RamBlockConfig {
   memory: Uint8Array
   /** Guest-physical address of byte 0 (default 0). */
   base?: number
+  /** The file behind `memory`, when there is one: what a local migration passes. */
+  shared?: SharedRam
+  /** What `memory` is when not `shared`, for a refusal to name ("a SharedArrayBuffer of the soft vCPU"). */
+  backing?: string
+}
+
+/**
+ * Guest RAM backed by a file (a memfd mapped shared), which a local
+ * migration hands to the next VMM process instead of copying its pages.
+ */
+export interface SharedRam {
+  /** The descriptor behind the block's memory now; stays the owner's. */
+  fd(): number
+  /**
+   * Destination: maps `fd` (the source's, passed over the channel; owned
+   * from now on, closed on failure too) in place of the block's memory, at
+   * the same address, so `memory` shows the source's pages. Rejects if its
+   * size is not the block's.
+   */
+  adopt(fd: number): Promise<void>
+  /** Destination: undoes `adopt` (fresh zeroed memory), closing the source's descriptor. */
+  detach(): Promise<void>
 }
 
 export interface RamBlock {
@@ -17,6 +39,8 @@ export interface RamBlock {
   readonly nameBytes: Buffer
   readonly memory: Uint8Array
   readonly base: number
+  readonly shared?: SharedRam
+  readonly backing?: string
   readonly length: number
   readonly pages: number
   /** Index of the block's page 0 in the dirty bitmap. */
@@ -55,7 +79,7 @@ export class RamLayout {
       if (!Number.isSafeInteger(base) || base < 0 || base % pageSize !== 0) {
         throw new RangeError(`${what} '${c.name}': base ${base} must be a non-negative multiple of ${pageSize}`)
       }
-      parsed.push({ name: c.name, nameBytes, memory: c.memory, base, length, pages: length / pageSize })
+      parsed.push({ name: c.name, nameBytes, memory: c.memory, base, length, pages: length / pageSize, shared: c.shared, backing: c.backing })
     }
     const sorted = [...parsed].sort((a, b) => a.base - b.base)
     for (let i = 1; i < sorted.length; i++) {

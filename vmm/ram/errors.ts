@@ -30,3 +30,9 @@ export class RamZeroPageError extends make('ERR_RAM_ZERO_PAGE', E.EINVAL) {}
 export class RamVersionError extends make('ERR_RAM_VERSION', E.EINVAL) {}
 /** After the stream's end: pages of a block that no record ever carried. */
 export class RamMissingPagesError extends make('ERR_RAM_MISSING_PAGES', E.ENODATA) {}
+/**
+ * A local migration's RAM record (blocks passed as file descriptors) that
+ * cannot be taken: a destination not set up for one, a block that is not
+ * fd-backed here, descriptors missing or of the wrong size.
+ */
+export class RamLocalError extends make('ERR_RAM_LOCAL', E.EPROTO) {}

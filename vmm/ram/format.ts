@@ -29,6 +29,13 @@ export const RamFlag = {
   /** Removed in QEMU 9.1. */
   COMPRESS_PAGE: 0x100,
   MULTIFD_FLUSH: 0x200,
+  /**
+   * Not QEMU's (it uses no flag above 0x200): a local migration's blocks,
+   * passed as file descriptors attached to this record's first byte. The
+   * offset word's upper bits (as a page offset) are the number of blocks; each follows as (u8 len, id, be64
+   * length), in the order of the descriptors. No page of them follows.
+   */
+  LOCAL_FDS: 0x400,
 } as const
 
 export const RAM_FLAG_NAMES: Record<number, string> = Object.fromEntries(
@@ -36,7 +43,7 @@ export const RAM_FLAG_NAMES: Record<number, string> = Object.fromEntries(
 )
 
 /** Flags this implementation reads; the rest belong to capabilities it does not support. */
-export const SUPPORTED_FLAGS = RamFlag.ZERO | RamFlag.MEM_SIZE | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE
+export const SUPPORTED_FLAGS = RamFlag.ZERO | RamFlag.MEM_SIZE | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE | RamFlag.LOCAL_FDS
 
 /** "ZERO|CONTINUE", unknown bits as hex. */
 export function describeFlags(flags: number): string {

@@ -5,13 +5,13 @@ import type { SaveVMRegistry, SaveStateEntry, PendingSize } from '../savevm/regi
 import { MigPriority } from '../savevm/constants.js'
 import type { MigStream } from '../stream/stream.js'
 import { RamLayout, type RamBlockConfig, type RamBlock } from './blocks.js'
-import { RamSaver, type DirtySource, type RamSaveStats } from './save.js'
+import { RamSaver, localBlockers, type DirtySource, type RamSaveStats } from './save.js'
 import { RamLoader, type RamLoadStats } from './load.js'
 import { RAM_IDSTR, RAM_PAGE_SIZE, RAM_VERSION } from './format.js'
 
-export { RamLayout, MAX_SPAN, type RamBlockConfig, type RamBlock } from './blocks.js'
-export { RamSaver, type DirtySource, type RamSaveStats } from './save.js'
-export { RamLoader, type RamLoadStats } from './load.js'
+export { RamLayout, MAX_SPAN, type RamBlockConfig, type RamBlock, type SharedRam } from './blocks.js'
+export { RamSaver, localBlockers, type DirtySource, type RamSaveStats } from './save.js'
+export { RamLoader, MAX_LOCAL_BLOCKS, type RamLoadStats } from './load.js'
 export { vcpuDirtySource } from './sources.js'
 export { isZeroPage } from './zero.js'
 export * from './format.js'
@@ -72,6 +72,8 @@ export class RamMigration {
         loadSetup: () => this.loader.reset(),
         loadState: (f, ctx) => this.loader.load(f, ctx.versionId),
         loadVerify: () => this.loader.checkComplete(),
+        loadAbort: () => this.loader.detachLocal(),
+        localBlockers: () => localBlockers(this.layout),
       },
     })
   }

@@ -1,13 +1,14 @@
 // The destination side of the "ram" section: QEMU's ram_load_precopy. Pages
 // are written straight into the destination's block memory; every name,
 // length, offset and flag is checked before anything is written.
+import { close } from 'node:fs'
 import type { MigStream } from '../stream/stream.js'
 import { need, streamFailure } from '../savevm/fail.js'
 import { TruncatedError } from '../savevm/errors.js'
 import type { RamBlock, RamLayout } from './blocks.js'
 import { RAM_FLAGS_MASK, RAM_PAGE_SIZE, RAM_VERSION, RamFlag, SUPPORTED_FLAGS, describeFlags } from './format.js'
 import {
-  RamBadFlagsError, RamBlockSizeError, RamMemSizeError, RamMissingPagesError, RamNoBlockError, RamOffsetError,
+  RamBadFlagsError, RamBlockSizeError, RamLocalError, RamMemSizeError, RamMissingPagesError, RamNoBlockError, RamOffsetError,
   RamUnknownBlockError, RamVersionError, RamZeroPageError,
 } from './errors.js'
 import { isZeroPage } from './zero.js'
@@ -20,7 +21,12 @@ export interface RamLoadStats {
   zeroPages: number
   /** Sections (START/PART/END) read. */
   sections: number
+  /** Blocks the source passed as file descriptors (a local migration): mapped here, no page of them sent. */
+  passedBlocks: number
 }
+
+/** Most blocks one LOCAL_FDS record may pass: the channel's bound on descriptors per message. */
+export const MAX_LOCAL_BLOCKS = 16
 
 /** Why a flag is refused: the capability that would have produced it. */
 const UNSUPPORTED: Record<number, string> = {
@@ -39,7 +45,9 @@ export class RamLoader {
   /** QEMU keeps the last block across sections (mis->last_recv_block), so CONTINUE may open a section. */
   private last: RamBlock | null = null
   private readonly direct: DirectLoader
-  readonly stats: RamLoadStats = { normalPages: 0, zeroPages: 0, sections: 0 }
+  readonly stats: RamLoadStats = { normalPages: 0, zeroPages: 0, sections: 0, passedBlocks: 0 }
+  /** Blocks now mapping the source's RAM, until `detachLocal`. */
+  private adopted: RamBlock[] = []
   /**
    * Per block, one bit per page (page i: bit i % 8 of byte i / 8), set once a
    * PAGE or ZERO record for it was applied: sized by this side's blocks,
@@ -54,7 +62,7 @@ export class RamLoader {
 
   reset(): void {
     this.last = null
-    Object.assign(this.stats, { normalPages: 0, zeroPages: 0, sections: 0 })
+    Object.assign(this.stats, { normalPages: 0, zeroPages: 0, sections: 0, passedBlocks: 0 })
     for (const bits of this.received.values()) bits.fill(0)
   }
 
@@ -165,6 +173,10 @@ export class RamLoader {
         case RamFlag.EOS:
           if (flags & RamFlag.CONTINUE) throw new RamBadFlagsError(`flags ${describeFlags(flags)}: EOS cannot continue a block`, { offset: at })
           return
+        case RamFlag.LOCAL_FDS:
+          if (flags & RamFlag.CONTINUE) throw new RamBadFlagsError(`flags ${describeFlags(flags)}: LOCAL_FDS cannot continue a block`, { offset: at })
+          await this.passedBlocks(f, addr / RAM_PAGE_SIZE, at)
+          break
         default:
           throw new RamBadFlagsError(`unknown combination of flags ${describeFlags(flags)} (0x${flags.toString(16)})`, { offset: at })
       }
@@ -195,6 +207,67 @@ export class RamLoader {
       default:
         return 'more'
     }
+  }
+
+  /**
+   * A LOCAL_FDS record: every named block is checked first (known here,
+   * fd-backed here, as long as here, named once), then the descriptors the
+   * channel received with the record are taken and each mapped in place of
+   * its block. Whatever fails, no descriptor stays open: those not taken
+   * are dropped from the channel, those taken are adopted or closed.
+   */
+  private async passedBlocks(f: MigStream, count: number, at: number): Promise<void> {
+    const refuse = (why: string): never => {
+      f.channel.dropFds?.()
+      throw new RamLocalError(why, { offset: at })
+    }
+    if (!f.local || !f.channel.takeFds) {
+      refuse(`the source passed RAM as file descriptors (a local migration), but this destination ${f.local ? `has a ${f.channel.kind}: channel, which passes none` : 'was not started for one (--local)'}`)
+    }
+    if (count < 1 || count > MAX_LOCAL_BLOCKS) refuse(`LOCAL_FDS names ${count} blocks, 1..${MAX_LOCAL_BLOCKS} may be passed`)
+    const blocks: RamBlock[] = []
+    for (let i = 0; i < count; i++) {
+      let b: RamBlock
+      try {
+        b = await this.readBlockName(f, f.bytesRead)
+        await need(f, 8, 'ram', `length of passed block '${b.name}'`)
+      } catch (e) {
+        f.channel.dropFds?.()
+        throw e
+      }
+      const length = f.be32() * 0x100000000 + f.be32()
+      if (blocks.includes(b)) refuse(`block '${b.name}' is passed twice`)
+      if (length !== b.length) refuse(`passed block '${b.name}' is ${length} bytes on the source, ${b.length} here`)
+      if (!b.shared) refuse(`block '${b.name}' is not fd-backed here (${b.backing ?? 'memory of this process only'}), so it cannot map the source's`)
+      blocks.push(b)
+    }
+    let fds: number[]
+    try {
+      fds = f.channel.takeFds!(count)
+    } catch (e) {
+      return refuse(`RAM passed as file descriptors: ${(e as Error).message}`)
+    }
+    for (let i = 0; i < blocks.length; i++) {
+      try {
+        await blocks[i].shared!.adopt(fds[i])
+      } catch (e) {
+        for (const fd of fds.slice(i + 1)) close(fd, () => undefined)
+        await this.detachLocal().catch(() => undefined)
+        throw new RamLocalError(`passed block '${blocks[i].name}': ${(e as Error).message}`, { offset: at })
+      }
+      this.adopted.push(blocks[i])
+      this.received.get(blocks[i])!.fill(0xff)
+      this.stats.passedBlocks++
+    }
+  }
+
+  /** Gives back every block `passedBlocks` mapped: fresh memory, the source's descriptors closed. */
+  async detachLocal(): Promise<void> {
+    const adopted = this.adopted
+    this.adopted = []
+    let first: unknown
+    for (const b of adopted) await b.shared!.detach().catch(e => (first ??= e))
+    if (first) throw first
   }
 
   private continued(at: number): RamBlock {

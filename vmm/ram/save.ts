@@ -14,6 +14,19 @@ import type { RamBlock, RamLayout } from './blocks.js'
 import { isZeroPage } from './zero.js'
 import { DirectSender, type DirectLimits } from './direct-save.js'
 
+/** Why `layout` cannot be handed over as descriptors: one line per block that is not fd-backed. */
+export function localBlockers(layout: RamLayout): string[] {
+  return layout.blocks
+    .filter(b => !b.shared)
+    .map(b => `RAM block '${b.name}' is not fd-backed (${b.backing ?? 'memory of this process only'}): a local migration passes RAM as file descriptors`)
+}
+
+function be64(n: number): Buffer {
+  const b = Buffer.alloc(8)
+  b.writeBigUInt64BE(BigInt(n))
+  return b
+}
+
 /** ORs the pages dirtied since its previous call into `into` (and clears its own log). */
 export type DirtySource = (into: DirtyBitmap) => Promise<void>
 
@@ -58,6 +71,8 @@ export class RamSaver {
   private readonly direct: DirectSender
   /** The registry's dirty logs this migration started, which it syncs and must stop. */
   private started: RamDirtyLog[] = []
+  /** This migration passes the blocks as descriptors (a local stream): no pages, no dirty tracking. */
+  private local = false
   readonly stats: RamSaveStats = RamSaver.emptyStats()
 
   constructor(
@@ -83,6 +98,8 @@ export class RamSaver {
   async setup(f: MigStream): Promise<void> {
     await this.stopLogs()
     Object.assign(this.stats, RamSaver.emptyStats())
+    this.local = f.local
+    if (this.local) return this.setupLocal(f)
     this.send = this.layout.bitmap()
     this.scratch = this.layout.bitmap()
     for (const b of this.layout.blocks) this.send.markPages(b.firstPage, b.pages)
@@ -100,19 +117,48 @@ export class RamSaver {
     // Starts every source's log afresh; what it reports is already marked.
     await this.sync()
     const before = f.transferred
+    this.putBlockList(f)
+    f.putBe64n(RamFlag.EOS)
+    this.stats.bytes += f.transferred - before
+    this.stats.remaining = this.dirty * RAM_PAGE_SIZE
+  }
+
+  /**
+   * A local migration's START payload: MEM_SIZE and the block list as
+   * always (the destination checks them the same way), then one LOCAL_FDS
+   * record carrying every block's descriptor, EOS. The guest goes on
+   * writing the same pages the destination will map, so nothing is ever
+   * dirty and no log is started.
+   */
+  private async setupLocal(f: MigStream): Promise<void> {
+    const blockers = localBlockers(this.layout)
+    if (blockers.length) throw new Error(`local migration refused: ${blockers.join('; ')}`)
+    this.send = this.layout.bitmap()
+    this.scratch = this.layout.bitmap()
+    this.dirty = 0
+    this.lastSent = null
+    const before = f.transferred
+    this.putBlockList(f)
+    const blocks = this.layout.blocks
+    const rec: Buffer[] = [be64(blocks.length * RAM_PAGE_SIZE + RamFlag.LOCAL_FDS)]
+    for (const b of blocks) rec.push(Buffer.from([b.nameBytes.length]), b.nameBytes, be64(b.length))
+    await f.putWithFds(Buffer.concat(rec), blocks.map(b => b.shared!.fd()))
+    f.putBe64n(RamFlag.EOS)
+    this.stats.bytes += f.transferred - before
+  }
+
+  private putBlockList(f: MigStream): void {
     f.putBe64n(this.layout.totalBytes + RamFlag.MEM_SIZE)
     for (const b of this.layout.blocks) {
       f.putU8(b.nameBytes.length)
       f.putBuffer(b.nameBytes)
       f.putBe64n(b.length)
     }
-    f.putBe64n(RamFlag.EOS)
-    this.stats.bytes += f.transferred - before
-    this.stats.remaining = this.dirty * RAM_PAGE_SIZE
   }
 
   /** QEMU's migration_bitmap_sync: every source ORs its log into the bitmap. */
   async sync(): Promise<void> {
+    if (this.local) return
     const send = this.need()
     const scratch = this.scratch!
     scratch.clear()
@@ -140,6 +186,11 @@ export class RamSaver {
   /** One PART payload: dirty pages until the rate limit, MAX_WAIT or the end; EOS. Resolves true when none is left. */
   async iterate(f: MigStream): Promise<boolean> {
     this.need()
+    if (this.local) {
+      f.putBe64n(RamFlag.EOS)
+      this.stats.iterations++
+      return true
+    }
     const before = f.transferred
     // A fresh section names its block again, so a reader can start at any section.
     this.lastSent = null
@@ -174,6 +225,10 @@ export class RamSaver {
 
   /** END payload (VM stopped): sync, every dirty page regardless of the rate limit, EOS. */
   async complete(f: MigStream): Promise<void> {
+    if (this.local) {
+      f.putBe64n(RamFlag.EOS)
+      return
+    }
     await this.sync()
     const before = f.transferred
     this.lastSent = null
@@ -197,6 +252,7 @@ export class RamSaver {
 
   /** After success or failure: stops every started log (all of them, even if one fails; then throws the first error). */
   async cleanup(): Promise<void> {
+    this.local = false
     this.send = this.scratch = null
     this.lastSent = null
     this.dirty = 0

@@ -52,6 +52,17 @@ export interface SaveVMHandlers {
   loadState?(f: MigStream, ctx: LoadHandlerContext): Maybe<void>
   /** Destination: after success or failure. */
   loadCleanup?(): Maybe<void>
+  /**
+   * Destination: the migration failed and the guest never ran here: let go
+   * of anything taken from the source that it goes on using (the RAM a
+   * local migration passed), so this side can never write it.
+   */
+  loadAbort?(): Maybe<void>
+  /**
+   * Source, before a local migration starts: why this entry cannot be
+   * handed over by passing descriptors (one line each); empty when it can.
+   */
+  localBlockers?(): string[]
   /** Destination: whether switchover must wait for this device's approval. */
   switchoverAckNeeded?(): boolean
   /** Destination: MIG_CMD_SWITCHOVER_START arrived. */

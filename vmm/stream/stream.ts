@@ -40,10 +40,18 @@ export interface StreamOptions {
   maxPending?: number
   /** Override the fd-to-fd transfer: null forces the bounce buffer. */
   fdTransfer?: FdTransfer | null
+  /** A local migration: RAM goes as file descriptors (see `local`). */
+  local?: boolean
 }
 
 export class MigStream {
   readonly channel: Channel
+  /**
+   * A local migration (same host, a unix: channel): guest RAM is passed as
+   * file descriptors, not pages, and nothing may read the socket behind
+   * the stream's back (a plain read(2) would drop passed descriptors).
+   */
+  local: boolean
   readonly rateLimiter: RateLimiter
   private err: StreamError | null = null
   private readonly maxPending: number
@@ -74,6 +82,7 @@ export class MigStream {
 
   constructor(channel: Channel, opts: StreamOptions = {}) {
     this.channel = channel
+    this.local = opts.local ?? false
     this.rateLimiter = new RateLimiter(opts.clock ?? realClock, opts.maxBandwidth ?? 0)
     this.maxPending = opts.maxPending ?? DEFAULT_MAX_PENDING
     this.transfer = opts.fdTransfer === undefined ? nativeFdTransfer() : opts.fdTransfer
@@ -81,7 +90,8 @@ export class MigStream {
 
   /** Whether native code may move this stream's bytes fd to fd (the channel has an fd and the addon is there). */
   get zeroCopy(): boolean {
-    return this.transfer !== null && this.channel.fd !== undefined
+    // A local stream's socket may carry descriptors, which only the channel's recvmsg keeps.
+    return this.transfer !== null && this.channel.fd !== undefined && !this.local
   }
 
   // ---- errors -------------------------------------------------------------
@@ -665,6 +675,26 @@ export class MigStream {
   }
 
   /**
+   * Writes `data` with `fds` attached (SCM_RIGHTS) after everything queued,
+   * accounted like puts; a failure fails the stream.
+   */
+  async putWithFds(data: Uint8Array, fds: readonly number[]): Promise<void> {
+    if (!this.channel.sendFds) {
+      this.setError(new StreamError('ENOTSUP', `${this.channel.description} cannot pass file descriptors`), 'putWithFds')
+      return
+    }
+    await this.flush()
+    if (this.err) return
+    try {
+      await this.channel.sendFds(fds, data)
+      this.rateLimiter.account(data.length)
+      this.written += data.length
+    } catch (e) {
+      this.setError(e, `send file descriptors to ${this.channel.description}`)
+    }
+  }
+
+  /**
    * Let `fn` write straight to the channel's fd (native code, off the JS
    * thread) after everything queued is flushed; `fn` resolves the bytes it
    * wrote, which are accounted like puts. Resolves false, without calling
@@ -697,7 +727,7 @@ export class MigStream {
    * throw from `fn` fails the stream (true: bytes may be half taken).
    */
   async readDirect(fn: (fd: number) => Promise<number>): Promise<boolean> {
-    if (this.err || this.transfer === null || this.eof || this.rend > this.rpos) return false
+    if (this.err || this.transfer === null || this.local || this.eof || this.rend > this.rpos) return false
     const fd = this.channel.fd
     if (fd === undefined) return false
     const ahead = await this.channel.quiesce()

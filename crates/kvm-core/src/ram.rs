@@ -3,12 +3,15 @@
 use crate::error::{invalid, sys, Result, RAM};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// A shared, memfd-backed mapping of guest RAM, unmapped on drop.
 pub struct GuestRam {
     ptr: *mut u8,
     len: usize,
-    fd: OwnedFd,
+    /// The file mapped at `ptr`: ours, or (local migration) the source's,
+    /// mapped over ours at the same address by [`replace`](Self::replace).
+    fd: Mutex<OwnedFd>,
 }
 
 // SAFETY: the pointer is to a MAP_SHARED mapping owned by this value, not
@@ -27,7 +30,7 @@ impl GuestRam {
         }
         let fd = vmm_sys::mem::memfd(c"microvm-ram", len).map_err(|e| sys(&e, RAM, "memfd_create", format!("of {len} bytes")))?;
         let ptr = vmm_sys::mem::mmap_shared(&fd, len).map_err(|e| sys(&e, RAM, "mmap", format!("of {len} bytes")))?;
-        Ok(GuestRam { ptr, len, fd })
+        Ok(GuestRam { ptr, len, fd: Mutex::new(fd) })
     }
 
     /// Base of the mapping, valid for [`len`](Self::len) bytes while `self` lives.
@@ -45,9 +48,43 @@ impl GuestRam {
         self.len == 0
     }
 
-    /// The memfd behind the mapping (stays owned by `self`).
+    fn file(&self) -> MutexGuard<'_, OwnedFd> {
+        // An OwnedFd cannot be left half-updated by a panic.
+        self.fd.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The memfd behind the mapping (stays owned by `self`; a
+    /// [`replace`](Self::replace) closes it).
     pub fn fd(&self) -> i32 {
-        self.fd.as_raw_fd()
+        self.file().as_raw_fd()
+    }
+
+    /// Maps `fd` (another process's guest RAM, passed over a UNIX socket)
+    /// over this RAM at the same address and keeps it, closing the file
+    /// mapped before. The address stays, so the KVM memory slot and every
+    /// Buffer over this RAM see `fd`'s pages with nothing re-registered (the
+    /// kernel's MMU notifier drops KVM's old translations). Refused, with
+    /// `fd` closed and nothing changed, unless `fd` is exactly as long as
+    /// this RAM.
+    pub fn replace(&self, fd: OwnedFd) -> Result<()> {
+        let size = vmm_sys::file_size(fd.as_raw_fd()).map_err(|e| sys(&e, RAM, "fstat", "of the passed RAM fd"))?;
+        if size != self.len as u64 {
+            return Err(invalid(RAM, "GuestRam::replace", format!("the passed RAM fd is {size} bytes, this guest RAM {} bytes", self.len)));
+        }
+        let mut cur = self.file();
+        // SAFETY: ptr/len are exactly the mapping made in new(), still ours,
+        // and no Rust reference into guest RAM is ever handed out.
+        unsafe { vmm_sys::mem::mmap_shared_over(self.ptr, &fd, self.len) }.map_err(|e| sys(&e, RAM, "mmap", format!("of the passed RAM fd over {} bytes", self.len)))?;
+        *cur = fd;
+        Ok(())
+    }
+
+    /// Maps a fresh zeroed memfd over this RAM, letting go of the one
+    /// mapped: a destination that adopted a source's RAM and then failed
+    /// before the go-ahead must not keep (or later write) the source's pages.
+    pub fn detach(&self) -> Result<()> {
+        let fd = vmm_sys::mem::memfd(c"microvm-ram", self.len).map_err(|e| sys(&e, RAM, "memfd_create", format!("of {} bytes", self.len)))?;
+        self.replace(fd)
     }
 
     /// The offset of `gpa..gpa+size` in the mapping, if RAM holds it all and
@@ -141,5 +178,33 @@ mod tests {
         let mut b = [0u8; 2];
         ram.read(8190, &mut b).unwrap();
         assert_eq!(b, [0x22, 0x11]);
+    }
+
+    #[test]
+    fn replace_maps_the_other_file_at_the_same_address() {
+        let a = GuestRam::new(8192).unwrap();
+        let b = GuestRam::new(8192).unwrap();
+        b.write_u64(16, 0xfeed).unwrap();
+        let base = a.as_ptr();
+        a.replace(vmm_sys::dup(b.fd()).unwrap()).unwrap();
+        assert_eq!(a.as_ptr(), base);
+        assert_eq!(a.read_u64(16).unwrap(), 0xfeed, "a reads b's page");
+        a.write_u64(24, 7).unwrap();
+        assert_eq!(b.read_u64(24).unwrap(), 7, "and writes it");
+        a.detach().unwrap();
+        assert_eq!(a.read_u64(16).unwrap(), 0, "detached: a fresh file");
+        a.write_u64(24, 9).unwrap();
+        assert_eq!(b.read_u64(24).unwrap(), 7, "b no longer sees a's writes");
+    }
+
+    #[test]
+    fn replace_refuses_a_file_of_another_size_and_keeps_its_own() {
+        let a = GuestRam::new(8192).unwrap();
+        a.write_u64(0, 5).unwrap();
+        let other = vmm_sys::mem::memfd(c"other", 4096).unwrap();
+        let e = a.replace(other).err().unwrap();
+        assert_eq!(e.errno, libc::EINVAL);
+        assert!(e.to_string().contains("4096 bytes, this guest RAM 8192"), "{e}");
+        assert_eq!(a.read_u64(0).unwrap(), 5);
     }
 }

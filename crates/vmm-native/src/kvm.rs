@@ -10,6 +10,7 @@ use kvm_core::{GuestRam, Machine, StopReason, VcpuState, WorkloadParams};
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
+use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Weak};
@@ -286,6 +287,54 @@ impl KvmMachine {
     #[napi(ts_return_type = "Promise<Buffer>")]
     pub fn sync_dirty_log(&self) -> AsyncTask<BytesTask> {
         AsyncTask::new(BytesTask { m: self.inner.clone(), f: Box::new(|m| m.sync_dirty_log()) })
+    }
+
+    /// The memfd behind guest RAM, for a local migration to pass (SCM_RIGHTS)
+    /// to the VMM taking the guest over. It stays this machine's: valid
+    /// while the machine lives and no `adoptRam`/`detachRam` replaced it.
+    #[napi(getter)]
+    pub fn ram_fd(&self) -> i32 {
+        self.inner.ram().fd()
+    }
+
+    /// Local migration, destination: maps `fd` (the source's guest RAM, as
+    /// the channel passed it) over this machine's RAM at the same address,
+    /// and owns it from now on (closed here on failure too). Refused while
+    /// the vCPU runs, and unless the file is exactly as long as this RAM.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn adopt_ram(&self, fd: i32) -> AsyncTask<UnitTask> {
+        let mut fd = Some(fd);
+        AsyncTask::new(UnitTask {
+            m: self.inner.clone(),
+            f: Box::new(move |m| {
+                let Some(raw) = fd.take().filter(|&n| n >= 0) else {
+                    return Err(invalid(VM, "KvmMachine.adoptRam", "fd must be a descriptor number, given once"));
+                };
+                // SAFETY: the caller hands the descriptor over (this method's
+                // contract); nothing else closes it from here on.
+                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+                if m.is_running() {
+                    return Err(refused(libc::EBUSY, VM, "KvmMachine.adoptRam", "the vCPU runs: RAM is replaced only before the guest starts here"));
+                }
+                m.ram().replace(owned)
+            }),
+        })
+    }
+
+    /// Maps fresh zeroed RAM over what `adoptRam` mapped, closing the
+    /// source's fd: a destination that failed before the go-ahead keeps no
+    /// way to write the pages the source goes on running with.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn detach_ram(&self) -> AsyncTask<UnitTask> {
+        AsyncTask::new(UnitTask {
+            m: self.inner.clone(),
+            f: Box::new(|m| {
+                if m.is_running() {
+                    return Err(refused(libc::EBUSY, VM, "KvmMachine.detachRam", "the vCPU runs"));
+                }
+                m.ram().detach()
+            }),
+        })
     }
 
     /// Stops and joins the vCPU thread and closes the VM. The memory Buffer

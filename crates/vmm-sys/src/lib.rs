@@ -449,3 +449,97 @@ pub unsafe fn writev_nosigpipe(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usi
         r
     }
 }
+
+/// Most descriptors one message may carry here: a migration passes a few
+/// RAM blocks, and a bound keeps the control buffer fixed and a hostile peer
+/// from filling our descriptor table.
+pub const MAX_PASSED_FDS: usize = 16;
+
+/// Room for a control message of `n` descriptors, as CMSG_SPACE counts it.
+fn cmsg_space(n: usize) -> usize {
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    unsafe { libc::CMSG_SPACE((n * std::mem::size_of::<RawFd>()) as u32) as usize }
+}
+
+/// `sendmsg(2)` of `iov` carrying `fds` (SCM_RIGHTS) with MSG_DONTWAIT |
+/// MSG_NOSIGNAL, EINTR retried. The kernel attaches the descriptors to the
+/// first byte sent, so at least one byte must go (`iov` not empty).
+///
+/// # Safety
+/// As [`send_iov`]; every number in `fds` must be open for the call.
+pub unsafe fn send_iov_fds(fd: RawFd, iov: &mut [libc::iovec], fds: &[RawFd]) -> io::Result<usize> {
+    if fds.is_empty() || fds.len() > MAX_PASSED_FDS || iov.iter().all(|v| v.iov_len == 0) {
+        return Err(errno(libc::EINVAL));
+    }
+    // u64 words keep the buffer aligned for cmsghdr.
+    let mut control = vec![0u64; cmsg_space(MAX_PASSED_FDS).div_ceil(8)];
+    // SAFETY: an all-zero msghdr is valid (no name, no control data yet).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len().min(libc::UIO_MAXIOV as usize) as _;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg_space(fds.len()) as _;
+    // SAFETY: the control buffer holds CMSG_SPACE(fds.len()) bytes (it was
+    // sized for the maximum), so the first header and its data fit in it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+    }
+    // SAFETY: msg points at `iov` (the caller vouches for it) and `control`, alive here.
+    retry(|| cvt_size(unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }))
+}
+
+/// What one [`recv_fds`] got.
+pub struct Received {
+    /// Bytes read (0 at end of stream).
+    pub bytes: usize,
+    /// The descriptors that came with them, ours now (close-on-exec).
+    pub fds: Vec<OwnedFd>,
+    /// The peer sent more descriptors than [`MAX_PASSED_FDS`] in one
+    /// message: the kernel closed those past the bound (MSG_CTRUNC).
+    pub truncated: bool,
+}
+
+/// `recvmsg(2)` into `buf` with room for [`MAX_PASSED_FDS`] descriptors,
+/// MSG_DONTWAIT | MSG_CMSG_CLOEXEC, EINTR retried. A plain read(2) would
+/// have the kernel drop passed descriptors unseen; this way the caller
+/// knows whether any came, and owns (so closes) every one.
+pub fn recv_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    let mut control = vec![0u64; cmsg_space(MAX_PASSED_FDS).div_ceil(8)];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: an all-zero msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg_space(MAX_PASSED_FDS) as _;
+    // SAFETY: the kernel writes at most buf.len() bytes into the exclusively
+    // borrowed `buf` and at most msg_controllen bytes into `control`.
+    let bytes = retry(|| cvt_size(unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) }))?;
+    let mut fds = Vec::new();
+    // SAFETY: the CMSG_* walk stays inside msg_controllen bytes of `control`,
+    // which the kernel filled; each SCM_RIGHTS payload is whole descriptors,
+    // fresh in this process and owned by nobody else yet.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let p = libc::CMSG_DATA(c).cast::<RawFd>();
+                for i in 0..data / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(p.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(Received { bytes, fds, truncated: msg.msg_flags & libc::MSG_CTRUNC != 0 })
+}
+
+/// The size of the file behind `fd` (fstat's st_size).
+pub fn file_size(fd: RawFd) -> io::Result<u64> {
+    Ok(fstat(fd)?.st_size as u64)
+}

@@ -62,3 +62,23 @@ mod tests {
         assert_eq!(memfd(c"x", usize::MAX).unwrap_err().raw_os_error(), Some(libc::EFBIG));
     }
 }
+
+/// Maps `len` bytes of `fd` shared and read-write exactly over
+/// `ptr..ptr+len` (MAP_FIXED), replacing what was mapped there in one step:
+/// whoever holds that address (a KVM memory slot, a JavaScript Buffer) sees
+/// the new file's pages from now on.
+///
+/// # Safety
+/// `ptr..ptr+len` must be a whole shared mapping this process owns (one
+/// [`mmap_shared`] made) with no Rust reference into it.
+pub unsafe fn mmap_shared_over(ptr: *mut u8, fd: &OwnedFd, len: usize) -> io::Result<()> {
+    // SAFETY: the caller vouches that the range is our own mapping, which
+    // MAP_FIXED replaces without touching any other.
+    let p = unsafe {
+        libc::mmap(ptr.cast(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_FIXED, fd.as_raw_fd(), 0)
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -12,8 +12,34 @@
 use super::cancel::Cancel;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
 use tokio::io::unix::AsyncFd;
 use vmm_sys as sys;
+
+/// Descriptors a socket's peer passed (SCM_RIGHTS). Every read of a socket
+/// is a recvmsg with room for them, so none goes by unseen: those within
+/// the budget wait here for `take`, any other ends the channel (a fault)
+/// and is closed.
+#[derive(Default)]
+struct Passed {
+    /// How many descriptors this channel may still receive in all.
+    budget: usize,
+    queue: Vec<OwnedFd>,
+    /// Why the channel fails: descriptors came that nobody asked for.
+    fault: Option<String>,
+}
+
+/// Closes descriptors off the calling thread (which may be JavaScript's):
+/// the last close of a memfd frees its pages, which takes a while for a
+/// guest's RAM.
+fn close_elsewhere(fds: Vec<OwnedFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    if std::thread::Builder::new().name("vmm-fd-close".into()).spawn(move || drop(fds)).is_err() {
+        // No thread to be had: closing here is still better than leaking.
+    }
+}
 
 /// What an End is, which decides how it is written and shut down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +58,7 @@ const IOV_MAX: usize = 1024;
 pub struct End {
     fd: AsyncFd<OwnedFd>,
     kind: Kind,
+    passed: Mutex<Passed>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -70,7 +97,83 @@ impl End {
         // the AsyncFd, so the number stays open and names the same open
         // file until the AsyncFd is dropped (which deregisters it first).
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
-        Ok(End { fd, kind })
+        Ok(End { fd, kind, passed: Mutex::new(Passed::default()) })
+    }
+
+    fn passed(&self) -> MutexGuard<'_, Passed> {
+        // A few integers and owned fds: valid whatever a panic interrupted.
+        self.passed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets the peer pass up to `n` descriptors more, in all.
+    pub fn accept_fds(&self, n: usize) {
+        self.passed().budget = n;
+    }
+
+    /// Descriptors received and not taken yet.
+    pub fn queued_fds(&self) -> usize {
+        self.passed().queue.len()
+    }
+
+    /// The first `n` descriptors received, in order, now the caller's;
+    /// None (and nothing taken) when fewer are there.
+    pub fn take_fds(&self, n: usize) -> Option<Vec<OwnedFd>> {
+        let mut p = self.passed();
+        if p.queue.len() < n {
+            return None;
+        }
+        Some(p.queue.drain(..n).collect())
+    }
+
+    /// Closes every descriptor received and not taken, and accepts no more.
+    pub fn drop_fds(&self) {
+        let mut p = self.passed();
+        p.budget = 0;
+        close_elsewhere(std::mem::take(&mut p.queue));
+    }
+
+    /// Why reads fail, once descriptors came unasked or too many.
+    pub fn fault(&self) -> Option<String> {
+        self.passed().fault.clone()
+    }
+
+    fn faulted() -> io::Error {
+        sys::errno(libc::EPROTO)
+    }
+
+    /// One read: recvmsg for a socket (descriptors kept or refused, see
+    /// [`Passed`]), read(2) for a pipe.
+    fn read_once(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.kind == Kind::Pipe {
+            return sys::read(self.raw(), buf);
+        }
+        if self.passed().fault.is_some() {
+            return Err(End::faulted());
+        }
+        let r = sys::recv_fds(self.raw(), buf)?;
+        if r.fds.is_empty() && !r.truncated {
+            return Ok(r.bytes);
+        }
+        let mut p = self.passed();
+        let n = r.fds.len();
+        if !r.truncated && n <= p.budget {
+            p.budget -= n;
+            p.queue.extend(r.fds);
+            return Ok(r.bytes);
+        }
+        let why = if r.truncated {
+            format!("the peer passed more than {} file descriptors in one message; closed them", sys::MAX_PASSED_FDS)
+        } else if p.budget == 0 && p.queue.is_empty() {
+            format!("the peer passed {n} file descriptor(s) unasked; closed them")
+        } else {
+            format!("the peer passed {n} file descriptor(s), {} more were expected; closed them", p.budget)
+        };
+        p.fault = Some(why);
+        p.budget = 0;
+        let mut all = r.fds;
+        all.append(&mut p.queue);
+        close_elsewhere(all);
+        Err(End::faulted())
     }
 
     /// The descriptor's number, valid while this End lives.
@@ -91,7 +194,7 @@ impl End {
     /// One read(2): the bytes read (0 at end of stream), None when nothing
     /// is there yet.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        match sys::read(self.raw(), buf) {
+        match self.read_once(buf) {
             Ok(n) => Ok(Some(n)),
             Err(e) if would_block(&e) => Ok(None),
             Err(e) => Err(e),
@@ -129,7 +232,7 @@ impl End {
                 _ = cancel.wait() => return Err(cancelled()),
                 g = self.fd.readable() => g?,
             };
-            match guard.try_io(|fd| sys::read(fd.as_raw_fd(), buf)) {
+            match guard.try_io(|_| self.read_once(buf)) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }
@@ -155,6 +258,31 @@ impl End {
             }
         }
         Ok(())
+    }
+
+    /// Writes `data` with `fds` attached to its first byte (SCM_RIGHTS),
+    /// waiting while the kernel has no room. The numbers stay the caller's
+    /// and must stay open until this returns.
+    pub async fn send_fds(&self, data: &[u8], fds: &[RawFd], cancel: &Cancel) -> io::Result<()> {
+        if self.kind != Kind::Socket {
+            return Err(sys::errno(libc::ENOTSOCK));
+        }
+        let sent = loop {
+            let mut guard = tokio::select! {
+                biased;
+                _ = cancel.wait() => return Err(cancelled()),
+                g = self.fd.writable() => g?,
+            };
+            let mut iov = iovecs(&[data], 0);
+            // SAFETY: the iovec describes `data`, borrowed for this call;
+            // the caller keeps `fds` open until it returns.
+            match guard.try_io(|_| unsafe { sys::send_iov_fds(self.raw(), &mut iov, fds) }) {
+                Ok(r) => break r?,
+                Err(_would_block) => continue,
+            }
+        };
+        // The descriptors went with the first byte; the rest is plain data.
+        self.write_all(&[data], sent, cancel).await
     }
 
     /// Waits until the descriptor is writable (a connect in progress ended).
@@ -277,6 +405,95 @@ mod tests {
         assert_eq!(reader.await.unwrap().unwrap_err().raw_os_error(), Some(libc::ECANCELED));
         sys::shutdown(b.raw()).unwrap();
         assert_eq!(a.read(&mut [0u8; 8], &Cancel::new()).await.unwrap(), 0, "end of stream after the peer's shutdown");
+    }
+
+    fn memfd() -> OwnedFd {
+        vmm_sys::mem::memfd(c"t", 4096).unwrap()
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn passed_fds_wait_for_their_taker_in_order() {
+        let (a, b) = pair();
+        let (m1, m2) = (memfd(), memfd());
+        let (i1, i2) = (sys::inode(m1.as_raw_fd()).unwrap(), sys::inode(m2.as_raw_fd()).unwrap());
+        a.accept_fds(2);
+        b.send_fds(b"rec", &[m1.as_raw_fd(), m2.as_raw_fd()], &Cancel::new()).await.unwrap();
+        b.try_writev(&[b"more"], 0).unwrap();
+        let mut buf = [0u8; 16];
+        let mut got = 0;
+        while got < 7 {
+            got += a.read(&mut buf[got..], &Cancel::new()).await.unwrap();
+        }
+        assert_eq!(&buf[..7], b"recmore");
+        assert!(a.take_fds(3).is_none(), "only two came");
+        let fds = a.take_fds(2).unwrap();
+        assert_eq!(sys::inode(fds[0].as_raw_fd()).unwrap(), i1);
+        assert_eq!(sys::inode(fds[1].as_raw_fd()).unwrap(), i2);
+        assert_eq!(a.queued_fds(), 0);
+    }
+
+    #[tokio::test]
+    async fn unasked_and_too_many_fds_fail_the_reads_and_are_closed() {
+        let base = open_fds();
+        let (a, b) = pair();
+        let m = memfd();
+        b.send_fds(b"x", &[m.as_raw_fd()], &Cancel::new()).await.unwrap();
+        let e = a.read(&mut [0u8; 4], &Cancel::new()).await.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPROTO));
+        assert!(a.fault().unwrap().contains("1 file descriptor(s) unasked"), "{:?}", a.fault());
+        assert_eq!(a.try_read(&mut [0u8; 4]).unwrap_err().raw_os_error(), Some(libc::EPROTO), "the fault stays");
+
+        let (c, d) = pair();
+        c.accept_fds(1);
+        d.send_fds(b"y", &[m.as_raw_fd(), m.as_raw_fd()], &Cancel::new()).await.unwrap();
+        c.read(&mut [0u8; 4], &Cancel::new()).await.unwrap_err();
+        assert!(c.fault().unwrap().contains("2 file descriptor(s), 1 more were expected"), "{:?}", c.fault());
+
+        let (e1, f1) = pair();
+        e1.accept_fds(sys::MAX_PASSED_FDS);
+        let many: Vec<RawFd> = vec![m.as_raw_fd(); sys::MAX_PASSED_FDS + 1];
+        let mut iov = iovecs(&[b"z"], 0);
+        // SAFETY: the iovec is a static string's, the numbers open. Past the
+        // bound send_iov_fds refuses, so the raw message goes by hand.
+        assert_eq!(unsafe { sys::send_iov_fds(f1.raw(), &mut iov, &many) }.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        send_raw(f1.raw(), &many);
+        e1.read(&mut [0u8; 4], &Cancel::new()).await.unwrap_err();
+        assert!(e1.fault().unwrap().contains("more than 16"), "{:?}", e1.fault());
+        drop((a, b, c, d, e1, f1, m));
+        // The closes run on their own threads.
+        for _ in 0..100 {
+            if open_fds() <= base {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(open_fds(), base, "every passed descriptor was closed");
+    }
+
+    /// sendmsg of one byte with `fds`, however many.
+    fn send_raw(fd: RawFd, fds: &[RawFd]) {
+        let mut control = vec![0u64; 64];
+        let mut byte = [b'z'];
+        let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+        // SAFETY: msghdr, iovec and control buffer are locals alive for the
+        // call; the control buffer (512 bytes) holds the header and fds.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+            assert_eq!(libc::sendmsg(fd, &msg, 0), 1);
+        }
     }
 
     #[tokio::test]

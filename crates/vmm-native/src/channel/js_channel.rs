@@ -30,6 +30,15 @@ pub(crate) fn fail(e: &io::Error, call: &str) -> VfioError {
     VfioError::from_io(e, call, call)
 }
 
+/// A read's error: the fault's own words when passed descriptors ended the
+/// channel (see End::fault), else what the call said.
+fn read_fail(end: &End, e: &io::Error) -> VfioError {
+    match end.fault() {
+        Some(why) if e.raw_os_error() == Some(libc::EPROTO) => VfioError::new(libc::EPROTO, "recvmsg", "recvmsg", Some(&why)),
+        _ => fail(e, "read"),
+    }
+}
+
 fn invalid(call: &str, why: &str) -> VfioError {
     VfioError::invalid(call, call, why)
 }
@@ -324,7 +333,7 @@ impl NativeChannel {
             match end.try_read(&mut buffer[span]) {
                 Ok(Some(n)) => Ok(n as i32),
                 Ok(None) => Ok(-1),
-                Err(e) => Err(fail(&e, "read")),
+                Err(e) => Err(read_fail(&end, &e)),
             }
         });
         r.map_err(|e| js_error(&env, &e))
@@ -346,7 +355,7 @@ impl NativeChannel {
                 // and the reference in `buffer` keeps its memory alive.
                 let bytes = unsafe { buffer.as_mut() };
                 let span = span.start..span.start + span.len().min(u32::MAX as usize);
-                end.read(&mut bytes[span], inner.cancel()).await.map(|n| n as u32).map_err(|e| fail(&e, "read"))
+                end.read(&mut bytes[span], inner.cancel()).await.map(|n| n as u32).map_err(|e| read_fail(&end, &e))
             };
             let r = r.await;
             (r, buffer)
@@ -380,6 +389,79 @@ impl NativeChannel {
             };
             let r = r.await;
             (r, buffers)
+        })
+    }
+
+    /// Lets the peer pass up to `max` file descriptors (SCM_RIGHTS) in all,
+    /// at most 16: they wait for `takeFds`. Without it (or past it) a read
+    /// that brings any fails EPROTO, saying so, and they are closed.
+    #[napi]
+    pub fn accept_fds(&self, env: Env, max: u32) -> Result<()> {
+        let r = (|| {
+            if max as usize > sys::MAX_PASSED_FDS {
+                return Err(invalid("recvmsg", &format!("at most {} descriptors may be passed, asked for {max}", sys::MAX_PASSED_FDS)));
+            }
+            let end = self.inner.rx().map_err(|e| fail(&e, "recvmsg"))?;
+            if end.kind() != Kind::Socket {
+                return Err(VfioError::new(libc::ENOTSOCK, "recvmsg", "recvmsg", Some("only a UNIX socket passes file descriptors")));
+            }
+            end.accept_fds(max as usize);
+            Ok(())
+        })();
+        r.map_err(|e| js_error(&env, &e))
+    }
+
+    /// Descriptors the peer passed that nobody took yet.
+    #[napi(getter)]
+    pub fn queued_fds(&self) -> u32 {
+        self.inner.rx().map_or(0, |e| e.queued_fds() as u32)
+    }
+
+    /// The first `count` descriptors passed, in the order they came; the
+    /// caller owns (and must close) them. Fails, taking none, when fewer
+    /// have arrived.
+    #[napi]
+    pub fn take_fds(&self, env: Env, count: u32) -> Result<Vec<i32>> {
+        let r = self.inner.rx().map_err(|e| fail(&e, "recvmsg")).and_then(|end| {
+            let queued = end.queued_fds();
+            end.take_fds(count as usize)
+                .map(|fds| fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect())
+                .ok_or_else(|| VfioError::new(libc::EPROTO, "recvmsg", "recvmsg", Some(&format!("expected {count} passed file descriptor(s), {queued} arrived"))))
+        });
+        r.map_err(|e| js_error(&env, &e))
+    }
+
+    /// Closes (off this thread) the descriptors passed and not taken, and
+    /// accepts no more.
+    #[napi]
+    pub fn drop_fds(&self) {
+        if let Ok(end) = self.inner.rx() {
+            end.drop_fds()
+        }
+    }
+
+    /// Writes `data` (at least one byte) with `fds` attached (SCM_RIGHTS,
+    /// 1..16 of them), after nothing: the caller writes nothing else until
+    /// it settles. The descriptors stay the caller's and must stay open
+    /// until then.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn send_fds(&self, env: Env, fds: Vec<i32>, data: Uint8Array) -> Result<AsyncBlock<()>> {
+        let inner = self.inner.clone();
+        let ok = if fds.is_empty() || fds.len() > sys::MAX_PASSED_FDS || fds.iter().any(|&f| f < 0) {
+            Err(invalid("sendmsg", &format!("1..{} descriptor numbers are passed at once, got {:?}", sys::MAX_PASSED_FDS, fds)))
+        } else if data.is_empty() {
+            Err(invalid("sendmsg", "descriptors go with at least one byte"))
+        } else {
+            Ok(())
+        };
+        settle(&env, async move {
+            let r = async {
+                ok?;
+                let end = inner.tx().map_err(|e| fail(&e, "sendmsg"))?;
+                end.send_fds(&data, &fds, inner.cancel()).await.map_err(|e| fail(&e, "sendmsg"))
+            };
+            let r = r.await;
+            (r, data)
         })
     }
 
