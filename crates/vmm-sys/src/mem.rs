@@ -43,26 +43,6 @@ pub unsafe fn munmap(ptr: *mut u8, len: usize) -> io::Result<()> {
     cvt(unsafe { libc::munmap(ptr.cast(), len) }).map(|_| ())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_mapping_sees_what_the_fd_holds() {
-        let fd = memfd(c"vmm-sys-test", 8192).unwrap();
-        let p = mmap_shared(&fd, 8192).unwrap();
-        // SAFETY: the mapping is 8192 bytes long and only this test uses it.
-        unsafe { *p.add(4097) = 7 };
-        let mut b = [0u8; 2];
-        // SAFETY: pread writes at most 2 bytes into the local buffer.
-        let n = unsafe { libc::pread(fd.as_raw_fd(), b.as_mut_ptr().cast(), 2, 4096) };
-        assert_eq!((n, b), (2, [0, 7]));
-        // SAFETY: exactly the mapping made above, unused from here on.
-        unsafe { munmap(p, 8192) }.unwrap();
-        assert_eq!(memfd(c"x", usize::MAX).unwrap_err().raw_os_error(), Some(libc::EFBIG));
-    }
-}
-
 /// Maps `len` bytes of `fd` shared and read-write exactly over
 /// `ptr..ptr+len` (MAP_FIXED), replacing what was mapped there in one step:
 /// whoever holds that address (a KVM memory slot, a JavaScript Buffer) sees
@@ -81,4 +61,24 @@ pub unsafe fn mmap_shared_over(ptr: *mut u8, fd: &OwnedFd, len: usize) -> io::Re
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapping_sees_what_the_fd_holds() {
+        let fd = memfd(c"vmm-sys-test", 8192).unwrap();
+        let p = mmap_shared(&fd, 8192).unwrap();
+        // SAFETY: the mapping is 8192 bytes long and only this test uses it.
+        unsafe { *p.add(4097) = 7 };
+        let mut b = [0u8; 2];
+        // SAFETY: pread writes at most 2 bytes into the local buffer.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), b.as_mut_ptr().cast(), 2, 4096) };
+        assert_eq!((n, b), (2, [0, 7]));
+        // SAFETY: exactly the mapping made above, unused from here on.
+        unsafe { munmap(p, 8192) }.unwrap();
+        assert_eq!(memfd(c"x", usize::MAX).unwrap_err().raw_os_error(), Some(libc::EFBIG));
+    }
 }
