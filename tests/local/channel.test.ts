@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect, listen } from '../../vmm/channel/connect.js'
 import type { Channel } from '../../vmm/channel/types.js'
-import { fdsSettle, openFds } from './gate.js'
+import { fdsSettle, steadyFds } from './gate.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-local-ch-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
@@ -44,7 +44,7 @@ async function readN(c: Channel, len: number): Promise<Buffer> {
 }
 
 t.test('descriptors go with their bytes, in order, and wait for their taker', async (t) => {
-  const base = await openFds()
+  const base = await steadyFds()
   const [a, b] = await pair()
   const fds = files(2)
   a.acceptFds!(2)
@@ -64,7 +64,7 @@ t.test('descriptors go with their bytes, in order, and wait for their taker', as
 })
 
 t.test('descriptors nobody asked for fail the read, clearly, and are closed', async (t) => {
-  const base = await openFds()
+  const base = await steadyFds()
   const [a, b] = await pair()
   const fds = files(3)
   await b.sendFds!(fds, Buffer.from('x'))
@@ -77,7 +77,7 @@ t.test('descriptors nobody asked for fail the read, clearly, and are closed', as
 })
 
 t.test('more descriptors than accepted fail the read and all are closed', async (t) => {
-  const base = await openFds()
+  const base = await steadyFds()
   const [a, b] = await pair()
   const fds = files(3)
   a.acceptFds!(2)
@@ -95,7 +95,7 @@ t.test('more descriptors than accepted fail the read and all are closed', async 
 })
 
 t.test('dropFds closes what was not taken; close() does too', async (t) => {
-  const base = await openFds()
+  const base = await steadyFds()
   const [a, b] = await pair()
   const fds = files(2)
   a.acceptFds!(2)

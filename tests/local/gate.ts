@@ -29,6 +29,21 @@ export async function openFds(): Promise<number> {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /**
+ * The descriptor count once it held still for 200 ms (at most 3 s): what
+ * an earlier test let go of is closed off this thread, a little later.
+ */
+export async function steadyFds(): Promise<number> {
+  const deadline = Date.now() + 3000
+  let n = await openFds()
+  for (;;) {
+    await sleep(200)
+    const m = await openFds()
+    if (m === n || Date.now() > deadline) return m
+    n = m
+  }
+}
+
+/**
  * The descriptor count once it is back to `base`, or the last count after
  * `ms`: closes of passed descriptors happen off the JavaScript thread, and
  * a channel lets go of its socket when its last call returns.

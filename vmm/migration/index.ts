@@ -1,4 +1,4 @@
-export { OutgoingMigration, migrate, type OutgoingOptions } from './outgoing.js'
+export { OutgoingMigration, migrate, localRefusal, type OutgoingOptions } from './outgoing.js'
 export { incoming, IncomingMigration, type IncomingOptions, type IncomingResult, type IncomingEvents } from './incoming.js'
 export { MigrationError } from './errors.js'
 export { AutoConverge, BandwidthMeter, thresholdBytes, expectedDowntimeMs } from './convergence.js'
