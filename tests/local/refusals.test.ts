@@ -4,14 +4,15 @@
 // And the handover's rule before GO: a destination that took the source's
 // RAM and then failed lets go of it, so it can never write those pages.
 import t, { type Test } from 'tap'
-import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs'
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { MicroVm } from '../../vmm/microvm/index.js'
-import { migrate, incoming, OutgoingMigration, localRefusal, type IncomingResult } from '../../vmm/migration/index.js'
+import { migrate, incoming, IncomingMigration, OutgoingMigration, localRefusal, type IncomingResult } from '../../vmm/migration/index.js'
 import { connect } from '../../vmm/channel/connect.js'
 import type { Channel } from '../../vmm/channel/types.js'
 import type { VcpuKind } from '../../vmm/machine/index.js'
+import { analyzeFile } from '../../vmm/cli/analyze.js'
 import { fdsSettle, kvmSkip, steadyFds } from './gate.js'
 
 t.setTimeout(240_000)
@@ -45,10 +46,14 @@ async function stillRunning(t: Test, src: MicroVm): Promise<void> {
 }
 
 /** A destination listening on a fresh unix socket: its address and its outcome. */
-async function destination(dst: MicroVm, opts: { local?: boolean; signal?: AbortSignal } = {}): Promise<{ address: string; done: Promise<IncomingResult> }> {
+async function destination(
+  dst: MicroVm, opts: { local?: boolean; signal?: AbortSignal; onReady?: () => void } = {},
+): Promise<{ address: string; done: Promise<IncomingResult> }> {
   let listening!: (a: string) => void
   const address = new Promise<string>((r) => (listening = r))
-  const done = incoming(dst, sock(), { ...opts, onListening: (a) => listening(a) })
+  const m = new IncomingMigration(dst, { local: opts.local, signal: opts.signal, onListening: (a) => listening(a) })
+  m.on('status', (s) => { if (s === 'ready') opts.onReady?.() })
+  const done = m.start(sock())
   done.catch(() => undefined)
   return { address: await address, done }
 }
@@ -182,10 +187,20 @@ t.test('KVM', { skip: noKvm }, async (t) => {
     t.equal(await fdsSettle(base), base, 'the source\'s descriptor was closed')
   })
 
-  t.test('a local migration in one process: arrives intact, no page copied', async (t) => {
+  t.test('a local migration in one process: arrives intact, no page copied, analyze names the passed block', async (t) => {
     const [src, dst] = await vms(t, 'kvm')
-    const d = await destination(dst, { local: true })
-    const stats = await migrate(src, d.address, { local: true })
+    // Every byte of the stream the source sends, descriptors' bytes
+    // included, for analyze: up to READY, after which only GO follows.
+    let recording = true
+    const d = await destination(dst, { local: true, onReady: () => (recording = false) })
+    const ch = await connect(d.address)
+    const sent: Buffer[] = []
+    const copy = (b: Uint8Array) => recording && sent.push(Buffer.from(b))
+    const writev = ch.writev.bind(ch)
+    const sendFds = ch.sendFds!.bind(ch)
+    ch.writev = (bufs) => (bufs.forEach(copy), writev(bufs))
+    ch.sendFds = (fds, data) => (copy(data), sendFds(fds, data))
+    const stats = await migrate(src, ch, { local: true })
     const res = await d.done
     t.equal(stats.status, 'completed')
     t.equal(res.status, 'completed')
@@ -199,5 +214,11 @@ t.test('KVM', { skip: noKvm }, async (t) => {
     t.equal(v.ramDigest, s.ramDigest, 'RAM digest')
     t.equal(v.counter, s.counter, 'vCPU counter')
     t.equal(v.deviceDigest, s.deviceDigest, 'device digest')
+    const file = join(dir, 'local.stream')
+    writeFileSync(file, Buffer.concat(sent))
+    const a = await analyzeFile(file)
+    t.same(a.ram?.passed, [{ name: 'pc.ram', length: RAM }], 'analyze: pc.ram passed as a descriptor')
+    t.equal(a.ram?.pages, 0, 'analyze: no page in the stream')
+    t.same(a.sections.find((x) => x.idstr === 'ram' && x.ram?.passed)?.ram?.passed, [{ name: 'pc.ram', length: RAM }])
   })
 })

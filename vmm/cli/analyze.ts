@@ -21,6 +21,7 @@ import {
 } from '../savevm/constants.js'
 import { markerName, VFIO_MIG_FLAG_END_OF_STATE, VFIO_MIG_FLAG_DEV_CONFIG_STATE, VFIO_MIG_FLAG_DEV_SETUP_STATE, VFIO_MIG_FLAG_DEV_DATA_STATE, VFIO_MIG_FLAG_DEV_INIT_DATA_SENT } from '../vfio/markers.js'
 import { FileReader, AnalyzeError } from './file-reader.js'
+import { MAX_CAPABILITIES } from '../savevm/configuration.js'
 
 export { AnalyzeError }
 
@@ -37,7 +38,9 @@ const MAX_OPEN_SECTIONS = 1 << 16
 /** RAM blocks one MEM_SIZE record may announce (QEMU has a few dozen). */
 const MAX_RAM_BLOCKS = 4096
 /** RAM_SAVE_FLAG_* (QEMU migration/ram.c). */
-const RAM = { ZERO: 0x02, MEM_SIZE: 0x04, PAGE: 0x08, EOS: 0x10, CONTINUE: 0x20 }
+const RAM = { ZERO: 0x02, MEM_SIZE: 0x04, PAGE: 0x08, EOS: 0x10, CONTINUE: 0x20, LOCAL_FDS: 0x400 }
+/** Blocks one LOCAL_FDS record may pass (the channel's bound on descriptors). */
+const MAX_PASSED_BLOCKS = 16
 
 /** A field; QEMU's VMSTATE_WITH_TMP ("tmp") carries its vmsd keys inline instead of under "struct". */
 interface VmdescField extends VmdescVmsd { name: string; type: string; size: number; array_len?: number; index?: number; struct?: VmdescVmsd }
@@ -54,7 +57,7 @@ export interface SectionInfo {
   /** Payload bytes (between the header and the footer). */
   size: number
   kind: 'ram' | 'vfio' | 'vmstate' | 'unknown'
-  ram?: { pages: number; zeroPages: number; blocks?: { name: string; length: number }[] }
+  ram?: { pages: number; zeroPages: number; blocks?: { name: string; length: number }[]; passed?: { name: string; length: number }[] }
   /** Markers in order, a run of one marker as "NAME xN"; data blocks counted, not listed. */
   vfio?: { markers: string[]; dataBlocks: number; dataBytes: number; largestBlock: number }
   fields?: Record<string, unknown>
@@ -64,10 +67,17 @@ export interface Analysis {
   file: string
   size: number
   header: { magic: string; version: number }
-  configuration?: { machine: string; targetPageBits?: number }
+  configuration?: { machine: string; targetPageBits?: number; capabilities?: string[] }
   sections: SectionInfo[]
   commands: { cmd: string; length: number; offset: number }[]
-  ram?: { blocks: { name: string; length: number }[]; pages: number; zeroPages: number; pageBytes: number }
+  ram?: {
+    blocks: { name: string; length: number }[]
+    pages: number
+    zeroPages: number
+    pageBytes: number
+    /** A local migration's blocks, passed as file descriptors (their pages are not in the stream). */
+    passed?: { name: string; length: number }[]
+  }
   vfio: Record<string, { dataBlocks: number; dataBytes: number; largestBlock: number; configBytes: number; initDataSent: boolean }>
   eof: boolean
   /** Byte offset of the EOF marker (the VMDESCRIPTION, if any, starts one byte later). */
@@ -231,6 +241,16 @@ async function decodeRam(r: FileReader, s: SectionInfo, pageBits: number, a: Ana
         await r.skip(page, 'RAM page')
         s.ram.pages++
       }
+    } else if (flags === RAM.LOCAL_FDS) {
+      const count = Number(addr >> BigInt(pageBits))
+      if (count < 1 || count > MAX_PASSED_BLOCKS) throw new AnalyzeError(`LOCAL_FDS passes ${count} blocks, 1..${MAX_PASSED_BLOCKS} may be`, at)
+      s.ram.passed = []
+      for (let i = 0; i < count; i++) {
+        const len = await r.u8('passed RAM block name length')
+        const name = (await r.bytes(len, 'passed RAM block name')).toString('latin1')
+        s.ram.passed.push({ name, length: Number(await r.be64('passed RAM block length')) })
+      }
+      ram.passed = [...(ram.passed ?? []), ...s.ram.passed]
     } else if (flags !== RAM.EOS) {
       throw new AnalyzeError(`RAM record with unsupported flags 0x${flags.toString(16)}`, at)
     }
@@ -409,6 +429,15 @@ async function analyze(r: FileReader, path: string, sink: AnalyzeSink): Promise<
       const n = await r.u8('subsection name length')
       const name = (await r.bytes(n, 'subsection name')).toString('latin1')
       await r.be32('subsection version')
+      if (name === 'configuration/capabilities') {
+        // A stream sent over a socket (a local migration's, captured) names its capabilities, the handover among them.
+        const count = await r.be32('capability count')
+        if (count > MAX_CAPABILITIES) throw new AnalyzeError(`${count} capabilities, at most ${MAX_CAPABILITIES}`, r.pos - 4)
+        const caps: string[] = []
+        for (let i = 0; i < count; i++) caps.push((await r.bytes(await r.u8('capability name length'), 'capability name')).toString('utf8'))
+        a.configuration.capabilities = caps
+        continue
+      }
       if (name !== 'configuration/target-page-bits') throw new AnalyzeError(`unknown configuration subsection '${name}'`, r.pos)
       pageBits = await r.be32('target page bits')
       if (pageBits < 9 || pageBits > 30) throw new AnalyzeError(`target page bits ${pageBits} is implausible`, r.pos - 4)
