@@ -48,7 +48,7 @@ export const goodList = (): [string, number][] => [['pc.ram', 16 * PAGE], ['vga'
 
 /** [name, payload, error code, message, section version]. */
 export const malformedCases: [string, Buffer, string, RegExp, number?][] = [
-  ['unknown flag bit 0x400', new Payload().be64(0x400).bytes(), 'ERR_RAM_BAD_FLAGS', /0x400/],
+  ['unknown flag bit 0x800', new Payload().be64(0x800).bytes(), 'ERR_RAM_BAD_FLAGS', /0x800/],
   ['XBZRLE page', new Payload().memSize(goodList()).be64(RamFlag.XBZRLE).str('pc.ram').bytes(), 'ERR_RAM_BAD_FLAGS', /XBZRLE.*xbzrle capability/],
   ['multifd flush', new Payload().be64(RamFlag.MULTIFD_FLUSH).bytes(), 'ERR_RAM_BAD_FLAGS', /MULTIFD_FLUSH/],
   ['RDMA hook', new Payload().be64(RamFlag.HOOK).bytes(), 'ERR_RAM_BAD_FLAGS', /HOOK.*RDMA/],
