@@ -114,6 +114,14 @@ export class VfioMigrationSet extends typedEmitter<VfioSetEvents>() implements R
       this.reset = []
       return ownPrepare?.()
     }
+    // An emulated device lives in this process: its state moves by copying,
+    // as in any migration. A kernel device would have to stay open across
+    // the handover (its device, group and container fds passed, its DMA
+    // mappings kept by VFIO_UPDATE_VADDR): the ioctls exist in the native
+    // layer (vfio-core's kernel::Container), the handover of them does not.
+    handlers.localBlockers = () => dev.device.inProcess
+      ? []
+      : [`VFIO device ${dev.name} is driven by the kernel: a local migration does not hand over kernel VFIO devices (their fds and DMA mappings) yet; migrate by copying`]
     const ownLoadSetup = handlers.loadSetup
     handlers.loadSetup = () => {
       this.reset = []

@@ -46,6 +46,13 @@ pub trait DeviceBackend: Send + Sync {
 
     /// A name for messages ("0000:65:00.1", "emulated:nic0").
     fn name(&self) -> &str;
+
+    /// Whether the device lives inside this process (the emulated one),
+    /// so its state can only move by copying; a kernel device's fds could
+    /// instead be passed to another process.
+    fn in_process(&self) -> bool {
+        false
+    }
 }
 
 /// A data fd as handed out by [`DeviceBackend::device_feature`]. It is a real

@@ -81,6 +81,17 @@ pub const VFIO_DMA_MAP_FLAG_READ: u32 = 1 << 0;
 pub const VFIO_DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
 /// Unmap and report the range's dirty bitmap in one call.
 pub const VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: u32 = 1 << 0;
+/// Unmap every mapping (iova and size must be 0).
+pub const VFIO_DMA_UNMAP_FLAG_ALL: u32 = 1 << 1;
+/// Keep the mappings (and the device's DMA) but forget their vaddr until a
+/// MAP with [`VFIO_DMA_MAP_FLAG_VADDR`] gives a new one: how a process hands
+/// its DMA mappings to its successor (live update).
+pub const VFIO_DMA_UNMAP_FLAG_VADDR: u32 = 1 << 2;
+/// Give a mapping invalidated by [`VFIO_DMA_UNMAP_FLAG_VADDR`] its new vaddr
+/// (the caller's, for the same pages); no other flag may go with it.
+pub const VFIO_DMA_MAP_FLAG_VADDR: u32 = 1 << 2;
+/// Extension: the type1 IOMMU supports the two VADDR flags above.
+pub const VFIO_UPDATE_VADDR: u32 = 10;
 
 /// Starts type1 dirty tracking.
 pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_START: u32 = 1 << 0;

@@ -64,6 +64,13 @@ impl Device {
         self.inner.name().to_string()
     }
 
+    /// True for a device emulated inside this process, false for one the
+    /// kernel drives (a local migration can pass only the latter's fds).
+    #[napi(getter)]
+    pub fn in_process(&self) -> bool {
+        self.inner.backend().in_process()
+    }
+
     #[napi(ts_return_type = "Promise<DeviceInfo>")]
     pub fn info(&self) -> AsyncTask<Blocking<DeviceInfo>> {
         let d = self.inner.clone();

@@ -151,6 +151,10 @@ impl EmuDevice {
 }
 
 impl crate::backend::DeviceBackend for EmuDevice {
+    fn in_process(&self) -> bool {
+        true
+    }
+
     // Safe to call with any pointers in `buf`: the device reaches them only
     // through copy_from_user/copy_to_user, as the driver does.
     unsafe fn device_feature(&self, buf: &mut [u8]) -> io::Result<i32> {

@@ -24,6 +24,21 @@ impl Group {
         Ok(Group { fd, path })
     }
 
+    /// A group fd another process passed (a local migration): checked with
+    /// VFIO_GROUP_GET_STATUS, which only a group answers, and refused (the
+    /// fd closed) unless viable and attached to a container, as a group in
+    /// use by a running guest is.
+    pub fn from_fd(fd: OwnedFd, label: &str) -> Result<Group> {
+        let g = Group { fd, path: label.to_string() };
+        let flags = g.status().map_err(|e| VfioError::new(e.errno, "VFIO_GROUP_GET_STATUS", format!("{label}: VFIO_GROUP_GET_STATUS"), Some("the passed fd is not a VFIO group")))?;
+        let want = VFIO_GROUP_FLAGS_VIABLE | VFIO_GROUP_FLAGS_CONTAINER_SET;
+        if flags & want != want {
+            let why = format!("group status {flags:#x}: a passed group must be viable and in a container");
+            return Err(VfioError::new(libc::EINVAL, "VFIO_GROUP_GET_STATUS", format!("{label}: VFIO_GROUP_GET_STATUS"), Some(&why)));
+        }
+        Ok(g)
+    }
+
     /// The fd number (stays owned by `self`).
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
@@ -75,5 +90,27 @@ impl Group {
             .map_err(|e| VfioError::from_io(&e, "VFIO_GROUP_GET_DEVICE_FD", ctx()))?;
         // SAFETY: the ioctl returned a fresh device fd that nothing else owns.
         Ok(KernelDevice::new(unsafe { OwnedFd::from_raw_fd(fd) }, name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether any descriptor of this process is the memfd called `name`
+    /// (other tests open and close descriptors in parallel: a count would race).
+    fn memfd_open(name: &str) -> bool {
+        std::fs::read_dir("/proc/self/fd").unwrap().flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains(name)))
+    }
+
+    #[test]
+    fn a_passed_fd_that_is_no_group_is_refused_and_closed() {
+        let fd = vmm_sys::mem::memfd(c"not-a-group", 0).unwrap();
+        assert!(memfd_open("not-a-group"));
+        let e = Group::from_fd(fd, "passed group 12").err().unwrap();
+        assert_eq!(e.errno, libc::ENOTTY);
+        assert!(e.to_string().contains("passed group 12: VFIO_GROUP_GET_STATUS"), "{e}");
+        assert!(e.to_string().contains("not a VFIO group"), "{e}");
+        assert!(!memfd_open("not-a-group"), "the passed fd was closed");
     }
 }
