@@ -19,6 +19,7 @@ import { runDeviceThroughput, runDowntime } from './sections/device.js'
 import { runLive } from './sections/live.js'
 import { runCalls } from './sections/calls.js'
 import { runQmp } from './sections/qmp.js'
+import { runLocal } from './sections/local.js'
 import { parseArgs, type Part } from './lib/args.js'
 import { makeRandomFile, removeRamFile, removeRamFiles } from './lib/ramfile.js'
 import { killChildren } from './lib/proc.js'
@@ -110,6 +111,16 @@ async function main(): Promise<void> {
     } finally {
       if (file) removeRamFile(file)
     }
+  })
+
+  await part('local', async () => {
+    if (!kvm.available) {
+      ctx.skip('local', `KVM not usable here: ${kvm.reason}`)
+      return
+    }
+    // 4 GiB only in a full run: two copies of it are made by the copying side.
+    const sizes = opts.quick ? [256 * M, 1024 * M] : [256 * M, 1024 * M, 4096 * M]
+    results.local = await runLocal(ctx, sizes, opts.quick ? 2 : 3)
   })
 
   results.durationS = (Date.now() - t0) / 1000

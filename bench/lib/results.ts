@@ -7,6 +7,7 @@ import type { DeviceThroughputRow, DowntimePoint } from '../sections/device.js'
 import type { LiveRow } from '../sections/live.js'
 import type { CallResults } from '../sections/calls.js'
 import type { QmpRow } from '../sections/qmp.js'
+import type { LocalRow, LocalRatio } from '../sections/local.js'
 
 export interface MachineInfo {
   cpu: string
@@ -34,6 +35,8 @@ export interface BenchResults {
   calls?: CallResults
   /** One QMP client driving ours and QEMU alike (docs/qmp.md). */
   qmp?: QmpRow[]
+  /** Local migration (memfd passed) against copying, over a unix socket, same run (docs/local.md). */
+  local?: { rows: LocalRow[]; ratios: LocalRatio[] }
   skipped: Skip[]
   errors: string[]
 }

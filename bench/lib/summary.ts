@@ -10,6 +10,17 @@ function table(head: string[], rows: string[][]): string {
 const ns = (s: Summary | undefined) => fmtSummary(s, 1)
 const tgt = (r: number | undefined, target: number) => (r === undefined || !Number.isFinite(r) ? 'n/a' : `${fmtRatio(r)} ${r >= target ? '(meets ' : '(below '}${target})`)
 
+function localSection(r: BenchResults): string[] {
+  if (!r.local?.rows.length) return []
+  const ms = (s: { median: number } | undefined, d = 1) => (s ? s.median.toFixed(d) : '-')
+  return ['## Local migration vs copying (unix socket, KVM microVM, no device)', '',
+    table(['RAM', 'mode', 'completed', 'downtime ms', 'total ms', 'peak RSS src MiB', 'peak RSS dst MiB'], r.local.rows.map(x => [
+      `${x.ramSize >> 20} MiB`, x.mode, `${x.completed}/${x.runs}`, ms(x.downtimeMs), ms(x.totalTimeMs, 0), ms(x.rssSourceMiB, 0), ms(x.rssDestMiB, 0),
+    ])), '',
+    table(['RAM', 'downtime local/copy', 'total time local/copy'], r.local.ratios.map(x => [`${x.ramSize >> 20} MiB`, x.downtime.toFixed(3), x.totalTime.toFixed(3)])), '',
+    ...r.local.rows.flatMap(x => x.errors.map(e => `- ${x.mode} ${x.ramSize >> 20} MiB: ${e}`)), '']
+}
+
 function qmpSection(r: BenchResults): string[] {
   if (!r.qmp?.length) return []
   return ['## One QMP client, ours and QEMU (deferred destination, migrate, query-migrate)', '',
@@ -88,6 +99,7 @@ export function summaryMarkdown(r: BenchResults): string {
   }
 
   out.push(...qmpSection(r))
+  out.push(...localSection(r))
 
   if (r.skipped.length || r.errors.length) {
     out.push('## Not measured', '')

@@ -273,9 +273,6 @@ mod tests {
         std::fs::read_dir("/proc/self/fd").unwrap().flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains(name)))
     }
 
-    fn dev_null() -> OwnedFd {
-        sys::open_rw("/dev/null").unwrap()
-    }
 
     #[test]
     fn vaddr_arguments_carry_only_the_vaddr_flags() {
