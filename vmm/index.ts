@@ -29,7 +29,7 @@ export { connect, listen, parseUri } from './channel/index.js'
 export type { Channel, Listener } from './channel/index.js'
 
 export { registerRam, vcpuDirtySource } from './ram/index.js'
-export type { RamOptions, RamBlockConfig, RamBlock, DirtySource, RamMigration, RamStats } from './ram/index.js'
+export type { RamOptions, RamBlockConfig, RamBlock, DirtySource, RamMigration, RamStats, SharedRam } from './ram/index.js'
 
 export {
   VfioMigrationSet, VfioDeviceMigration, VfioMigrationError, VfioDeviceBrokenError, DirtyBitmap,
@@ -40,7 +40,7 @@ export type {
 } from './vfio/index.js'
 
 export {
-  migrate, incoming, OutgoingMigration, MigrationError, DEFAULT_PARAMETERS, DEFAULT_CAPABILITIES,
+  migrate, incoming, OutgoingMigration, MigrationError, DEFAULT_PARAMETERS, DEFAULT_CAPABILITIES, localRefusal,
 } from './migration/index.js'
 export type {
   MigratableVm, MigrationParameters, MigrationCapabilities, MigrationStats, MigrationStatus, IncomingResult,

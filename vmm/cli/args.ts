@@ -65,6 +65,8 @@ export interface Options {
   handover: boolean
   /** Local migration: guest RAM passed as file descriptors over a unix: channel. */
   local: boolean
+  /** Source: no RAM digest in the proof section (it costs the downtime a hash of all RAM). */
+  noRamProof: boolean
   linkTimeoutMs: number
   handoverTimeoutMs: number
   handshakeTimeoutMs: number
@@ -99,6 +101,7 @@ export const DEFAULT_OPTIONS: Readonly<Options> = Object.freeze({
   afterFailureMs: undefined,
   handover: true,
   local: false,
+  noRamProof: false,
   linkTimeoutMs: 15_000,
   handoverTimeoutMs: 30_000,
   handshakeTimeoutMs: 5_000,
@@ -171,6 +174,7 @@ const FLAGS: Record<string, (o: Options) => void> = {
   '--no-verify': (o) => (o.noVerify = true),
   '--no-handover': (o) => (o.handover = false),
   '--local': (o) => (o.local = true),
+  '--no-ram-proof': (o) => (o.noRamProof = true),
   '--resume': (o) => (o.resolve = setOnce(o.resolve, 'resume')),
   '--discard': (o) => (o.resolve = setOnce(o.resolve, 'discard')),
   '--status': (o) => (o.resolve = setOnce(o.resolve, 'status')),
@@ -277,6 +281,8 @@ const OPTION_HELP: Record<string, string> = {
     '                          running MS, check it (digests, checksum, counter) and report it; exit code stays 1',
   '--events': '--events                JSON event lines on stdout (status, throttle, starting, completed, failed)',
   '--json': '--json                  machine-readable output',
+  '--no-ram-proof': '--no-ram-proof          source: no RAM digest in the proof (saves hashing all RAM in the downtime;\n' +
+    '                          a destination that verifies then refuses the guest)',
   '--local': '--local                 same host: pass guest RAM as file descriptors over a unix: channel, no page copied',
   '--no-handover': '--no-handover           without the handover (for a QEMU peer): the destination starts by itself',
   '--link-timeout': '--link-timeout MS       no data from the peer this long: the link is down, 0 = never [15000]',
@@ -326,7 +332,7 @@ const COMMAND_HELP: Record<Exclude<Command, 'help'>, CommandHelp> = {
     usage: 'migrate URI [OPTIONS]',
     about: 'Connects to URI (a destination started with incoming), then creates a source microVM, runs it --run ms,\n' +
       "migrates it and prints the stats and the source's digests. SIGINT cancels: the guest runs on here.",
-    options: [...VM, ...SOURCE, ...LINK, '--local', '--after-failure', '--events', '--json'],
+    options: [...VM, ...SOURCE, ...LINK, '--local', '--no-ram-proof', '--after-failure', '--events', '--json'],
     examples: ['vmm-migrate migrate tcp:hostB:4444 --ram 1G --max-bandwidth 1G', 'vmm-migrate migrate unix:/run/vm.sock --local --ram 1G'],
   },
   save: {

@@ -38,7 +38,7 @@ const CHILD_TIMEOUT_MS = 120_000
 
 /** Options for the child: everything given except what only the source uses. */
 function childArgs(p: Parsed, vcpu: string, address: string): string[] {
-  const skip = new Set(['--json', '--vcpu', '--run', '--events', '--no-verify', '--after-failure'])
+  const skip = new Set(['--json', '--vcpu', '--run', '--events', '--no-verify', '--after-failure', '--no-ram-proof'])
   const rest = p.given.filter(([name]) => !skip.has(name!)).flat()
   return ['incoming', address, '--events', '--vcpu', vcpu, ...rest]
 }

@@ -14,6 +14,7 @@ export async function createMicroVm(role: 'source' | 'dest', o: Options, verifyB
       : false,
     dmaPagesPerSec: o.deviceState > 0 ? o.dmaRate : 0,
     verifyBeforeStart,
+    ramProof: !o.noRamProof,
   })
   vm.switchoverAck = o.switchoverAck
   return vm
