@@ -15,10 +15,10 @@ function localSection(r: BenchResults): string[] {
   const ms = (s: { median: number } | undefined, d = 1) => (s ? s.median.toFixed(d) : '-')
   return ['## Local migration vs copying (unix socket, KVM microVM, no device)', '',
     table(['RAM', 'mode', 'completed', 'downtime ms', 'total ms', 'peak RSS src MiB', 'peak RSS dst MiB'], r.local.rows.map(x => [
-      `${x.ramSize >> 20} MiB`, x.mode, `${x.completed}/${x.runs}`, ms(x.downtimeMs), ms(x.totalTimeMs, 0), ms(x.rssSourceMiB, 0), ms(x.rssDestMiB, 0),
+      `${Math.floor(x.ramSize / 2 ** 20)} MiB`, x.mode, `${x.completed}/${x.runs}`, ms(x.downtimeMs), ms(x.totalTimeMs, 0), ms(x.rssSourceMiB, 0), ms(x.rssDestMiB, 0),
     ])), '',
-    table(['RAM', 'downtime local/copy', 'total time local/copy'], r.local.ratios.map(x => [`${x.ramSize >> 20} MiB`, x.downtime.toFixed(3), x.totalTime.toFixed(3)])), '',
-    ...r.local.rows.flatMap(x => x.errors.map(e => `- ${x.mode} ${x.ramSize >> 20} MiB: ${e}`)), '']
+    table(['RAM', 'downtime local/copy', 'total time local/copy'], r.local.ratios.map(x => [`${Math.floor(x.ramSize / 2 ** 20)} MiB`, x.downtime.toFixed(3), x.totalTime.toFixed(3)])), '',
+    ...r.local.rows.flatMap(x => x.errors.map(e => `- ${x.mode} ${Math.floor(x.ramSize / 2 ** 20)} MiB: ${e}`)), '']
 }
 
 function qmpSection(r: BenchResults): string[] {

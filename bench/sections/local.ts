@@ -15,6 +15,9 @@ import { JsonChild } from '../lib/proc.js'
 import { summarize, ratio, type Summary } from '../lib/stats.js'
 import type { BenchContext } from '../lib/context.js'
 
+/** Whole MiB of `n` bytes (>> 20 would wrap at 2 GiB). */
+const mib = (n: number) => Math.floor(n / 2 ** 20)
+
 export interface LocalRow {
   ramSize: number
   mode: 'local' | 'copy'
@@ -47,8 +50,8 @@ async function until(c: JsonChild, name: string, timeoutMs: number, who: string)
 }
 
 async function once(size: number, local: boolean, dir: string, timeoutMs: number): Promise<{ downtime: number; total: number; rssSrc: number; rssDst: number }> {
-  const common = ['--events', '--vcpu', 'kvm', '--ram', `${size >> 20}M`, '--device-state', '0', ...(local ? ['--local'] : [])]
-  const sock = path.join(dir, `${local ? 'local' : 'copy'}-${size >> 20}.sock`)
+  const common = ['--events', '--vcpu', 'kvm', '--ram', `${mib(size)}M`, '--device-state', '0', ...(local ? ['--local'] : [])]
+  const sock = path.join(dir, `${local ? 'local' : 'copy'}-${mib(size)}.sock`)
   const dst = new JsonChild(MAIN, ['incoming', `unix:${sock}`, '--no-verify', '--run-after', '100', ...common])
   let src: JsonChild | undefined
   try {
@@ -96,7 +99,7 @@ export async function runLocal(ctx: BenchContext, sizes: number[], reps: number)
         const row = pair[mode]!
         const a = acc[mode]
         Object.assign(row, { downtimeMs: S(a.dt), totalTimeMs: S(a.tt), rssSourceMiB: S(a.rs), rssDestMiB: S(a.rd) })
-        ctx.log(`  ${mode} ${size >> 20} MiB: ${row.completed}/${reps}` +
+        ctx.log(`  ${mode} ${mib(size)} MiB: ${row.completed}/${reps}` +
           (row.downtimeMs ? `, downtime ${row.downtimeMs.median.toFixed(1)} ms, total ${row.totalTimeMs!.median.toFixed(0)} ms` : '') +
           (row.rssDestMiB ? `, peak RSS src ${row.rssSourceMiB?.median.toFixed(0)} MiB dst ${row.rssDestMiB.median.toFixed(0)} MiB` : '') +
           (row.errors.length ? ` (${row.errors[0]})` : ''))
@@ -107,7 +110,7 @@ export async function runLocal(ctx: BenchContext, sizes: number[], reps: number)
       if (l.downtimeMs && c.downtimeMs) {
         const r = { ramSize: size, downtime: ratio(l.downtimeMs, c.downtimeMs), totalTime: ratio(l.totalTimeMs!, c.totalTimeMs!) }
         ratios.push(r)
-        ctx.log(`  ${size >> 20} MiB local/copy: downtime ${r.downtime.toFixed(3)}, total time ${r.totalTime.toFixed(3)}`)
+        ctx.log(`  ${mib(size)} MiB local/copy: downtime ${r.downtime.toFixed(3)}, total time ${r.totalTime.toFixed(3)}`)
       }
     }
   } finally {

@@ -508,7 +508,10 @@ pub struct Received {
 /// have the kernel drop passed descriptors unseen; this way the caller
 /// knows whether any came, and owns (so closes) every one.
 pub fn recv_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
-    let mut control = vec![0u64; cmsg_space(MAX_PASSED_FDS).div_ceil(8)];
+    // On the stack: every read of a socket comes through here. u64 words
+    // keep it aligned for cmsghdr; 16 of them hold CMSG_SPACE of 16 fds (80).
+    let mut control = [0u64; 16];
+    debug_assert!(cmsg_space(MAX_PASSED_FDS) <= std::mem::size_of_val(&control));
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: an all-zero msghdr is valid.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };

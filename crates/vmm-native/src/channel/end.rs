@@ -29,6 +29,13 @@ struct Passed {
     fault: Option<String>,
 }
 
+impl Drop for Passed {
+    fn drop(&mut self) {
+        // The channel's last holder may be JavaScript's close().
+        close_elsewhere(std::mem::take(&mut self.queue));
+    }
+}
+
 /// Closes descriptors off the calling thread (which may be JavaScript's):
 /// the last close of a memfd frees its pages, which takes a while for a
 /// guest's RAM.
