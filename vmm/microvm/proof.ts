@@ -52,10 +52,10 @@ async function getDigest(f: MigStream, what: string): Promise<string> {
  * Source: `take` the digests when the section is saved (the VM is stopped
  * and RAM's last pages are out). Destination: `loaded` gets what arrived.
  */
-export function proofSectionHandlers(take: () => Promise<Proof>, loaded: (p: Proof | undefined) => void): SaveVMHandlers {
+export function proofSectionHandlers(take: (f: MigStream) => Promise<Proof>, loaded: (p: Proof | undefined) => void): SaveVMHandlers {
   return {
     async saveState(f: MigStream) {
-      const p = await take()
+      const p = await take(f)
       for (const d of [p.ramDigest, p.deviceDigest]) {
         f.putBe32(d.length)
         f.putBuffer(Buffer.from(d, 'latin1'))
