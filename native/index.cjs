@@ -855,3 +855,4 @@ module.exports.ramSendPages = nativeBinding.ramSendPages
 module.exports.shutdownSocket = nativeBinding.shutdownSocket
 module.exports.testingPipe = nativeBinding.testingPipe
 module.exports.testingSocketPair = nativeBinding.testingSocketPair
+module.exports.wordSumOf = nativeBinding.wordSumOf

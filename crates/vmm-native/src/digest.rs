@@ -112,9 +112,30 @@ pub fn blake3_digest(env: Env, bytes: Uint8Array, threads: Option<u32>) -> Resul
     Ok(blocking(move || Ok(hash_with(&bytes, threads, PIECE).to_hex().to_string())))
 }
 
+/// The sum (mod 2^32) of `bytes` as little-endian u32 words, a trailing
+/// partial word ignored: the microVM workload's checksum of its region.
+fn word_sum(bytes: &[u8]) -> u32 {
+    bytes.chunks_exact(4).fold(0u32, |s, w| s.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+}
+
+/// `wordSum`: the workload's region checksum off the event loop. A local
+/// migration's source takes it with the guest stopped, in the downtime,
+/// where JavaScript's loop over a working set cost tens of ms.
+#[napi(ts_return_type = "Promise<number>")]
+pub fn word_sum_of(bytes: Uint8Array) -> AsyncTask<Blocking<u32>> {
+    blocking(move || Ok(word_sum(&bytes)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_sum_wraps_and_is_little_endian() {
+        assert_eq!(word_sum(&[1, 0, 0, 0, 0, 1, 0, 0, 9]), 0x101, "the trailing byte is no word");
+        assert_eq!(word_sum(&[0xff; 8]), 0xffff_fffe, "wraps mod 2^32");
+        assert_eq!(word_sum(&[]), 0);
+    }
 
     fn input(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8).collect()
