@@ -9,6 +9,10 @@
 // takes at most what was asked, lend() at most one buffer that the caller
 // then owns until its next read. So quiesce() has nothing to stop or hand
 // back, and native transfers may use the fd between two reads at any time.
+//
+// A unix: channel also passes file descriptors (sendFds / acceptFds /
+// takeFds, for a local migration); once it accepts them, every read waits
+// on the runtime, so its recvmsg never runs on this thread.
 import type { NativeChannel } from '../../native/index.js'
 import type { Channel, ChannelKind } from './types.js'
 import { StreamError, toStreamError } from '../stream/errors.js'

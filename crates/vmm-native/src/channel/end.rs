@@ -1,5 +1,8 @@
 //! One registered descriptor of a channel: a socket, or one end of a pipe,
-//! with the reads and writes the channel makes on it.
+//! with the reads and writes the channel makes on it. A socket is read with
+//! recvmsg, so descriptors a peer passes (SCM_RIGHTS) are seen, kept for a
+//! taker when the channel accepts them, and refused (closed, the channel
+//! failed) otherwise; `send_fds` passes them the other way.
 //!
 //! The `try_*` calls never wait and may run on any thread (the JavaScript
 //! thread tries them first). The async calls wait for readiness on the
