@@ -719,6 +719,10 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
       }
       if (!cancelled && this.remoteReason !== undefined && !(e instanceof MigrationError && e.code === 'EREMOTEIO')) {
         e = new MigrationError(`destination failed: ${this.remoteReason}`, 'EREMOTEIO', { cause: e })
+      } else if (!cancelled && this.local && this.remoteReason === undefined && /EPIPE|ECONNRESET/.test(String((e as Error).message))) {
+        // A destination whose stream broke on descriptors it did not take
+        // cannot say so over that stream: say what the likely cause is.
+        e = new MigrationError(`${(e as Error).message} (the destination closed the link without a reason: one not taking a local migration, started without --local, refuses the passed RAM descriptors and closes)`, 'EPIPE', { cause: e })
       }
       this.error = (e as Error).message
       if (cancelled && !this.eofSent && save && this.f && !this.f.error) await this.endCancelled(save, rpDone, headerSent)
