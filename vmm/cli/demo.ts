@@ -12,6 +12,10 @@ import type { Options, Parsed } from './args.js'
 import { runSource, verificationRows, type IncomingReport, type Out } from './commands.js'
 import { downtimeReport, statsRows, table, type DowntimeReport } from './format.js'
 import { toJson } from './analyze.js'
+import { makeTlsCreds } from './certs.js'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 
 export interface Check {
   name: string
@@ -23,6 +27,8 @@ export interface Check {
 export interface DemoResult {
   ok: boolean
   vcpu: string
+  /** Whether the migration ran over TLS. */
+  tls: boolean
   stats: MigrationStats
   /** The downtime against the limit, split into the migration and the destination's verification. */
   downtime: DowntimeReport
@@ -34,10 +40,11 @@ export interface DemoResult {
 const CHILD_TIMEOUT_MS = 120_000
 
 /** Options for the child: everything given except what only the source uses. */
-function childArgs(p: Parsed, vcpu: string): string[] {
-  const skip = new Set(['--json', '--vcpu', '--run', '--events', '--no-verify', '--after-failure'])
+function childArgs(p: Parsed, vcpu: string, tlsDir: string | undefined): string[] {
+  const skip = new Set(['--json', '--vcpu', '--run', '--events', '--no-verify', '--after-failure', '--tls', '--tls-creds-x509', '--tls-hostname'])
   const rest = p.given.filter(([name]) => !skip.has(name!)).flat()
-  return ['incoming', 'tcp:127.0.0.1:0', '--events', '--vcpu', vcpu, ...rest]
+  const tls = tlsDir ? ['--tls-creds-x509', tlsDir] : []
+  return ['incoming', 'tcp:127.0.0.1:0', '--events', '--vcpu', vcpu, ...tls, ...rest]
 }
 
 class Child {
@@ -130,13 +137,24 @@ export function compare(src: Verification, dst: IncomingReport, runAfterMs: numb
 export async function cmdDemo(p: Parsed, out: Out, signal?: AbortSignal): Promise<number> {
   const o: Options = { ...p.options }
   if (o.vcpu === 'auto') o.vcpu = (await kvmAvailable()).available ? 'kvm' : 'soft'
-  const child = new Child(childArgs(p, o.vcpu))
+  // Throwaway credentials for both ends, in a private directory removed at the end.
+  const scratch = o.tls ? await mkdtemp(join(tmpdir(), 'vmm-migrate-tls-')) : undefined
+  if (scratch) {
+    try {
+      await makeTlsCreds(scratch)
+    } catch (e) {
+      await rm(scratch, { recursive: true, force: true })
+      throw e
+    }
+    o.tlsCreds = scratch
+  }
+  const child = new Child(childArgs(p, o.vcpu, o.tlsCreds))
   const onAbort = () => child.kill()
   signal?.addEventListener('abort', onAbort, { once: true })
   try {
     const listening = await child.next('listening')
     const address = String(listening.address)
-    if (!o.json) out.line(`destination (pid ${child.proc.pid}) listening on ${address}; migrating a ${o.ram >> 20} MiB ${o.vcpu} microVM`)
+    if (!o.json) out.line(`destination (pid ${child.proc.pid}) listening on ${address}; migrating a ${o.ram >> 20} MiB ${o.vcpu} microVM${o.tlsCreds ? ` over TLS 1.3 (credentials in ${o.tlsCreds})` : ''}`)
     const { stats, verification, vm } = await runSource(address, o, out, signal)
     await vm.destroy()
     const done = await child.next('completed')
@@ -146,7 +164,7 @@ export async function cmdDemo(p: Parsed, out: Out, signal?: AbortSignal): Promis
     const checks = compare(verification, destination, o.runAfterMs)
     if (code !== 0) checks.push({ name: 'destination exit status', ok: false, destination: String(code) })
     const ok = checks.every((c) => c.ok)
-    const result: DemoResult = { ok, vcpu: o.vcpu, stats, downtime: downtimeReport(stats, o.downtimeLimitMs), source: verification, destination, checks }
+    const result: DemoResult = { ok, vcpu: o.vcpu, tls: o.tlsCreds !== undefined, stats, downtime: downtimeReport(stats, o.downtimeLimitMs), source: verification, destination, checks }
     if (o.json) {
       out.line(toJson(result))
     } else {
@@ -161,5 +179,6 @@ export async function cmdDemo(p: Parsed, out: Out, signal?: AbortSignal): Promis
   } finally {
     signal?.removeEventListener('abort', onAbort)
     child.kill()
+    if (scratch) await rm(scratch, { recursive: true, force: true })
   }
 }

@@ -5,6 +5,7 @@
 // loaded, as QEMU does. The source hears RESUME_OK once the guest runs, SHUT
 // with an errno (after FAIL_REASON) if anything failed and the guest did not.
 import { listen, type Listener } from '../channel/connect.js'
+import { loadTlsCreds } from '../channel/tls.js'
 import { hasReturnPath, type Channel } from '../channel/types.js'
 import { ReturnPathWriter } from '../channel/return-path.js'
 import { HandoverFrame, readHandoverFrame } from '../channel/handover.js'
@@ -168,8 +169,15 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
   }
 
   private async accept(source: string | Listener | Channel): Promise<MigStream> {
+    const p = this.parameters
+    if (p.tlsCreds && typeof source !== 'string' && !(source as { tls?: boolean }).tls) {
+      throw new MigrationError(`tls-creds is set but the ${'accept' in source ? 'listener' : 'channel'} given has no TLS: pass a URI, or listen(uri, { tls })`, 'EINVAL')
+    }
     if (typeof source !== 'string' && !('accept' in source)) return new MigStream(source)
-    const listener = typeof source === 'string' ? await listen(source) : source
+    const tls = p.tlsCreds
+      ? { tls: { creds: await loadTlsCreds(p.tlsCreds, 'server', p.tlsAuthz), handshakeTimeoutMs: p.handshakeTimeoutMs } }
+      : {}
+    const listener = typeof source === 'string' ? await listen(source, tls) : source
     try {
       this.opts.onListening?.(listener.address)
       return await this.firstStream(listener)
@@ -229,7 +237,12 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
           return
         }
         let reason: string | undefined
-        if (have >= 4 && f.peek(4).readUInt32BE(0) !== QEMU_VM_FILE_MAGIC) reason = `not a migration stream (first bytes ${f.peek(4).toString('hex')})`
+        if (have >= 4 && f.peek(4).readUInt32BE(0) !== QEMU_VM_FILE_MAGIC) {
+          const head = f.peek(4)
+          // A TLS record header: handshake (22), version 3.x.
+          const hint = head[0] === 0x16 && head[1] === 0x03 ? ': a TLS ClientHello; the source uses TLS and this destination has no tls-creds' : ''
+          reason = `not a migration stream (first bytes ${head.toString('hex')})${hint}`
+        }
         else if (have < 4 && timedOut) reason = `no stream header within handshake-timeout (${p.handshakeTimeoutMs} ms)`
         else if (have < 4 && many) reason = f.error && f.error.code !== 'ENODATA' ? f.error.message : `closed after ${have} bytes, before a stream header`
         if (reason === undefined || !many) {

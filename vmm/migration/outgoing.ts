@@ -11,6 +11,7 @@
 // operator resolves it. Every wait is bounded: the link watchdog, the
 // handover timeout.
 import { connect } from '../channel/connect.js'
+import { loadTlsCreds } from '../channel/tls.js'
 import { hasReturnPath, type Channel } from '../channel/types.js'
 import { ReturnPathReader, RpMsg } from '../channel/return-path.js'
 import { HandoverFrame, writeHandoverFrame } from '../channel/handover.js'
@@ -440,6 +441,15 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
    * with status 'completed'; rejects with a MigrationError (stats attached)
    * once the source VM and its devices run again.
    */
+  /** Connects to `target`, with TLS when tls-creds is set (the handshake ends before the stream starts). */
+  private async open(target: string): Promise<Channel> {
+    const p = this.parameters
+    if (!p.tlsCreds) return connect(target, { signal: this.connecting.signal })
+    const creds = await loadTlsCreds(p.tlsCreds, 'client')
+    const tls = { creds, handshakeTimeoutMs: p.handshakeTimeoutMs, ...(p.tlsHostname ? { hostname: p.tlsHostname } : {}) }
+    return connect(target, { signal: this.connecting.signal, tls })
+  }
+
   async start(target: string | Channel): Promise<MigrationStats> {
     if (this.st !== 'none') throw new MigrationError(`migration already ${this.st}`, 'EBUSY')
     const { vm, registry } = this.machine
@@ -464,7 +474,11 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
     let stoppedAt = 0
     const auto = new AutoConverge(p)
     try {
-      const channel = typeof target === 'string' ? await connect(target, { signal: this.connecting.signal }) : target
+      const channel = typeof target === 'string' ? await this.open(target) : target
+      if (p.tlsCreds && !(channel as { tls?: boolean }).tls) {
+        await channel.close().catch(() => undefined)
+        throw new MigrationError('tls-creds is set but the channel given has no TLS: pass a URI, or connect(uri, { tls })', 'EINVAL')
+      }
       // The kernel bounds a dead TCP link by the same figure as the watchdog (TCP_USER_TIMEOUT, keepalive).
       channel.setLinkTimeout?.(p.linkTimeoutMs)
       const f = (this.f = new MigStream(channel, { maxBandwidth: p.maxBandwidth }))
