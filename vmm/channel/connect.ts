@@ -219,6 +219,10 @@ export async function connect(uri: string | MigrationAddress, opts: ConnectOptio
   const a = typeof uri === 'string' ? parseUri(uri) : uri
   const desc = formatUri(a)
   if (opts.tls && a.kind !== 'tcp' && a.kind !== 'unix') throw noTls(desc, a.kind)
+  // Found before connecting: a destination takes its first peer as the source.
+  if (opts.tls && a.kind === 'unix' && !opts.tls.hostname) {
+    throw new StreamError('EINVAL', `connect ${desc}: TLS needs the destination's name to verify its certificate (tls-hostname): a unix: URI has no host`)
+  }
   switch (a.kind) {
     case 'tcp': return tcpConnect(a.host, a.port, desc, opts.signal, opts.tls)
     case 'unix': return unixConnect(a.path, desc, opts.signal, opts.tls)

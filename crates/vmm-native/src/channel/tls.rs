@@ -16,12 +16,14 @@
 use super::cancel::Cancel;
 use super::end::End;
 use super::tls_creds::{subject_dn, Creds};
+use rustls::client::{ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConnection, Connection, ServerConnection};
+use rustls::{ClientConnection, Connection, NamedGroup, ServerConnection};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use vmm_sys as sys;
 
@@ -110,9 +112,39 @@ pub struct Info {
     pub peer_subject: Option<String>,
 }
 
+/// The client's proof that the server accepted its certificate. In TLS 1.3
+/// the client's handshake ends before the server has checked the client's
+/// certificate, so a refusal (an expired certificate, a DN outside
+/// tls-authz) would only show as an alert in the middle of the migration.
+/// Our server sends one session ticket once it accepted the client; the
+/// client waits for it (or the alert) within the handshake's bound. Tickets
+/// are never used to resume: nothing is ever handed back.
+#[derive(Debug, Default)]
+struct Confirm(AtomicBool);
+
+impl ClientSessionStore for Confirm {
+    fn set_kx_hint(&self, _: ServerName<'static>, _: NamedGroup) {}
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<NamedGroup> {
+        None
+    }
+    fn set_tls12_session(&self, _: ServerName<'static>, _: Tls12ClientSessionValue) {}
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        None
+    }
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+    fn insert_tls13_ticket(&self, _: ServerName<'static>, _: Tls13ClientSessionValue) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        None
+    }
+}
+
 /// One TLS session of one channel.
 pub struct Session {
     conn: Mutex<Connection>,
+    /// Client only: set once the server showed it accepted us.
+    confirm: Option<Arc<Confirm>>,
 }
 
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -123,15 +155,21 @@ impl Session {
     /// A session for `creds`' role: a client verifies the server's
     /// certificate against `server_name`.
     pub fn new(creds: &Creds, server_name: Option<&str>) -> io::Result<Session> {
-        let conn: Connection = match creds {
-            Creds::Server(cfg) => ServerConnection::new(cfg.clone()).map_err(|e| from_rustls(&e, true))?.into(),
+        match creds {
+            Creds::Server(cfg) => {
+                let conn = ServerConnection::new(cfg.clone()).map_err(|e| from_rustls(&e, true))?;
+                Ok(Session { conn: Mutex::new(conn.into()), confirm: None })
+            }
             Creds::Client(cfg) => {
                 let name = server_name.ok_or_else(|| tls_error(libc::EINVAL, "TLS: the destination's name to verify (tls-hostname) is missing"))?;
                 let name = ServerName::try_from(name.to_string()).map_err(|_| tls_error(libc::EINVAL, format!("TLS: tls-hostname {name:?} is neither a DNS name nor an IP address")))?;
-                ClientConnection::new(cfg.clone(), name).map_err(|e| from_rustls(&e, true))?.into()
+                let confirm = Arc::new(Confirm::default());
+                let mut cfg = (**cfg).clone();
+                cfg.resumption = Resumption::store(confirm.clone());
+                let conn = ClientConnection::new(Arc::new(cfg), name).map_err(|e| from_rustls(&e, true))?;
+                Ok(Session { conn: Mutex::new(conn.into()), confirm: Some(confirm) })
             }
-        };
-        Ok(Session { conn: Mutex::new(conn) })
+        }
     }
 
     /// Sends what the session has queued; Writable when the socket is full.
@@ -169,12 +207,14 @@ impl Session {
             if Session::flush(&mut c, fd)? == Need::Writable {
                 return Ok(Need::Writable);
             }
-            if !c.is_handshaking() {
+            let confirmed = self.confirm.as_ref().is_none_or(|c| c.0.load(Ordering::SeqCst));
+            if !c.is_handshaking() && confirmed {
                 return Ok(Need::Done);
             }
             match Session::pull(&mut c, fd, true)? {
                 None => return Ok(Need::Readable),
-                Some(0) => return Err(tls_error(libc::ECONNRESET, "TLS handshake failed: the peer closed the connection (does it expect TLS? a peer without TLS credentials, or one that refused ours, closes)")),
+                Some(0) if c.is_handshaking() => return Err(tls_error(libc::ECONNRESET, "TLS handshake failed: the peer closed the connection (does it expect TLS? a peer without TLS credentials, or one that refused ours, closes)")),
+                Some(0) => return Err(tls_error(libc::EACCES, "TLS handshake failed: the destination closed the connection instead of accepting our certificate (see its log for why)")),
                 Some(_) => {}
             }
         }

@@ -142,9 +142,9 @@ pub fn load(dir: &Path, role: Role, authz: Option<Vec<String>>) -> Result<Creds,
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(chain, key)
                 .map_err(|e| bad(&key_path, format!("does not go with {cert_name} ({e})")))?;
-            // One connection per migration: nothing to resume, so no tickets
-            // (they would also be the only server bytes after the handshake).
-            cfg.send_tls13_tickets = 0;
+            // One ticket: the client's sign that its certificate was accepted
+            // (tls.rs, Confirm). It is never used to resume.
+            cfg.send_tls13_tickets = 1;
             Ok(Creds::Server(Arc::new(cfg)))
         }
         Role::Client => {
