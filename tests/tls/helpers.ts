@@ -57,6 +57,10 @@ export interface Relay {
   up: Buffer[][]
   /** Bytes back (the destination's), per connection. */
   down: Buffer[][]
+  /** Bytes carried up so far, all connections. */
+  readonly upBytes: number
+  /** Carries only `n` more bytes up, then cuts both sockets (a truncation). */
+  cutAfter(n: number): void
   close(): Promise<void>
 }
 
@@ -64,6 +68,8 @@ export function relay(port: number): Promise<Relay> {
   const up: Buffer[][] = []
   const down: Buffer[][] = []
   const socks = new Set<net.Socket>()
+  let upBytes = 0
+  let limit = Infinity
   const server = net.createServer((a) => {
     const u: Buffer[] = []
     const d: Buffer[] = []
@@ -75,7 +81,14 @@ export function relay(port: number): Promise<Relay> {
       s.on('error', () => undefined)
       s.on('close', () => { a.destroy(); b.destroy() })
     }
-    a.on('data', (x) => { u.push(x); b.write(x) })
+    a.on('data', (x) => {
+      const room = limit - upBytes
+      const part = x.length > room ? x.subarray(0, room) : x
+      upBytes += part.length
+      u.push(part)
+      if (part.length) b.write(part)
+      if (part.length < x.length) b.end(() => { a.destroy(); b.destroy() })
+    })
     b.on('data', (x) => { d.push(x); a.write(x) })
     a.on('end', () => b.end())
     b.on('end', () => a.end())
@@ -85,6 +98,8 @@ export function relay(port: number): Promise<Relay> {
       port: (server.address() as net.AddressInfo).port,
       up,
       down,
+      get upBytes() { return upBytes },
+      cutAfter: (n: number) => { limit = upBytes + n },
       close: () => new Promise<void>((r) => {
         for (const s of socks) s.destroy()
         server.close(() => r())

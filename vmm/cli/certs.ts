@@ -4,7 +4,7 @@
 // server-key.pem, client-cert.pem, client-key.pem. Never for production:
 // the CA's key is left beside them.
 import { execFile } from 'node:child_process'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 
 export interface CertOptions {
@@ -17,6 +17,8 @@ export interface CertOptions {
   clientValidity?: { from: Date; to: Date }
   /** The CA's subject ['/CN=vmm-migration throwaway CA']. */
   caSubject?: string
+  /** A directory made by makeTlsCreds whose CA (ca-cert.pem, ca-key.pem) signs these too, instead of a new one. */
+  ca?: string
 }
 
 function run(args: string[], cwd: string): Promise<void> {
@@ -69,9 +71,13 @@ export async function makeTlsCreds(dir: string, o: CertOptions = {}): Promise<vo
   await writeFile(join(dir, 'ca-db', 'serial'), `${Date.now().toString(16).padStart(16, '0')}\n`)
   await writeFile(join(dir, 'openssl.cnf'), CONFIG)
   const key = (name: string) => run(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', name], dir)
-  await key('ca-key.pem')
-  await run(['req', '-config', 'openssl.cnf', '-x509', '-new', '-key', 'ca-key.pem', '-out', 'ca-cert.pem', '-days', '3650',
-    '-subj', o.caSubject ?? '/CN=vmm-migration throwaway CA', '-extensions', 'v3_ca'], dir)
+  if (o.ca) {
+    for (const f of ['ca-cert.pem', 'ca-key.pem']) await copyFile(join(o.ca, f), join(dir, f))
+  } else {
+    await key('ca-key.pem')
+    await run(['req', '-config', 'openssl.cnf', '-x509', '-new', '-key', 'ca-key.pem', '-out', 'ca-cert.pem', '-days', '3650',
+      '-subj', o.caSubject ?? '/CN=vmm-migration throwaway CA', '-extensions', 'v3_ca'], dir)
+  }
   const hourAgo = new Date(Date.now() - 3600_000)
   const year = { from: hourAgo, to: new Date(Date.now() + 365 * 86400_000) }
   const names = o.serverNames ?? ['localhost', '127.0.0.1', '::1']

@@ -67,6 +67,10 @@ fn from_rustls(e: &rustls::Error, handshaking: bool) -> io::Error {
         _ => (libc::EPROTO, ""),
     };
     let what = if handshaking { "TLS handshake failed" } else { "TLS" };
+    // Our own refusals (tls-authz) say it in their words, not rustls's Debug.
+    if let E::InvalidCertificate(rustls::CertificateError::Other(o)) = e {
+        return tls_error(errno, format!("{what}: {}", o.0));
+    }
     tls_error(errno, format!("{what}: {e}{hint}"))
 }
 
@@ -211,7 +215,16 @@ impl Session {
             if !c.is_handshaking() && confirmed {
                 return Ok(Need::Done);
             }
-            match Session::pull(&mut c, fd, true)? {
+            // Past our Finished, only the server's verdict on our certificate is awaited.
+            let awaiting_verdict = !c.is_handshaking();
+            let pulled = Session::pull(&mut c, fd, true).map_err(|e| match as_tls_error(&e) {
+                Some(t) if awaiting_verdict => {
+                    let why = t.message.trim_start_matches("TLS handshake failed: ").trim_end_matches(" (the peer refused the TLS session: see its log for why)");
+                    tls_error(libc::EACCES, format!("TLS handshake failed: the destination refused our certificate: {why} (see its log for why)"))
+                }
+                _ => e,
+            })?;
+            match pulled {
                 None => return Ok(Need::Readable),
                 Some(0) if c.is_handshaking() => return Err(tls_error(libc::ECONNRESET, "TLS handshake failed: the peer closed the connection (does it expect TLS? a peer without TLS credentials, or one that refused ours, closes)")),
                 Some(0) => return Err(tls_error(libc::EACCES, "TLS handshake failed: the destination closed the connection instead of accepting our certificate (see its log for why)")),
@@ -340,5 +353,142 @@ impl Session {
         let mut c = lock(&self.conn);
         c.send_close_notify();
         let _ = Session::flush(&mut c, fd);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::channel::end::Kind;
+    use crate::channel::tls_creds::{load, Role};
+    use rustls::pki_types::pem::PemObject;
+    use std::os::fd::AsRawFd;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    const CONFIG: &str = "[ req ]\ndistinguished_name = dn\nprompt = no\n[ dn ]\nCN = unused\n[ v3_ca ]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n[ server ]\nbasicConstraints = critical, CA:FALSE\nextendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost, IP:127.0.0.1\n[ client ]\nbasicConstraints = critical, CA:FALSE\nextendedKeyUsage = clientAuth\n";
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("the TLS tests need the openssl command");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A CA, and a server and a client certificate it signed, in QEMU's layout.
+    pub(crate) fn make_creds(name: &str, client_subject: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmm-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("x.cnf"), CONFIG).unwrap();
+        for k in ["ca", "server", "client"] {
+            openssl(&dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &format!("{k}-key.pem")]);
+        }
+        openssl(&dir, &["req", "-config", "x.cnf", "-x509", "-new", "-key", "ca-key.pem", "-out", "ca-cert.pem", "-days", "30", "-subj", "/CN=test CA", "-extensions", "v3_ca"]);
+        for (k, subject) in [("server", "/O=vmm-migration/CN=destination"), ("client", client_subject)] {
+            openssl(&dir, &["req", "-config", "x.cnf", "-new", "-key", &format!("{k}-key.pem"), "-out", &format!("{k}.csr"), "-subj", subject]);
+            openssl(&dir, &["x509", "-req", "-in", &format!("{k}.csr"), "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-days", "30", "-extfile", "x.cnf", "-extensions", k, "-out", &format!("{k}-cert.pem")]);
+        }
+        dir
+    }
+
+    fn creds_err(dir: &Path, role: Role, authz: Option<Vec<String>>) -> String {
+        load(dir, role, authz).err().unwrap().message
+    }
+
+    #[test]
+    fn the_loader_reads_each_role_and_names_the_file_at_fault() {
+        let dir = make_creds("loader", "/O=vmm-migration/CN=source");
+        assert!(matches!(load(&dir, Role::Server, None).unwrap(), Creds::Server(_)));
+        assert!(matches!(load(&dir, Role::Client, None).unwrap(), Creds::Client(_)));
+        let client = std::fs::read(dir.join("client-cert.pem")).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&client).unwrap();
+        assert_eq!(subject_dn(&der).unwrap(), "CN=source,O=vmm-migration");
+        let e = creds_err(&dir, Role::Client, Some(vec!["CN=x".into()]));
+        assert!(e.contains("destination"), "{e}");
+        // A key that is not the certificate's.
+        std::fs::copy(dir.join("server-key.pem"), dir.join("client-key.pem")).unwrap();
+        let e = creds_err(&dir, Role::Client, None);
+        assert!(e.contains("client-key.pem") && e.contains("does not go with client-cert.pem"), "{e}");
+        std::fs::remove_file(dir.join("client-key.pem")).unwrap();
+        let e = load(&dir, Role::Client, None).err().unwrap();
+        assert_eq!(e.errno, libc::ENOENT);
+        assert!(e.message.contains("client-key.pem"), "{}", e.message);
+        // A CRL file that is there must be usable: it is never skipped.
+        std::fs::write(dir.join("ca-crl.pem"), b"garbage").unwrap();
+        let e = creds_err(&dir, Role::Server, None);
+        assert!(e.contains("ca-crl.pem"), "{e}");
+        std::fs::remove_file(dir.join("ca-crl.pem")).unwrap();
+        std::fs::write(dir.join("server-cert.pem"), b"").unwrap();
+        let e = creds_err(&dir, Role::Server, None);
+        assert!(e.contains("server-cert.pem") && e.contains("no PEM certificate"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    async fn pair(server: &Creds, client: &Creds, name: &str) -> (io::Result<()>, io::Result<()>, (Session, End), (Session, End)) {
+        let (a, b) = sys::socketpair().unwrap();
+        let (a, b) = (End::new(a, Kind::Socket).unwrap(), End::new(b, Kind::Socket).unwrap());
+        let (s, c) = (Session::new(server, None).unwrap(), Session::new(client, Some(name)).unwrap());
+        let cancel = Cancel::new();
+        let t = Duration::from_secs(5);
+        let (rs, rc) = tokio::join!(s.handshake(&a, &cancel, t), c.handshake(&b, &cancel, t));
+        (rs, rc, (s, a), (c, b))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_carry_bytes_both_ways_and_tls_authz_refuses_with_reasons() {
+        let dir = make_creds("session", "/O=vmm-migration/CN=source");
+        let client = load(&dir, Role::Client, None).unwrap();
+        let server = load(&dir, Role::Server, Some(vec!["cn=source, O=vmm-migration".into()])).unwrap();
+        let (rs, rc, (s, a), (c, b)) = pair(&server, &client, "localhost").await;
+        rs.unwrap();
+        rc.unwrap();
+        assert_eq!(s.info().peer_subject.as_deref(), Some("CN=source,O=vmm-migration"));
+        assert_eq!(c.info().version, "TLSv1_3");
+        let cancel = Cancel::new();
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            c.write_all(&b, &[&sent[..10], &sent[10..]], 0, &Cancel::new()).await.unwrap();
+            c.close_notify(&b, &Cancel::new()).await.unwrap();
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = s.read(&a, &mut buf, &cancel).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        writer.await.unwrap();
+        assert!(got == data, "bytes differ");
+
+        let strict = load(&dir, Role::Server, Some(vec!["CN=other".into()])).unwrap();
+        let (rs, rc, ..) = pair(&strict, &client, "localhost").await;
+        let (es, ec) = (rs.unwrap_err(), rc.unwrap_err());
+        assert!(as_tls_error(&es).unwrap().message.contains("\"CN=source,O=vmm-migration\" is not in tls-authz"), "{es}");
+        assert!(as_tls_error(&ec).unwrap().message.contains("the destination refused our certificate"), "{ec}");
+
+        let (_, rc, ..) = pair(&server, &client, "elsewhere.example").await;
+        let ec = rc.unwrap_err();
+        assert!(ec.to_string().contains("not valid for name"), "{ec}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_peer_and_a_silent_one_fail_the_handshake() {
+        let dir = make_creds("plain", "/CN=source");
+        let server = load(&dir, Role::Server, None).unwrap();
+        let (a, b) = sys::socketpair().unwrap();
+        let a = End::new(a, Kind::Socket).unwrap();
+        sys::write(b.as_raw_fd(), b"QEVM\0\0\0\x03 and more plaintext").unwrap();
+        let s = Session::new(&server, None).unwrap();
+        let e = s.handshake(&a, &Cancel::new(), Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.to_string().contains("is the peer speaking TLS"), "{e}");
+        let (a, _b) = sys::socketpair().unwrap();
+        let a = End::new(a, Kind::Socket).unwrap();
+        let s = Session::new(&server, None).unwrap();
+        let e = s.handshake(&a, &Cancel::new(), Duration::from_millis(50)).await.unwrap_err();
+        assert_eq!(as_tls_error(&e).unwrap().errno, libc::ETIMEDOUT);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
