@@ -200,7 +200,7 @@ impl ClientCertVerifier for Authz {
     fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
         let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         let dn = subject_dn(end_entity).map_err(|e| rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(NotAuthorized(e))))))?;
-        if self.allowed.iter().any(|a| *a == dn) {
+        if self.allowed.contains(&dn) {
             return Ok(ok);
         }
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(NotAuthorized(dn))))))
