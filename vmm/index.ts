@@ -25,8 +25,8 @@ export type { SaveVMHandlers, RegisterOptions, SaveStateEntry, PendingSize, Load
 export type { VMStateDescription, VMStateField, State } from './vmstate/index.js'
 
 export { MigStream, StreamError } from './stream/index.js'
-export { connect, listen, parseUri } from './channel/index.js'
-export type { Channel, Listener } from './channel/index.js'
+export { connect, listen, parseUri, loadTlsCreds } from './channel/index.js'
+export type { Channel, Listener, ConnectOptions, ListenOptions, TlsCreds, TlsOptions } from './channel/index.js'
 
 export { registerRam, vcpuDirtySource } from './ram/index.js'
 export type { RamOptions, RamBlockConfig, RamBlock, DirtySource, RamMigration, RamStats } from './ram/index.js'
