@@ -31,6 +31,10 @@ use vmm_sys as sys;
 /// a few records' worth, so a big write does not sit whole in memory twice.
 const PLAIN_CHUNK: usize = 256 << 10;
 
+/// Records the session holds before they are sent: one chunk's worth, so a
+/// chunk is encrypted whole and goes out in one writev.
+const SEND_BUFFER: usize = PLAIN_CHUNK + (64 << 10);
+
 /// A TLS failure: errno for the JavaScript error's `code`, and the message.
 #[derive(Debug)]
 pub struct TlsError {
@@ -161,8 +165,9 @@ impl Session {
     pub fn new(creds: &Creds, server_name: Option<&str>) -> io::Result<Session> {
         match creds {
             Creds::Server(cfg) => {
-                let conn = ServerConnection::new(cfg.clone()).map_err(|e| from_rustls(&e, true))?;
-                Ok(Session { conn: Mutex::new(conn.into()), confirm: None })
+                let mut conn: Connection = ServerConnection::new(cfg.clone()).map_err(|e| from_rustls(&e, true))?.into();
+                conn.set_buffer_limit(Some(SEND_BUFFER));
+                Ok(Session { conn: Mutex::new(conn), confirm: None })
             }
             Creds::Client(cfg) => {
                 let name = server_name.ok_or_else(|| tls_error(libc::EINVAL, "TLS: the destination's name to verify (tls-hostname) is missing"))?;
@@ -170,8 +175,9 @@ impl Session {
                 let confirm = Arc::new(Confirm::default());
                 let mut cfg = (**cfg).clone();
                 cfg.resumption = Resumption::store(confirm.clone());
-                let conn = ClientConnection::new(Arc::new(cfg), name).map_err(|e| from_rustls(&e, true))?;
-                Ok(Session { conn: Mutex::new(conn.into()), confirm: Some(confirm) })
+                let mut conn: Connection = ClientConnection::new(Arc::new(cfg), name).map_err(|e| from_rustls(&e, true))?.into();
+                conn.set_buffer_limit(Some(SEND_BUFFER));
+                Ok(Session { conn: Mutex::new(conn), confirm: Some(confirm) })
             }
         }
     }
@@ -261,23 +267,40 @@ impl Session {
     }
 
     /// One read without waiting: plaintext bytes (0 at a clean end), or
-    /// None when the socket has nothing more now.
+    /// None when the socket has nothing more now. Fills `buf` with all that
+    /// can be had without waiting: a record is 16 KiB, and a round trip
+    /// through JavaScript per record would cost more than the decryption.
     pub fn try_read(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
         if buf.is_empty() {
             return Ok(Some(0));
         }
         let mut c = lock(&self.conn);
+        let mut got = 0;
         loop {
-            match c.reader().read(buf) {
-                Ok(n) => return Ok(Some(n)),
+            match c.reader().read(&mut buf[got..]) {
+                Ok(0) => return Ok(Some(got)),
+                Ok(n) => {
+                    got += n;
+                    if got == buf.len() {
+                        return Ok(Some(got));
+                    }
+                    continue;
+                }
                 Err(e) if would_block(&e) => {}
+                // The bytes before a cut or a failure are the caller's; the
+                // error stays and comes with the next read.
+                Err(_) if got > 0 => return Ok(Some(got)),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     return Err(tls_error(libc::ECONNRESET, "TLS: the peer closed the connection without close_notify (the stream is truncated)"));
                 }
                 Err(e) => return Err(e),
             }
-            if Session::pull(&mut c, fd, false)?.is_none() {
-                return Ok(None);
+            let pulled = match Session::pull(&mut c, fd, false) {
+                Err(_) if got > 0 => return Ok(Some(got)),
+                r => r?,
+            };
+            if pulled.is_none() {
+                return Ok(if got > 0 { Some(got) } else { None });
             }
             // A key update's answer, if any: sent now when there is room,
             // else by the next write.
