@@ -146,6 +146,8 @@ export class QmpServer {
       'query-migrate-parameters': (a) => c.queryParameters(a),
       'query-migrate': (a) => c.queryMigrate(a),
       'x-migrate-resolve': (a) => c.resolve(a),
+      'object-add': (a) => c.objects.add(a),
+      'object-del': (a) => c.objects.del(a),
     }
   }
 
