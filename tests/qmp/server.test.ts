@@ -210,6 +210,17 @@ t.test('many commands at once are answered in order; several clients get the eve
   for (const c of [a, b, silent]) c.close()
 })
 
+t.test('errors answer their place in the stream: a malformed message between commands does not overtake their replies', async (t) => {
+  const a = await Raw.connect(srcQmp.path)
+  await a.negotiate()
+  a.send('{"execute":"query-status","id":1} } {"execute":"query-status","id":2} [1] {"execute":"query-version","id":3} {"execute":"nope","id":4}')
+  const replies: Msg[] = []
+  for (let i = 0; i < 6; i++) replies.push(await a.next((m) => !('event' in m)))
+  t.same(replies.map((m) => ('return' in m ? `r${m.id}` : `e${m.id ?? ''}:${m.error.class}`)),
+    ['r1', 'e:GenericError', 'r2', 'e:GenericError', 'r3', 'e4:CommandNotFound'], 'in the order sent, as QEMU answers')
+  a.close()
+})
+
 t.test('a migration driven over QMP: wrong-state commands refused, a client leaving mid-command, pause-before-switchover', async (t) => {
   const s = await Raw.connect(srcQmp.path)
   const d = await Raw.connect(dstQmp.path)

@@ -37,7 +37,8 @@ type Handler = (args: Record<string, unknown>, session: Session) => unknown | Pr
 
 class Session {
   negotiated = false
-  private queue: QmpRequest[] = []
+  /** In the order received: a request to run, or the error a malformed one gets (QEMU queues both). */
+  private queue: ({ request: QmpRequest } | { reply: Record<string, unknown> })[] = []
   private running = false
   private closed = false
   private readonly decoder: QmpDecoder
@@ -64,16 +65,14 @@ class Session {
 
   private onData(chunk: Buffer): void {
     for (const d of this.decoder.feed(chunk)) {
+      // An error answers its place in the stream: sent at once, it would
+      // overtake the replies of commands still queued or running before it.
       if (d.kind === 'error') {
-        this.send(errorMessage('GenericError', d.desc))
+        this.queue.push({ reply: errorMessage('GenericError', d.desc) })
         continue
       }
       const r = checkRequest(d.value)
-      if (!r.ok) {
-        this.send(errorMessage('GenericError', r.desc, r))
-        continue
-      }
-      this.queue.push(r.request)
+      this.queue.push(r.ok ? { request: r.request } : { reply: errorMessage('GenericError', r.desc, r) })
     }
     if (this.queue.length >= QUEUE_MAX) this.socket.pause()
     void this.drain()
@@ -84,8 +83,8 @@ class Session {
     this.running = true
     try {
       while (this.queue.length && !this.closed) {
-        const req = this.queue.shift()!
-        this.send(await this.server.dispatch(req, this))
+        const next = this.queue.shift()!
+        this.send('reply' in next ? next.reply : await this.server.dispatch(next.request, this))
         if (this.queue.length < QUEUE_MAX && this.socket.isPaused()) this.socket.resume()
       }
     } finally {
