@@ -28,6 +28,12 @@ export interface QmpServerOptions extends Omit<MigrationControlOptions, 'machine
   version?: { major: number; minor: number; micro: number; package?: string }
   /** quit was asked for, after its reply went out: the VMM ends (default: nothing). */
   onQuit?(): void
+  /**
+   * A command failed with an error that is not a refusal of this server's
+   * (not a QmpError): the client got it as a GenericError; this sees the
+   * error itself, to log it (default: nothing).
+   */
+  onCommandError?(command: string, error: unknown): void
 }
 
 /** Commands a session may have queued before its reading pauses (QEMU's QMP_REQ_QUEUE_LEN_MAX). */
@@ -218,6 +224,7 @@ export class QmpServer {
     } catch (e) {
       if (e instanceof QmpError) return errorMessage(e.errorClass, e.desc, req)
       // Not a refusal of ours: still an answer, never a crash of the monitor.
+      this.opts.onCommandError?.(req.execute, e)
       return errorMessage('GenericError', (e as Error)?.message ?? String(e), req)
     }
   }
