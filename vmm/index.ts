@@ -17,6 +17,7 @@
  *
  * See docs/embedding.md and examples/embed.ts.
  */
+export { VmmError } from './core/errors.js'
 export { Vm, TransitionError, InvalidTransitionError, ReentrantTransitionError, RUN_STATES } from './runstate/index.js'
 export type { RunState, ChangeStateHandler, ChangeStateCallback, VmEvents } from './runstate/index.js'
 

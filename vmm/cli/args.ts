@@ -2,8 +2,10 @@
 // UsageError naming the option and what was wrong with it.
 import { MAX_RAM } from '../machine/workload.js'
 import { parseUri, UriError } from '../channel/uri.js'
+import { VmmError } from '../core/errors.js'
 
-export class UsageError extends Error {
+export class UsageError extends VmmError {
+  readonly code = 'ERR_USAGE'
   constructor(message: string) {
     super(message)
     this.name = 'UsageError'

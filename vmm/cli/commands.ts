@@ -331,7 +331,13 @@ export async function cmdIncoming(uri: string, o: Options, out: Out, signal?: Ab
   const report = await runIncoming(uri, o, (address) => {
     if (o.events) event({ event: 'listening', address })
     else if (!o.json) out.line(address.startsWith('file:') ? `reading ${address}` : `listening on ${address}`)
-  }, signal, o.events ? () => event({ event: 'starting' }) : undefined, o.events ? event : undefined)
+  }, signal, o.events ? () => {
+    event({ event: 'starting' })
+    // Fault injection for tests (docs/faults.md): freeze right here, GO
+    // received and nothing started, so a kill lands in that window however
+    // slowly the test is scheduled. stdout to a pipe is written synchronously.
+    if (process.env.VMM_MIGRATE_FAULT === 'stop-at-starting') process.kill(process.pid, 'SIGSTOP')
+  } : undefined, o.events ? event : undefined)
   report.maxRssBytes = await maxRssBytes()
   const ok = (report.loaded?.checksumConsistent ?? true) && report.checksumConsistentAfter &&
     (o.runAfterMs === 0 || BigInt(report.counterAfter) > BigInt(report.counterAtStart))

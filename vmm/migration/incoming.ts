@@ -93,6 +93,16 @@ async function bounded(p: Promise<unknown>, ms: number): Promise<boolean> {
  */
 const unclaimed = new WeakMap<Listener, Promise<Channel>>()
 
+type Accepted = { ch: Channel } | { err: unknown }
+/**
+ * An accept as a value. At module level on purpose: a closure made inside
+ * an incoming migration would keep that migration, and with it a destroyed
+ * guest's RAM, alive for as long as the listener's next accept is pending.
+ */
+function accepted(p: Promise<Channel>): Promise<Accepted> {
+  return p.then((ch) => ({ ch }), (err: unknown) => ({ err }))
+}
+
 /** The commands this destination acts on; any other one is refused, as the loader does without onCommand. */
 const KNOWN_COMMANDS = new Set<number>([MigCmd.OPEN_RETURN_PATH, MigCmd.PING, MigCmd.SWITCHOVER_START])
 
@@ -198,6 +208,10 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
     const many = listener.acceptsMany !== false
     return new Promise((resolve, reject) => {
       let done = false
+      // Ends the accept loop's wait as soon as this migration has its stream:
+      // the pending accept is the next migration's, and must not hold this one.
+      let stopLoop!: () => void
+      const stopped = new Promise<null>((r) => { stopLoop = () => r(null) })
       const probing = new Set<MigStream>()
       const overall = p.incomingTimeoutMs > 0
         ? setTimeout(() => finish(new MigrationError(`no migration arrived on ${listener.address} within incoming-timeout (${p.incomingTimeoutMs} ms)`, 'ETIMEDOUT')), p.incomingTimeoutMs)
@@ -208,6 +222,7 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
       const finish = (err: Error | undefined, winner?: MigStream) => {
         if (done) return
         done = true
+        stopLoop()
         clearTimeout(overall)
         this.opts.signal?.removeEventListener('abort', onAbort)
         for (const s of probing) {
@@ -263,13 +278,14 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
           // next migration's on the same listener.
           const next = unclaimed.get(listener) ?? listener.accept()
           unclaimed.set(listener, next)
-          try {
-            ch = await next
-          } catch (e) {
+          const got = await Promise.race([accepted(next), stopped])
+          if (got === null) return
+          if ('err' in got) {
             if (unclaimed.get(listener) === next) unclaimed.delete(listener)
-            finish(e as Error)
+            finish(got.err as Error)
             return
           }
+          ch = got.ch
           // A peer that came after this migration found its source belongs
           // to the next one; closing it reset a source that had connected in
           // time (a VMM migrating back and forth over one listener).

@@ -566,7 +566,12 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
           sampleBytes = progress()
         }
         this.mbps = (meter.bytesPerMs * 1000 * 8) / 1e6
-        const reserveMs = this.destCheckMs
+        // The destination's checks before it starts the guest are downtime
+        // too, so they take their share of the limit before data does. At
+        // most half of it: checks that alone outlast the limit (a digest of
+        // gigabytes of RAM) would otherwise hold pre-copy back for ever; the
+        // expected downtime in the stats then shows the limit is not held.
+        const reserveMs = Math.min(this.destCheckMs, p.downtimeLimitMs / 2)
         const bw = meter.bytesPerMs
         const backlog = this.destLoaded >= 0 ? Math.max(0, f.transferred - this.destLoaded) : 0
         let pending = save.pendingEstimate().precopyOnly + backlog
@@ -592,12 +597,9 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
           lastSyncAt = ts
           input.pending = pending
           this.remaining = pending
-          this.expected = expectedDowntimeMs(input)
+          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs })
           const rateKnown = bw > 0 || p.availSwitchoverBandwidth > 0
-          // A reserve as large as the limit leaves nothing that fits: pre-copy
-          // goes on (QEMU's answer to a limit it cannot hold), and the
-          // expected downtime in the stats says why.
-          const fits = (rateKnown ? pending <= thresholdBytes(input) : pending === 0) && reserveMs < p.downtimeLimitMs
+          const fits = rateKnown ? pending <= thresholdBytes(input) : pending === 0
           if (fits && (!this.capabilities.switchoverAck || this.acked)) break
           // Nothing moves in pre-copy and the link was never measured: the
           // state left can only move with the VM stopped, and how long that
@@ -610,7 +612,7 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
           }
         } else {
           this.remaining = pending
-          this.expected = expectedDowntimeMs(input)
+          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs })
         }
         this.emit('progress', this.stats())
         if (p.xMaxIterations > 0 && this.iterations >= p.xMaxIterations) {
