@@ -129,8 +129,8 @@ pub struct Info {
 /// certificate, so a refusal (an expired certificate, a DN outside
 /// tls-authz) would only show as an alert in the middle of the migration.
 /// Our server sends one session ticket once it accepted the client; the
-/// client waits for it (or the alert) within the handshake's bound. Tickets
-/// are never used to resume: nothing is ever handed back.
+/// client waits for it or the alert, at most VERDICT_WAIT. Tickets are
+/// never used to resume: nothing is ever handed back.
 #[derive(Debug, Default)]
 struct Confirm(AtomicBool);
 
