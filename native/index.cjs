@@ -843,6 +843,7 @@ module.exports.Group = nativeBinding.Group
 module.exports.KvmMachine = nativeBinding.KvmMachine
 module.exports.NativeChannel = nativeBinding.NativeChannel
 module.exports.NativeListener = nativeBinding.NativeListener
+module.exports.NativeTlsCreds = nativeBinding.NativeTlsCreds
 module.exports.blake3Digest = nativeBinding.blake3Digest
 module.exports.createKvmMachine = nativeBinding.createKvmMachine
 module.exports.fdTransfer = nativeBinding.fdTransfer
