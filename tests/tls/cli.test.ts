@@ -32,6 +32,8 @@ t.test('flags: where they apply, repeatable tls-authz, what they become', async 
     [['demo', '--tls', '--tls-creds-x509', 'd'], /give one of them/],
     [['incoming', 'tcp:h:1', '--tls-creds-x509', 'd', '--tls-authz', 'nodn'], /not a distinguished name/],
     [['incoming', 'tcp:h:1', '--tls-creds-x509', ''], /needs a directory/],
+    [['incoming', 'tcp:h:1', '--tls-creds-psk', '/etc/psk'], /PSK credentials are not supported/],
+    [['migrate', 'tcp:h:1', '--tls-username', 'bob'], /PSK credentials, which are not supported/],
   ]
   for (const [argv, why] of bad) t.throws(() => parseArgs(argv), { name: 'UsageError', message: why }, argv.join(' '))
   t.match(commandHelp('incoming'), /--tls-creds-x509 DIR/)

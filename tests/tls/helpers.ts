@@ -44,10 +44,10 @@ export function mix(base: string, from: string, names: string[]): string {
 export const days = (d: number) => new Date(Date.now() + d * 86400_000)
 
 /** A source running and a destination waiting, with no sections: they migrate in milliseconds. */
-export async function vms(): Promise<{ src: MigratableVm; dst: MigratableVm }> {
-  const src = { vm: new Vm('prelaunch'), registry: new SaveVMRegistry(), machine: 'tls-test-machine' }
+export async function vms(machine = 'tls-test-machine'): Promise<{ src: MigratableVm; dst: MigratableVm }> {
+  const src = { vm: new Vm('prelaunch'), registry: new SaveVMRegistry(), machine }
   await src.vm.vmStart()
-  return { src, dst: { vm: new Vm('prelaunch'), registry: new SaveVMRegistry(), machine: 'tls-test-machine' } }
+  return { src, dst: { vm: new Vm('prelaunch'), registry: new SaveVMRegistry(), machine } }
 }
 
 /** A TCP relay to `port` that keeps what went each way. */

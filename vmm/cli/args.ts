@@ -165,6 +165,14 @@ const VALUED: Record<string, Setter> = {
     if (!v) throw new UsageError(`${n} needs a name`)
     o.tlsHostname = v
   },
+  // QEMU's PSK credentials have no TLS 1.3 counterpart in rustls (no
+  // external PSK): refused by name rather than unknown.
+  '--tls-creds-psk': (_o, _v, n) => {
+    throw new UsageError(`${n}: PSK credentials are not supported (the TLS library has no TLS 1.3 external PSK); use --tls-creds-x509 (docs/tls.md)`)
+  },
+  '--tls-username': (_o, _v, n) => {
+    throw new UsageError(`${n}: belongs to PSK credentials, which are not supported; use --tls-creds-x509 (docs/tls.md)`)
+  },
   // A new array each time: the default one is shared and frozen.
   '--tls-authz': (o, v, n) => {
     if (!v.includes('=')) throw new UsageError(`${n}: '${v}' is not a distinguished name (example: CN=source,O=Example)`)

@@ -35,6 +35,10 @@ const PLAIN_CHUNK: usize = 256 << 10;
 /// chunk is encrypted whole and goes out in one writev.
 const SEND_BUFFER: usize = PLAIN_CHUNK + (64 << 10);
 
+/// How long a client that finished its handshake waits for the server's
+/// verdict on its certificate (see [`Confirm`]). Ours answers at once.
+const VERDICT_WAIT: Duration = Duration::from_millis(1500);
+
 /// A TLS failure: errno for the JavaScript error's `code`, and the message.
 #[derive(Debug)]
 pub struct TlsError {
@@ -125,8 +129,8 @@ pub struct Info {
 /// certificate, so a refusal (an expired certificate, a DN outside
 /// tls-authz) would only show as an alert in the middle of the migration.
 /// Our server sends one session ticket once it accepted the client; the
-/// client waits for it (or the alert) within the handshake's bound. Tickets
-/// are never used to resume: nothing is ever handed back.
+/// client waits for it or the alert, at most VERDICT_WAIT. Tickets are
+/// never used to resume: nothing is ever handed back.
 #[derive(Debug, Default)]
 struct Confirm(AtomicBool);
 
@@ -239,12 +243,28 @@ impl Session {
         }
     }
 
+    /// A client past its handshake that has not heard the server's verdict.
+    fn awaiting_verdict(&self) -> bool {
+        self.confirm.as_ref().is_some_and(|c| !c.0.load(Ordering::SeqCst)) && !lock(&self.conn).is_handshaking()
+    }
+
     /// Runs the handshake to its end, within `timeout`.
     pub async fn handshake(&self, end: &End, cancel: &Cancel, timeout: Duration) -> io::Result<()> {
         let run = async {
+            let mut verdict_by: Option<tokio::time::Instant> = None;
             loop {
                 match self.handshake_step(end.raw())? {
                     Need::Done => return Ok(()),
+                    Need::Readable if self.awaiting_verdict() => {
+                        // A server that sends no ticket (QEMU's GnuTLS) says
+                        // nothing: after a while, go on without the verdict;
+                        // a refusal then shows as an alert on the stream.
+                        let by = *verdict_by.get_or_insert_with(|| tokio::time::Instant::now() + VERDICT_WAIT);
+                        match tokio::time::timeout_at(by, end.wait_readable(cancel)).await {
+                            Ok(g) => g?.not_ready(),
+                            Err(_) => return Ok(()),
+                        }
+                    }
                     Need::Readable => end.wait_readable(cancel).await?.not_ready(),
                     Need::Writable => end.wait_writable(cancel).await?.not_ready(),
                 }
@@ -290,6 +310,12 @@ impl Session {
                 // The bytes before a cut or a failure are the caller's; the
                 // error stays and comes with the next read.
                 Err(_) if got > 0 => return Ok(Some(got)),
+                // The source reads only the return path, framed messages that
+                // a cut can only shorten, and QEMU 7.2 destinations close
+                // without close_notify: an end there. The destination reads
+                // the stream, which an attacker must not be able to shorten
+                // unnoticed: an error.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && self.confirm.is_some() => return Ok(Some(0)),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     return Err(tls_error(libc::ECONNRESET, "TLS: the peer closed the connection without close_notify (the stream is truncated)"));
                 }
