@@ -22,7 +22,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const JS_TARGETS = ['savevm', 'ram-diff', 'analyze', 'cli']
+const JS_TARGETS = ['savevm', 'ram-diff', 'analyze', 'cli', 'qmp']
 const RUST_TARGETS = ['ram_decode', 'vfio_frames']
 const args = process.argv.slice(2)
 const opt = (name, dflt) => {
@@ -33,6 +33,11 @@ const ci = args.includes('--ci')
 const seconds = Number(opt('--seconds', ci ? 45 : 600))
 const only = opt('--targets', '')?.split(',').filter(Boolean)
 const work = join(root, '.fuzz')
+const unknown = only?.filter(t => !JS_TARGETS.includes(t) && !RUST_TARGETS.includes(t)) ?? []
+if (unknown.length) {
+  process.stderr.write(`fuzz: no target named ${unknown.join(', ')}; the targets are ${[...JS_TARGETS, ...RUST_TARGETS].join(', ')}\n`)
+  process.exit(2)
+}
 const hangGraceMs = 30_000
 
 function log(s) {

@@ -17,6 +17,7 @@
  *
  * See docs/embedding.md and examples/embed.ts.
  */
+export { VmmError } from './core/errors.js'
 export { Vm, TransitionError, InvalidTransitionError, ReentrantTransitionError, RUN_STATES } from './runstate/index.js'
 export type { RunState, ChangeStateHandler, ChangeStateCallback, VmEvents } from './runstate/index.js'
 
@@ -25,8 +26,8 @@ export type { SaveVMHandlers, RegisterOptions, SaveStateEntry, PendingSize, Load
 export type { VMStateDescription, VMStateField, State } from './vmstate/index.js'
 
 export { MigStream, StreamError } from './stream/index.js'
-export { connect, listen, parseUri } from './channel/index.js'
-export type { Channel, Listener } from './channel/index.js'
+export { connect, listen, parseUri, loadTlsCreds } from './channel/index.js'
+export type { Channel, Listener, ConnectOptions, ListenOptions, TlsCreds, TlsOptions } from './channel/index.js'
 
 export { registerRam, vcpuDirtySource } from './ram/index.js'
 export type { RamOptions, RamBlockConfig, RamBlock, DirtySource, RamMigration, RamStats, SharedRam } from './ram/index.js'

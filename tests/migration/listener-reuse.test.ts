@@ -6,6 +6,8 @@ import t from 'tap'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import v8 from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { native } from '../../vmm/native/addon.js'
 import { Vm } from '../../vmm/runstate/index.js'
 import { SaveVMRegistry } from '../../vmm/savevm/registry.js'
@@ -45,4 +47,27 @@ t.test('a source that connects between two migrations on one listener is the nex
   const [r, s] = await Promise.all([new IncomingMigration(dst, { parameters }).start(l), early])
   t.equal(r.status, 'completed', 'a source that connected before the destination accepted: completed')
   t.equal(s.status, 'completed')
+})
+
+t.test('a finished incoming migration is not kept alive by the listener\'s next accept', { timeout: 60_000 }, async (t) => {
+  // The pingpong lab saw a destroyed guest's RAM stay until the next
+  // migration: the accept left pending for it held the finished one.
+  v8.setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  const l = await listen(`unix:${join(mkdtempSync(join(tmpdir(), 'reuse-')), 'l')}`)
+  t.teardown(() => l.close())
+  let dst: MigratableVm | undefined = await makeVm('dest')
+  const gone = new WeakRef(dst)
+  const [r] = await Promise.all([
+    new IncomingMigration(dst, { parameters }).start(l),
+    new OutgoingMigration(await makeVm('source'), { parameters }).start(l.address),
+  ])
+  t.equal(r.status, 'completed')
+  await dst.vm.vmStop().catch(() => undefined)
+  dst = undefined
+  for (let i = 0; i < 10 && gone.deref(); i++) {
+    await new Promise((r) => setTimeout(r, 50))
+    gc()
+  }
+  t.equal(gone.deref(), undefined, 'the destination machine was collected while the listener still accepts')
 })

@@ -5,88 +5,12 @@
 // migration between two servers in this process, paused before the
 // switchover, with a parameter changed while it runs.
 import t from 'tap'
-import * as net from 'node:net'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { QmpServer } from '../../vmm/qmp/index.js'
 import { MicroVm } from '../../vmm/microvm/index.js'
-
-type Msg = Record<string, any>
-
-/** A raw QMP client: what it sends is bytes, what it gets is every message, in order. */
-class Raw {
-  readonly got: Msg[] = []
-  private buf = ''
-  private waiters: (() => void)[] = []
-  closed = false
-  private constructor(readonly sock: net.Socket) {
-    sock.on('data', (d) => {
-      this.buf += d
-      let nl: number
-      while ((nl = this.buf.indexOf('\n')) >= 0) {
-        const line = this.buf.slice(0, nl).trim()
-        this.buf = this.buf.slice(nl + 1)
-        if (line) this.got.push(JSON.parse(line))
-      }
-      for (const w of this.waiters.splice(0)) w()
-    })
-    sock.on('close', () => {
-      this.closed = true
-      for (const w of this.waiters.splice(0)) w()
-    })
-    sock.on('error', () => undefined)
-  }
-
-  static connect(path: string): Promise<Raw> {
-    return new Promise((res, rej) => {
-      const s = net.connect(path, () => res(new Raw(s)))
-      s.once('error', rej)
-    })
-  }
-
-  /** The next message matching `pred` (each is taken once), within `ms`. */
-  async next(pred: (m: Msg) => boolean = () => true, ms = 10000): Promise<Msg> {
-    const deadline = Date.now() + ms
-    for (;;) {
-      const i = this.got.findIndex(pred)
-      if (i >= 0) return this.got.splice(i, 1)[0]!
-      if (this.closed) throw new Error(`connection closed; still had ${JSON.stringify(this.got).slice(0, 300)}`)
-      const left = deadline - Date.now()
-      if (left <= 0) throw new Error(`no such message in ${ms} ms; had ${JSON.stringify(this.got).slice(0, 300)}`)
-      await new Promise<void>((r) => {
-        const timer = setTimeout(r, left)
-        this.waiters.push(() => {
-          clearTimeout(timer)
-          r()
-        })
-      })
-    }
-  }
-
-  send(raw: string | Buffer): void {
-    this.sock.write(raw)
-  }
-
-  private n = 0
-  /** Execute and return the reply (matched by a fresh id). */
-  async x(execute: string, args?: Record<string, unknown>): Promise<Msg> {
-    const id = `c${++this.n}`
-    this.send(JSON.stringify(args === undefined ? { execute, id } : { execute, arguments: args, id }))
-    return this.next((m) => m.id === id)
-  }
-
-  async negotiate(): Promise<Msg> {
-    const greeting = await this.next((m) => 'QMP' in m)
-    const r = await this.x('qmp_capabilities')
-    if (!('return' in r)) throw new Error(`negotiation failed: ${JSON.stringify(r)}`)
-    return greeting
-  }
-
-  close(): void {
-    this.sock.destroy()
-  }
-}
+import { Raw, type Msg } from './raw-client.js'
 
 const errorOf = (r: Msg) => [r.error?.class, r.error?.desc]
 
@@ -150,7 +74,8 @@ t.test('bad input: each gets its error, the session and the VM go on', async (t)
   t.same(errorOf(await c.x('migrate-set-parameters', { 'downtime-limit': 'x' })), ['GenericError', "Invalid parameter type for 'downtime-limit', expected: integer"])
   t.same(errorOf(await c.x('migrate-set-parameters', { 'downtime-limit': 3_000_000 })), ['GenericError', "Parameter 'downtime_limit' expects an integer in the range of 0 to 2000000"])
   t.same(errorOf(await c.x('migrate-set-parameters', { 'max-bandwidth': -1 })), ['GenericError', "Parameter 'max-bandwidth' expects uint64"])
-  t.same(errorOf(await c.x('migrate-set-parameters', { 'tls-creds': 'x' })), ['GenericError', "Parameter 'tls-creds' is unexpected"])
+  t.same(errorOf(await c.x('migrate-set-parameters', { 'tls-creds': 7 })), ['GenericError', "Invalid parameter type for 'tls-creds', expected: string"])
+  t.same(errorOf(await c.x('migrate-set-parameters', { 'block-incremental': true })), ['GenericError', "Parameter 'block-incremental' is unexpected"])
   t.same(errorOf(await c.x('migrate-set-capabilities', { capabilities: {} })), ['GenericError', "Invalid parameter type for 'capabilities', expected: array"])
   t.same(errorOf(await c.x('migrate-set-capabilities', { capabilities: [{ capability: 'nope', state: true }] })), ['GenericError', "Parameter 'capabilities[0].capability' does not accept value 'nope'"])
   t.same(errorOf(await c.x('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: 1 }] })), ['GenericError', "Invalid parameter type for 'capabilities[0].state', expected: boolean"])
@@ -208,6 +133,17 @@ t.test('many commands at once are answered in order; several clients get the eve
   t.match(await a.x('cont'), { return: {} }, 'cont of a running VM: nothing to do, as QEMU')
   t.notOk(silent.got.some((m) => 'event' in m), 'a client that did not negotiate gets no events')
   for (const c of [a, b, silent]) c.close()
+})
+
+t.test('errors answer their place in the stream: a malformed message between commands does not overtake their replies', async (t) => {
+  const a = await Raw.connect(srcQmp.path)
+  await a.negotiate()
+  a.send('{"execute":"query-status","id":1} } {"execute":"query-status","id":2} [1] {"execute":"query-version","id":3} {"execute":"nope","id":4}')
+  const replies: Msg[] = []
+  for (let i = 0; i < 6; i++) replies.push(await a.next((m) => !('event' in m)))
+  t.same(replies.map((m) => ('return' in m ? `r${m.id}` : `e${m.id ?? ''}:${m.error.class}`)),
+    ['r1', 'e:GenericError', 'r2', 'e:GenericError', 'r3', 'e4:CommandNotFound'], 'in the order sent, as QEMU answers')
+  a.close()
 })
 
 t.test('a migration driven over QMP: wrong-state commands refused, a client leaving mid-command, pause-before-switchover', async (t) => {

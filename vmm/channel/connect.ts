@@ -6,13 +6,14 @@ import * as dns from 'node:dns'
 import * as fs from 'node:fs'
 import { dirname } from 'node:path'
 import { spawn, type ChildProcess } from 'node:child_process'
-import type { NativeChannel, NativeListener } from '../../native/index.js'
+import type { NativeChannel, NativeListener, TlsInfo } from '../../native/index.js'
 import { native } from '../native/addon.js'
 import type { Channel } from './types.js'
 import { FdChannel } from './fd-channel.js'
 import { FileChannel } from './file.js'
 import { parseUri, formatUri, type MigrationAddress } from './uri.js'
 import { StreamError, toStreamError } from '../stream/errors.js'
+import { DEFAULT_TLS_HANDSHAKE_MS, type TlsOptions } from './tls.js'
 
 function openAsync(path: string, flags: string): Promise<number> {
   return new Promise((res, rej) => fs.open(path, flags, 0o600, (e, fd) => (e ? rej(e) : res(fd))))
@@ -72,7 +73,34 @@ async function connectNative(nat: NativeChannel, signal: AbortSignal | undefined
   }
 }
 
-async function tcpConnect(host: string, port: number, desc: string, signal?: AbortSignal): Promise<Channel> {
+/**
+ * The client side of TLS on a connected socket: the handshake ends before
+ * the channel is handed out, so a refused certificate fails connect(), before
+ * any byte of the migration. Aborting `signal` ends it (ECANCELED).
+ */
+async function startTls(nat: NativeChannel, tls: TlsOptions, defaultName: string | undefined, desc: string, signal?: AbortSignal): Promise<TlsInfo> {
+  const name = tls.hostname || defaultName
+  if (!name) {
+    nat.close()
+    throw new StreamError('EINVAL', `connect ${desc}: TLS needs the destination's name to verify its certificate (tls-hostname)`)
+  }
+  if (tls.creds.endpoint !== 'client') {
+    nat.close()
+    throw new StreamError('EINVAL', `connect ${desc}: the TLS credentials were loaded for the ${tls.creds.endpoint} side; the source needs 'client' ones`)
+  }
+  const onAbort = () => nat.close()
+  signal?.addEventListener('abort', onAbort, { once: true })
+  try {
+    return await nat.startTls(tls.creds, name, tls.handshakeTimeoutMs ?? DEFAULT_TLS_HANDSHAKE_MS)
+  } catch (e) {
+    nat.close()
+    throw signal?.aborted ? cancelled(desc) : toStreamError(e, `connect ${desc}`)
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
+  }
+}
+
+async function tcpConnect(host: string, port: number, desc: string, signal?: AbortSignal, tls?: TlsOptions): Promise<Channel> {
   if (signal?.aborted) throw cancelled(desc)
   const ips = await addressesOf(host, `connect ${desc}`)
   let last: unknown = new StreamError('ENOENT', `connect ${desc}: ${host} has no address`)
@@ -88,12 +116,13 @@ async function tcpConnect(host: string, port: number, desc: string, signal?: Abo
       last = e
       continue
     }
-    return new FdChannel('tcp', desc, nat)
+    if (!tls) return new FdChannel('tcp', desc, nat)
+    return new FdChannel('tcp', desc, nat, { tls: Promise.resolve(await startTls(nat, tls, host, desc, signal)) })
   }
   throw toStreamError(last, `connect ${desc}`)
 }
 
-async function unixConnect(path: string, desc: string, signal?: AbortSignal): Promise<Channel> {
+async function unixConnect(path: string, desc: string, signal?: AbortSignal, tls?: TlsOptions): Promise<Channel> {
   if (signal?.aborted) throw cancelled(desc)
   let nat: NativeChannel
   try {
@@ -103,7 +132,8 @@ async function unixConnect(path: string, desc: string, signal?: AbortSignal): Pr
     if (e instanceof StreamError) throw e
     throw await pathError(e, path, `connect ${desc}`, `no socket ${path} (is the destination listening?)`)
   }
-  return new FdChannel('unix', desc, nat)
+  if (!tls) return new FdChannel('unix', desc, nat)
+  return new FdChannel('unix', desc, nat, { tls: Promise.resolve(await startTls(nat, tls, undefined, desc, signal)) })
 }
 
 /**
@@ -176,15 +206,26 @@ async function fdChannel(fd: number, desc: string): Promise<Channel> {
 export interface ConnectOptions {
   /** Aborting it abandons a connect still in progress (ECANCELED). */
   signal?: AbortSignal
+  /** TLS on a tcp: or unix: channel (other kinds are refused with it). */
+  tls?: TlsOptions
+}
+
+function noTls(desc: string, kind: string): StreamError {
+  return new StreamError('EINVAL', `${desc}: TLS runs over tcp: and unix: channels only, not ${kind}:`)
 }
 
 /** Open the outgoing side of a migration. */
 export async function connect(uri: string | MigrationAddress, opts: ConnectOptions = {}): Promise<Channel> {
   const a = typeof uri === 'string' ? parseUri(uri) : uri
   const desc = formatUri(a)
+  if (opts.tls && a.kind !== 'tcp' && a.kind !== 'unix') throw noTls(desc, a.kind)
+  // Found before connecting: a destination takes its first peer as the source.
+  if (opts.tls && a.kind === 'unix' && !opts.tls.hostname) {
+    throw new StreamError('EINVAL', `connect ${desc}: TLS needs the destination's name to verify its certificate (tls-hostname): a unix: URI has no host`)
+  }
   switch (a.kind) {
-    case 'tcp': return tcpConnect(a.host, a.port, desc, opts.signal)
-    case 'unix': return unixConnect(a.path, desc, opts.signal)
+    case 'tcp': return tcpConnect(a.host, a.port, desc, opts.signal, opts.tls)
+    case 'unix': return unixConnect(a.path, desc, opts.signal, opts.tls)
     case 'file':
       try {
         return new FileChannel('file', desc, await openAsync(a.path, 'w'), true)
@@ -204,12 +245,20 @@ export interface Listener {
   close(): Promise<void>
   /** False for file:, exec: and fd:, which give one channel; true (or absent) for a socket that accepts peers. */
   readonly acceptsMany?: boolean
+  /**
+   * True when each accepted channel runs a TLS handshake (listen() with
+   * `tls`): its first read or write waits for it and fails with its error.
+   */
+  readonly tls?: boolean
 }
 
 class ServerListener implements Listener {
   readonly acceptsMany = true
+  readonly tls: boolean
   private closed = false
-  constructor(private readonly nat: NativeListener, readonly address: string, private readonly kind: 'tcp' | 'unix') {}
+  constructor(private readonly nat: NativeListener, readonly address: string, private readonly kind: 'tcp' | 'unix', private readonly tlsOpts?: TlsOptions) {
+    this.tls = tlsOpts !== undefined
+  }
 
   async accept(): Promise<Channel> {
     if (this.closed) throw new StreamError('EBADF', `${this.address}: listener closed`)
@@ -220,7 +269,13 @@ class ServerListener implements Listener {
       if (this.closed) throw new StreamError('ECANCELED', `${this.address}: listener closed`)
       throw toStreamError(e, this.address)
     }
-    return new FdChannel(this.kind, `${this.address} <- ${c.peer ?? 'peer'}`, c)
+    const desc = `${this.address} <- ${c.peer ?? 'peer'}`
+    if (!this.tlsOpts) return new FdChannel(this.kind, desc, c)
+    // The handshake runs while the caller already holds the channel, so a
+    // peer that stalls it holds no accept: the caller's probe bounds it too
+    // (incoming.ts), and drops the peer when it fails.
+    const hs = c.startTls(this.tlsOpts.creds, null, this.tlsOpts.handshakeTimeoutMs ?? DEFAULT_TLS_HANDSHAKE_MS)
+    return new FdChannel(this.kind, desc, c, { tls: hs })
   }
 
   async close(): Promise<void> {
@@ -270,10 +325,20 @@ async function clearStaleSocket(path: string, desc: string): Promise<void> {
   })
 }
 
+export interface ListenOptions {
+  /** TLS on each accepted channel (tcp: and unix: only); `hostname` does not apply. */
+  tls?: TlsOptions
+}
+
 /** Open the incoming side of a migration. */
-export async function listen(uri: string | MigrationAddress): Promise<Listener> {
+export async function listen(uri: string | MigrationAddress, opts: ListenOptions = {}): Promise<Listener> {
   const a = typeof uri === 'string' ? parseUri(uri) : uri
   const desc = formatUri(a)
+  const tls = opts.tls
+  if (tls && a.kind !== 'tcp' && a.kind !== 'unix') throw noTls(desc, a.kind)
+  if (tls && tls.creds.endpoint !== 'server') {
+    throw new StreamError('EINVAL', `listen ${desc}: the TLS credentials were loaded for the ${tls.creds.endpoint} side; the destination needs 'server' ones`)
+  }
   switch (a.kind) {
     case 'tcp': {
       const [ip] = await addressesOf(a.host, `listen ${desc}`)
@@ -283,7 +348,7 @@ export async function listen(uri: string | MigrationAddress): Promise<Listener> 
       } catch (e) {
         throw toStreamError(e, `listen ${desc}`)
       }
-      return new ServerListener(l, formatUri({ kind: 'tcp', host: a.host, port: l.port! }), 'tcp')
+      return new ServerListener(l, formatUri({ kind: 'tcp', host: a.host, port: l.port! }), 'tcp', tls)
     }
     case 'unix': {
       await clearStaleSocket(a.path, desc)
@@ -293,7 +358,7 @@ export async function listen(uri: string | MigrationAddress): Promise<Listener> 
       } catch (e) {
         throw await pathError(e, a.path, `listen ${desc}`)
       }
-      return new ServerListener(l, desc, 'unix')
+      return new ServerListener(l, desc, 'unix', tls)
     }
     case 'file':
       return new OnceListener(desc, async () => {

@@ -13,7 +13,7 @@
 // A unix: channel also passes file descriptors (sendFds / acceptFds /
 // takeFds, for a local migration); once it accepts them, every read waits
 // on the runtime, so its recvmsg never runs on this thread.
-import type { NativeChannel } from '../../native/index.js'
+import type { NativeChannel, TlsInfo } from '../../native/index.js'
 import type { Channel, ChannelKind } from './types.js'
 import { StreamError, toStreamError } from '../stream/errors.js'
 
@@ -85,6 +85,11 @@ export interface FdChannelOptions {
   duplex?: boolean
   /** Runs after the descriptors are closed (an exec: channel waits for its command there). */
   onClose?: () => Promise<void>
+  /**
+   * The channel's TLS handshake (NativeChannel.startTls), settled or still
+   * running: reads and writes wait for it and fail with its error.
+   */
+  tls?: Promise<TlsInfo>
 }
 
 export class FdChannel implements Channel {
@@ -103,6 +108,11 @@ export class FdChannel implements Channel {
   private landing: Buffer | null = null
   /** Set by acceptFds: reads then all go through the runtime (recvmsg off this thread). */
   private fdReads = false
+  /** Whether the bytes go through a TLS session (then no fd is handed out). */
+  readonly tls: boolean
+  /** What the handshake settled, once it did. */
+  tlsInfo: TlsInfo | undefined
+  private handshaking: Promise<void> | null = null
 
   constructor(kind: ChannelKind, description: string, nat: NativeChannel, opts: FdChannelOptions = {}) {
     this.kind = kind
@@ -110,6 +120,13 @@ export class FdChannel implements Channel {
     this.nat = nat
     if (opts.duplex !== undefined) this.duplex = opts.duplex
     this.onClose = opts.onClose
+    this.tls = opts.tls !== undefined
+    if (opts.tls) {
+      this.handshaking = opts.tls.then(
+        (info) => { this.tlsInfo = info; this.handshaking = null },
+        (e) => { this.error ??= toStreamError(e, description); this.handshaking = null },
+      )
+    }
     // The stream flushes whole records: no Nagle delay. False (ignored) on
     // a UNIX socket or a pipe.
     try {
@@ -119,12 +136,20 @@ export class FdChannel implements Channel {
     }
   }
 
+  // Under TLS no descriptor is handed out, not even before the handshake
+  // ends: a native transfer on it would put plaintext on the wire.
   get fd(): number | undefined {
-    return this.closed ? undefined : this.nat.fd ?? undefined
+    return this.closed || this.tls ? undefined : this.nat.fd ?? undefined
   }
 
   get writeFd(): number | undefined {
-    return this.closed ? undefined : this.nat.writeFd ?? undefined
+    return this.closed || this.tls ? undefined : this.nat.writeFd ?? undefined
+  }
+
+  /** Settles once the TLS handshake did (at once without TLS); rejects with its error. */
+  async handshake(): Promise<void> {
+    if (this.handshaking) await this.handshaking
+    if (this.tls && !this.tlsInfo) throw this.error ?? new StreamError('EPROTO', `${this.description}: TLS handshake did not finish`)
   }
 
   get writableLength(): number {
@@ -138,6 +163,7 @@ export class FdChannel implements Channel {
 
   async read(buf: Uint8Array, offset: number, length: number): Promise<number> {
     if (length <= 0) return 0
+    if (this.handshaking) await this.handshaking
     if (this.error) throw this.error
     if (this.closed) return 0
     try {
@@ -159,6 +185,7 @@ export class FdChannel implements Channel {
   }
 
   writev(bufs: readonly Uint8Array[]): Promise<void> {
+    if (this.handshaking) return this.handshaking.then(() => this.writev(bufs))
     if (this.error) return Promise.reject(this.error)
     if (this.closed) return Promise.reject(new StreamError('EPIPE', `${this.description}: write after close`))
     let total = 0
@@ -269,9 +296,12 @@ export class FdChannel implements Channel {
   resumeReads(): void {}
 
   async endWrites(): Promise<void> {
+    if (this.handshaking) await this.handshaking
     await this.writing
     if (this.closed) return
     try {
+      // The peer must tell our end from a cut (which an attacker can make).
+      if (this.tlsInfo) await this.nat.closeNotify()
       this.nat.endWrites()
     } catch (e) {
       throw this.fail(e)

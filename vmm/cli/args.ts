@@ -2,8 +2,10 @@
 // UsageError naming the option and what was wrong with it.
 import { MAX_RAM } from '../machine/workload.js'
 import { parseUri, UriError } from '../channel/uri.js'
+import { VmmError } from '../core/errors.js'
 
-export class UsageError extends Error {
+export class UsageError extends VmmError {
+  readonly code = 'ERR_USAGE'
   constructor(message: string) {
     super(message)
     this.name = 'UsageError'
@@ -79,6 +81,14 @@ export interface Options {
   qmp: string | undefined
   /** run: be a destination, like QEMU's -incoming: 'defer' (wait for migrate-incoming) or a URI. */
   incoming: string | undefined
+  /** TLS credentials directory (tls-creds; QEMU's tls-creds-x509 layout). */
+  tlsCreds: string | undefined
+  /** migrate: the name the destination's certificate must carry (tls-hostname). */
+  tlsHostname: string | undefined
+  /** incoming: client subject DNs let in (tls-authz), one per --tls-authz. */
+  tlsAuthz: readonly string[]
+  /** demo: migrate over TLS with throwaway certificates. */
+  tls: boolean
 }
 
 export const DEFAULT_OPTIONS: Readonly<Options> = Object.freeze({
@@ -110,6 +120,10 @@ export const DEFAULT_OPTIONS: Readonly<Options> = Object.freeze({
   resolve: undefined,
   qmp: undefined,
   incoming: undefined,
+  tlsCreds: undefined,
+  tlsHostname: undefined,
+  tlsAuthz: Object.freeze([]) as readonly string[],
+  tls: false,
 })
 
 export interface Parsed {
@@ -149,6 +163,27 @@ const VALUED: Record<string, Setter> = {
   '--handshake-timeout': (o, v, n) => (o.handshakeTimeoutMs = parseCount(v, n, 1, 3_600_000)),
   '--incoming-timeout': (o, v, n) => (o.incomingTimeoutMs = parseCount(v, n, 0, 86_400_000)),
   '--control': (o, v) => (o.control = v),
+  '--tls-creds-x509': (o, v, n) => {
+    if (!v) throw new UsageError(`${n} needs a directory`)
+    o.tlsCreds = v
+  },
+  '--tls-hostname': (o, v, n) => {
+    if (!v) throw new UsageError(`${n} needs a name`)
+    o.tlsHostname = v
+  },
+  // QEMU's PSK credentials have no TLS 1.3 counterpart in rustls (no
+  // external PSK): refused by name rather than unknown.
+  '--tls-creds-psk': (_o, _v, n) => {
+    throw new UsageError(`${n}: PSK credentials are not supported (the TLS library has no TLS 1.3 external PSK); use --tls-creds-x509 (docs/tls.md)`)
+  },
+  '--tls-username': (_o, _v, n) => {
+    throw new UsageError(`${n}: belongs to PSK credentials, which are not supported; use --tls-creds-x509 (docs/tls.md)`)
+  },
+  // A new array each time: the default one is shared and frozen.
+  '--tls-authz': (o, v, n) => {
+    if (!v.includes('=')) throw new UsageError(`${n}: '${v}' is not a distinguished name (example: CN=source,O=Example)`)
+    o.tlsAuthz = [...o.tlsAuthz, v]
+  },
   '--qmp': (o, v, n) => {
     if (!v) throw new UsageError(`${n} needs a socket path`)
     // QEMU's spelling (-qmp unix:PATH,server) is accepted too.
@@ -175,6 +210,7 @@ const FLAGS: Record<string, (o: Options) => void> = {
   '--no-handover': (o) => (o.handover = false),
   '--local': (o) => (o.local = true),
   '--no-ram-proof': (o) => (o.noRamProof = true),
+  '--tls': (o) => (o.tls = true),
   '--resume': (o) => (o.resolve = setOnce(o.resolve, 'resume')),
   '--discard': (o) => (o.resolve = setOnce(o.resolve, 'discard')),
   '--status': (o) => (o.resolve = setOnce(o.resolve, 'status')),
@@ -253,6 +289,18 @@ export function parseArgs(argv: readonly string[]): Parsed {
     }
   }
   if (command !== 'resolve' && options.resolve !== undefined) throw new UsageError(`--${options.resolve} belongs to the resolve command`)
+  const tlsFlags = given.filter(([n]) => n!.startsWith('--tls')).map(([n]) => n!)
+  for (const n of tlsFlags) {
+    const ok = n === '--tls' ? command === 'demo'
+      : n === '--tls-hostname' ? command === 'migrate' || command === 'demo'
+        : n === '--tls-authz' ? command === 'incoming' || command === 'demo'
+          : command === 'incoming' || command === 'migrate' || command === 'demo'
+    if (!ok) throw new UsageError(`${n} does not apply to ${command}`)
+  }
+  if (options.tls && options.tlsCreds !== undefined) throw new UsageError('--tls makes throwaway certificates; --tls-creds-x509 uses yours: give one of them')
+  if (options.tlsCreds === undefined && !options.tls && (options.tlsHostname !== undefined || options.tlsAuthz.length)) {
+    throw new UsageError(`${options.tlsHostname !== undefined ? '--tls-hostname' : '--tls-authz'} needs --tls-creds-x509`)
+  }
   if (options.ram % (2 << 20) !== 0) throw new UsageError(`--ram: ${options.ram} bytes is not a multiple of 2 MiB`)
   if (options.ram < (4 << 20) || options.ram > MAX_RAM) throw new UsageError(`--ram: must be between 4M and ${MAX_RAM / (1 << 20)}M`)
   if (options.workingSet < 4096) throw new UsageError('--working-set: must be at least 4K')
@@ -295,6 +343,10 @@ const OPTION_HELP: Record<string, string> = {
   '--status': '--status                resolve: only show the side\'s status',
   '--qmp': '--qmp PATH              run: serve QMP on this unix socket (the only control of the VM)',
   '--incoming': '--incoming defer|URI    run: a destination, like QEMU\'s -incoming (defer: wait for migrate-incoming)',
+  '--tls-creds-x509': '--tls-creds-x509 DIR    TLS 1.3 with mutual x509 auth, credentials in QEMU\'s layout (docs/tls.md)',
+  '--tls-hostname': '--tls-hostname NAME     migrate: name the destination\'s certificate must carry [the URI\'s host]',
+  '--tls-authz': '--tls-authz DN          incoming: let in only clients with this subject DN (repeatable)',
+  '--tls': '--tls                   demo: migrate over TLS with throwaway certificates (needs openssl)',
   '--help': '-h, --help              this text',
 }
 
@@ -317,23 +369,23 @@ const COMMAND_HELP: Record<Exclude<Command, 'help'>, CommandHelp> = {
     usage: 'demo [OPTIONS]',
     about: 'Spawns a destination process (incoming tcp:127.0.0.1:0), runs a microVM here for --run ms, migrates it\n' +
       'over loopback TCP and checks that the guest arrived intact (digests, counters, checksum). Exit 1 if a check fails.',
-    options: [...VM, ...SOURCE, '--run-after', '--local', '--json'],
-    examples: ['vmm-migrate demo', 'vmm-migrate demo --ram 64M --vcpu soft --json'],
+    options: [...VM, ...SOURCE, '--run-after', '--local', '--tls', '--tls-creds-x509', '--tls-hostname', '--tls-authz', '--json'],
+    examples: ['vmm-migrate demo', 'vmm-migrate demo --ram 64M --vcpu soft --json', 'vmm-migrate demo --tls', 'vmm-migrate demo --local'],
   },
   incoming: {
     usage: 'incoming URI [OPTIONS]',
     about: 'Creates a destination microVM, receives a migration on URI (tcp:HOST:PORT with port 0 allowed, unix:PATH,\n' +
       'file:PATH, exec:COMMAND, fd:N), starts the VM, lets it run --run-after ms, stops it and reports.\n' +
       'Give it the same VM options as the source.',
-    options: [...VM, '--run-after', '--no-verify', ...LINK, ...INCOMING, '--local', '--events', '--json'],
-    examples: ['vmm-migrate incoming tcp:0.0.0.0:4444 --ram 1G'],
+    options: [...VM, '--run-after', '--no-verify', ...LINK, ...INCOMING, '--local', '--tls-creds-x509', '--tls-authz', '--events', '--json'],
+    examples: ['vmm-migrate incoming tcp:0.0.0.0:4444 --ram 1G --tls-creds-x509 /etc/vmm/tls --tls-authz CN=hostA,O=Example'],
   },
   migrate: {
     usage: 'migrate URI [OPTIONS]',
     about: 'Connects to URI (a destination started with incoming), then creates a source microVM, runs it --run ms,\n' +
       "migrates it and prints the stats and the source's digests. SIGINT cancels: the guest runs on here.",
-    options: [...VM, ...SOURCE, ...LINK, '--local', '--no-ram-proof', '--after-failure', '--events', '--json'],
-    examples: ['vmm-migrate migrate tcp:hostB:4444 --ram 1G --max-bandwidth 1G', 'vmm-migrate migrate unix:/run/vm.sock --local --ram 1G'],
+    options: [...VM, ...SOURCE, ...LINK, '--local', '--no-ram-proof', '--tls-creds-x509', '--tls-hostname', '--after-failure', '--events', '--json'],
+    examples: ['vmm-migrate migrate tcp:hostB:4444 --ram 1G --max-bandwidth 1G --tls-creds-x509 /etc/vmm/tls', 'vmm-migrate migrate unix:/run/vm.sock --local --ram 1G'],
   },
   save: {
     usage: 'save file:PATH [OPTIONS]',

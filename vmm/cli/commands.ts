@@ -5,6 +5,9 @@ import { migrate, IncomingMigration, OutgoingMigration, MigrationError, type Mig
 import type { RunState } from '../runstate/index.js'
 import { serveControl, controlRequest, type ControlServer, type ControlRequest } from './control.js'
 import { connect } from '../channel/connect.js'
+import { loadTlsCreds } from '../channel/tls.js'
+import { parseUri } from '../channel/uri.js'
+import { isIP } from 'node:net'
 import { fileHeader } from '../savevm/writer.js'
 import type { Channel } from '../channel/types.js'
 import type { MicroVm, Verification } from '../microvm/index.js'
@@ -183,7 +186,10 @@ export async function cmdMigrate(uri: string, o: Options, out: Out, signal?: Abo
   // not there shows in milliseconds, not after building a large guest. The
   // same channel then carries the migration, since a destination takes the
   // first connection it accepts as its source (a probe would be one).
-  const channel = await connect(uri, { signal })
+  const tls = o.tlsCreds
+    ? { creds: await loadTlsCreds(o.tlsCreds, 'client'), handshakeTimeoutMs: o.handshakeTimeoutMs, ...(o.tlsHostname ? { hostname: o.tlsHostname } : {}) }
+    : undefined
+  const channel = await connect(uri, { signal, tls })
   try {
     // The stream's first bytes at once: a destination that drops peers
     // sending no stream (its handshake-timeout, 5 s) keeps this one while a
@@ -300,12 +306,41 @@ export async function runIncoming(uri: string, o: Options, onListening: (address
   }
 }
 
+/**
+ * Why listening on `uri` without TLS exposes the guest, or undefined: a tcp:
+ * address other than loopback lets anyone who reaches the port read the
+ * guest's memory off the wire or send a guest of their own.
+ */
+export function plaintextWarning(uri: string, o: Options): string | undefined {
+  if (o.tlsCreds) return undefined
+  let host: string
+  try {
+    const a = parseUri(uri)
+    if (a.kind !== 'tcp') return undefined
+    host = a.host
+  } catch {
+    return undefined
+  }
+  const loopback = host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'))
+  if (loopback) return undefined
+  return `vmm-migrate: WARNING: listening on ${host} without TLS: anyone who reaches this port can read the guest's memory ` +
+    'or send a guest of their own. Use --tls-creds-x509 DIR (docs/tls.md) across hosts.\n'
+}
+
 export async function cmdIncoming(uri: string, o: Options, out: Out, signal?: AbortSignal): Promise<number> {
   const event = (e: Record<string, unknown>) => out.line(JSON.stringify(e))
+  const warning = plaintextWarning(uri, o)
+  if (warning) process.stderr.write(warning)
   const report = await runIncoming(uri, o, (address) => {
     if (o.events) event({ event: 'listening', address })
     else if (!o.json) out.line(address.startsWith('file:') ? `reading ${address}` : `listening on ${address}`)
-  }, signal, o.events ? () => event({ event: 'starting' }) : undefined, o.events ? event : undefined)
+  }, signal, o.events ? () => {
+    event({ event: 'starting' })
+    // Fault injection for tests (docs/faults.md): freeze right here, GO
+    // received and nothing started, so a kill lands in that window however
+    // slowly the test is scheduled. stdout to a pipe is written synchronously.
+    if (process.env.VMM_MIGRATE_FAULT === 'stop-at-starting') process.kill(process.pid, 'SIGSTOP')
+  } : undefined, o.events ? event : undefined)
   report.maxRssBytes = await maxRssBytes()
   const ok = (report.loaded?.checksumConsistent ?? true) && report.checksumConsistentAfter &&
     (o.runAfterMs === 0 || BigInt(report.counterAfter) > BigInt(report.counterAtStart))

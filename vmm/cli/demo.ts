@@ -15,6 +15,7 @@ import type { Options, Parsed } from './args.js'
 import { runSource, verificationRows, type IncomingReport, type Out } from './commands.js'
 import { downtimeReport, statsRows, table, type DowntimeReport } from './format.js'
 import { toJson } from './analyze.js'
+import { makeTlsCreds } from './certs.js'
 
 export interface Check {
   name: string
@@ -26,6 +27,8 @@ export interface Check {
 export interface DemoResult {
   ok: boolean
   vcpu: string
+  /** Whether the migration ran over TLS. */
+  tls: boolean
   stats: MigrationStats
   /** The downtime against the limit, split into the migration and the destination's verification. */
   downtime: DowntimeReport
@@ -37,10 +40,11 @@ export interface DemoResult {
 const CHILD_TIMEOUT_MS = 120_000
 
 /** Options for the child: everything given except what only the source uses. */
-function childArgs(p: Parsed, vcpu: string, address: string): string[] {
-  const skip = new Set(['--json', '--vcpu', '--run', '--events', '--no-verify', '--after-failure', '--no-ram-proof'])
+function childArgs(p: Parsed, vcpu: string, address: string, tlsDir: string | undefined): string[] {
+  const skip = new Set(['--json', '--vcpu', '--run', '--events', '--no-verify', '--after-failure', '--no-ram-proof', '--tls', '--tls-creds-x509', '--tls-hostname'])
   const rest = p.given.filter(([name]) => !skip.has(name!)).flat()
-  return ['incoming', address, '--events', '--vcpu', vcpu, ...rest]
+  const tls = tlsDir ? ['--tls-creds-x509', tlsDir] : []
+  return ['incoming', address, '--events', '--vcpu', vcpu, ...tls, ...rest]
 }
 
 class Child {
@@ -135,13 +139,25 @@ export async function cmdDemo(p: Parsed, out: Out, signal?: AbortSignal): Promis
   if (o.vcpu === 'auto') o.vcpu = (await kvmAvailable()).available ? 'kvm' : 'soft'
   // A local migration passes descriptors, which only a UNIX socket carries.
   const dir = o.local ? await mkdtemp(join(tmpdir(), 'vmm-local-')) : undefined
-  const child = new Child(childArgs(p, o.vcpu, dir ? `unix:${join(dir, 'migrate.sock')}` : 'tcp:127.0.0.1:0'))
+  // Throwaway credentials for both ends, in a private directory removed at the end.
+  const scratch = o.tls ? await mkdtemp(join(tmpdir(), 'vmm-migrate-tls-')) : undefined
+  if (scratch) {
+    try {
+      await makeTlsCreds(scratch)
+    } catch (e) {
+      await rm(scratch, { recursive: true, force: true })
+      if (dir) await rm(dir, { recursive: true, force: true })
+      throw e
+    }
+    o.tlsCreds = scratch
+  }
+  const child = new Child(childArgs(p, o.vcpu, dir ? `unix:${join(dir, 'migrate.sock')}` : 'tcp:127.0.0.1:0', o.tlsCreds))
   const onAbort = () => child.kill()
   signal?.addEventListener('abort', onAbort, { once: true })
   try {
     const listening = await child.next('listening')
     const address = String(listening.address)
-    if (!o.json) out.line(`destination (pid ${child.proc.pid}) listening on ${address}; ${o.local ? 'handing over (local: RAM passed as file descriptors)' : 'migrating'} a ${o.ram >> 20} MiB ${o.vcpu} microVM`)
+    if (!o.json) out.line(`destination (pid ${child.proc.pid}) listening on ${address}; ${o.local ? 'handing over (local: RAM passed as file descriptors)' : 'migrating'} a ${o.ram >> 20} MiB ${o.vcpu} microVM${o.tlsCreds ? ` over TLS 1.3 (credentials in ${o.tlsCreds})` : ''}`)
     const { stats, verification, vm } = await runSource(address, o, out, signal)
     await vm.destroy()
     const done = await child.next('completed')
@@ -151,7 +167,7 @@ export async function cmdDemo(p: Parsed, out: Out, signal?: AbortSignal): Promis
     const checks = compare(verification, destination, o.runAfterMs)
     if (code !== 0) checks.push({ name: 'destination exit status', ok: false, destination: String(code) })
     const ok = checks.every((c) => c.ok)
-    const result: DemoResult = { ok, vcpu: o.vcpu, stats, downtime: downtimeReport(stats, o.downtimeLimitMs), source: verification, destination, checks }
+    const result: DemoResult = { ok, vcpu: o.vcpu, tls: o.tlsCreds !== undefined, stats, downtime: downtimeReport(stats, o.downtimeLimitMs), source: verification, destination, checks }
     if (o.json) {
       out.line(toJson(result))
     } else {
@@ -167,5 +183,6 @@ export async function cmdDemo(p: Parsed, out: Out, signal?: AbortSignal): Promis
     signal?.removeEventListener('abort', onAbort)
     child.kill()
     if (dir) await rm(dir, { recursive: true, force: true })
+    if (scratch) await rm(scratch, { recursive: true, force: true })
   }
 }

@@ -2,10 +2,12 @@
 // the libuv pool), with a window buffer and cheap skips. Every read names
 // what it was reading so a truncated file gives a useful error.
 import type { FileHandle } from 'node:fs/promises'
+import { VmmError } from '../core/errors.js'
 
 const WINDOW = 1 << 20
 
-export class AnalyzeError extends Error {
+export class AnalyzeError extends VmmError {
+  readonly code = 'ERR_ANALYZE'
   constructor(message: string, readonly offset?: number) {
     super(offset === undefined ? message : `${message} (at byte ${offset})`)
     this.name = 'AnalyzeError'

@@ -24,6 +24,7 @@ export function parameters(o: Options): Partial<MigrationParameters> {
   return {
     downtimeLimitMs: o.downtimeLimitMs, maxBandwidth: o.maxBandwidth, linkTimeoutMs: o.linkTimeoutMs,
     handoverTimeoutMs: o.handoverTimeoutMs, handshakeTimeoutMs: o.handshakeTimeoutMs, incomingTimeoutMs: o.incomingTimeoutMs,
+    tlsCreds: o.tlsCreds ?? '', tlsHostname: o.tlsHostname ?? '', tlsAuthz: o.tlsAuthz,
   }
 }
 

@@ -2,6 +2,7 @@
 // mirror crates/kvm-core/src/layout.rs (the tests compare them with
 // native.kvmLayout()); the algorithm mirrors crates/kvm-core/guest/workload.S.
 import { constants } from 'node:os'
+import { VmmError } from '../core/errors.js'
 
 export const PAGE_SIZE = 4096
 export const RAM_ALIGN = 2 * 1024 * 1024
@@ -51,7 +52,7 @@ export function defaultParams(ramSize: number): WorkloadParams {
 const ERRNO_NAMES = new Map<number, string>()
 for (const [name, n] of Object.entries(constants.errno)) if (!ERRNO_NAMES.has(n)) ERRNO_NAMES.set(n, name)
 
-export class MachineError extends Error {
+export class MachineError extends VmmError {
   /** Positive errno, as the kernel would return it. */
   readonly errno: number
   /** The errno's name ('EBUSY'), as Node's own errors carry it. */

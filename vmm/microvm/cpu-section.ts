@@ -4,13 +4,15 @@
 import type { MigStream } from '../stream/stream.js'
 import type { SaveVMHandlers } from '../savevm/registry.js'
 import type { Vcpu, VcpuKind } from '../machine/index.js'
+import { VmmError } from '../core/errors.js'
 
 /** Far above both blobs (KVM's with xsave is a few KiB); a larger length means a corrupt stream. */
 export const MAX_CPU_STATE = 1 << 20
 
 const MAGICS: Record<string, VcpuKind> = { KVMVCPU1: 'kvm', SOFTCPU1: 'soft' }
 
-export class CpuSectionError extends Error {
+export class CpuSectionError extends VmmError {
+  readonly code = 'ERR_CPU_SECTION'
   constructor(message: string) {
     super(message)
     this.name = 'CpuSectionError'

@@ -6,6 +6,7 @@
 // destination that has started the guest finding out afterwards.
 import type { MigStream } from '../stream/stream.js'
 import type { SaveVMHandlers } from '../savevm/registry.js'
+import { VmmError } from '../core/errors.js'
 
 export const PROOF_IDSTR = 'microvm-proof'
 
@@ -19,7 +20,7 @@ export interface Proof {
 const MAX_DIGEST = 64
 
 /** The loaded guest is not what the source had: its digests differ. */
-export class IntegrityError extends Error {
+export class IntegrityError extends VmmError {
   readonly code = 'ERR_MICROVM_INTEGRITY'
   readonly errno = 74 // EBADMSG
   constructor(readonly what: 'RAM' | 'device state', readonly here: string, readonly source: string) {
@@ -29,7 +30,7 @@ export class IntegrityError extends Error {
 }
 
 /** A proof section that does not parse. */
-export class ProofSectionError extends Error {
+export class ProofSectionError extends VmmError {
   readonly code = 'ERR_MICROVM_PROOF'
   readonly errno = 22 // EINVAL
   constructor(message: string) {

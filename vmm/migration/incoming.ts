@@ -5,6 +5,7 @@
 // loaded, as QEMU does. The source hears RESUME_OK once the guest runs, SHUT
 // with an errno (after FAIL_REASON) if anything failed and the guest did not.
 import { listen, type Listener } from '../channel/connect.js'
+import { loadTlsCreds } from '../channel/tls.js'
 import { hasReturnPath, type Channel } from '../channel/types.js'
 import { ReturnPathWriter } from '../channel/return-path.js'
 import { HandoverFrame, readHandoverFrame } from '../channel/handover.js'
@@ -102,6 +103,16 @@ async function bounded(p: Promise<unknown>, ms: number): Promise<boolean> {
  */
 const unclaimed = new WeakMap<Listener, Promise<Channel>>()
 
+type Accepted = { ch: Channel } | { err: unknown }
+/**
+ * An accept as a value. At module level on purpose: a closure made inside
+ * an incoming migration would keep that migration, and with it a destroyed
+ * guest's RAM, alive for as long as the listener's next accept is pending.
+ */
+function accepted(p: Promise<Channel>): Promise<Accepted> {
+  return p.then((ch) => ({ ch }), (err: unknown) => ({ err }))
+}
+
 /** The commands this destination acts on; any other one is refused, as the loader does without onCommand. */
 const KNOWN_COMMANDS = new Set<number>([MigCmd.OPEN_RETURN_PATH, MigCmd.PING, MigCmd.SWITCHOVER_START])
 
@@ -172,6 +183,7 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
       if (this.opts.local) {
         const kind = typeof source === 'string' ? source.slice(0, Math.max(0, source.indexOf(':'))) : 'accept' in source ? source.address.split(':')[0] : source.kind
         if (kind !== 'unix') throw new MigrationError(`local migration refused: only a unix: channel passes file descriptors (from a process on this host); got ${typeof source === 'string' ? source : kind}`, 'EINVAL')
+        if (this.parameters.tlsCreds) throw new MigrationError('local migration refused: file descriptors cannot pass through a TLS session (the peer is a process on this host): leave out tls-creds', 'EINVAL')
       }
       f = await this.accept(source)
     } catch (e) {
@@ -183,8 +195,15 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
   }
 
   private async accept(source: string | Listener | Channel): Promise<MigStream> {
+    const p = this.parameters
+    if (p.tlsCreds && typeof source !== 'string' && !(source as { tls?: boolean }).tls) {
+      throw new MigrationError(`tls-creds is set but the ${'accept' in source ? 'listener' : 'channel'} given has no TLS: pass a URI, or listen(uri, { tls })`, 'EINVAL')
+    }
     if (typeof source !== 'string' && !('accept' in source)) return new MigStream(this.fdsAccepted(source), { local: this.opts.local })
-    const listener = typeof source === 'string' ? await listen(source) : source
+    const tls = p.tlsCreds
+      ? { tls: { creds: await loadTlsCreds(p.tlsCreds, 'server', p.tlsAuthz), handshakeTimeoutMs: p.handshakeTimeoutMs } }
+      : {}
+    const listener = typeof source === 'string' ? await listen(source, tls) : source
     try {
       this.opts.onListening?.(listener.address)
       return await this.firstStream(listener)
@@ -205,6 +224,10 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
     const many = listener.acceptsMany !== false
     return new Promise((resolve, reject) => {
       let done = false
+      // Ends the accept loop's wait as soon as this migration has its stream:
+      // the pending accept is the next migration's, and must not hold this one.
+      let stopLoop!: () => void
+      const stopped = new Promise<null>((r) => { stopLoop = () => r(null) })
       const probing = new Set<MigStream>()
       const overall = p.incomingTimeoutMs > 0
         ? setTimeout(() => finish(new MigrationError(`no migration arrived on ${listener.address} within incoming-timeout (${p.incomingTimeoutMs} ms)`, 'ETIMEDOUT')), p.incomingTimeoutMs)
@@ -215,6 +238,7 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
       const finish = (err: Error | undefined, winner?: MigStream) => {
         if (done) return
         done = true
+        stopLoop()
         clearTimeout(overall)
         this.opts.signal?.removeEventListener('abort', onAbort)
         for (const s of probing) {
@@ -245,7 +269,12 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
           return
         }
         let reason: string | undefined
-        if (have >= 4 && f.peek(4).readUInt32BE(0) !== QEMU_VM_FILE_MAGIC) reason = `not a migration stream (first bytes ${f.peek(4).toString('hex')})`
+        if (have >= 4 && f.peek(4).readUInt32BE(0) !== QEMU_VM_FILE_MAGIC) {
+          const head = f.peek(4)
+          // A TLS record header: handshake (22), version 3.x.
+          const hint = head[0] === 0x16 && head[1] === 0x03 ? ': a TLS ClientHello; the source uses TLS and this destination has no tls-creds' : ''
+          reason = `not a migration stream (first bytes ${head.toString('hex')})${hint}`
+        }
         else if (have < 4 && timedOut) reason = `no stream header within handshake-timeout (${p.handshakeTimeoutMs} ms)`
         else if (have < 4 && many) reason = f.error && f.error.code !== 'ENODATA' ? f.error.message : `closed after ${have} bytes, before a stream header`
         if (reason === undefined || !many) {
@@ -266,13 +295,14 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
           // next migration's on the same listener.
           const next = unclaimed.get(listener) ?? listener.accept()
           unclaimed.set(listener, next)
-          try {
-            ch = await next
-          } catch (e) {
+          const got = await Promise.race([accepted(next), stopped])
+          if (got === null) return
+          if ('err' in got) {
             if (unclaimed.get(listener) === next) unclaimed.delete(listener)
-            finish(e as Error)
+            finish(got.err as Error)
             return
           }
+          ch = got.ch
           // A peer that came after this migration found its source belongs
           // to the next one; closing it reset a source that had connected in
           // time (a VMM migrating back and forth over one listener).

@@ -11,6 +11,7 @@
 // operator resolves it. Every wait is bounded: the link watchdog, the
 // handover timeout.
 import { connect } from '../channel/connect.js'
+import { loadTlsCreds } from '../channel/tls.js'
 import { hasReturnPath, type Channel } from '../channel/types.js'
 import { ReturnPathReader, RpMsg } from '../channel/return-path.js'
 import { HandoverFrame, writeHandoverFrame } from '../channel/handover.js'
@@ -460,6 +461,15 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
    * with status 'completed'; rejects with a MigrationError (stats attached)
    * once the source VM and its devices run again.
    */
+  /** Connects to `target`, with TLS when tls-creds is set (the handshake ends before the stream starts). */
+  private async open(target: string): Promise<Channel> {
+    const p = this.parameters
+    if (!p.tlsCreds) return connect(target, { signal: this.connecting.signal })
+    const creds = await loadTlsCreds(p.tlsCreds, 'client')
+    const tls = { creds, handshakeTimeoutMs: p.handshakeTimeoutMs, ...(p.tlsHostname ? { hostname: p.tlsHostname } : {}) }
+    return connect(target, { signal: this.connecting.signal, tls })
+  }
+
   async start(target: string | Channel): Promise<MigrationStats> {
     if (this.st !== 'none') throw new MigrationError(`migration already ${this.st}`, 'EBUSY')
     const { vm, registry } = this.machine
@@ -478,7 +488,9 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
       throw new MigrationError(`cannot migrate a VM in run state '${vm.state}'`, 'EINVAL', { stats: this.stats() })
     }
     if (this.local) {
-      const why = localRefusal(target, registry)
+      const why = p.tlsCreds
+        ? 'a local migration passes file descriptors, which a TLS session cannot carry (the peer is a process on this host): leave out tls-creds'
+        : localRefusal(target, registry)
       if (why) {
         this.error = why
         this.set('failed')
@@ -492,7 +504,11 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
     let stoppedAt = 0
     const auto = new AutoConverge(p)
     try {
-      const channel = typeof target === 'string' ? await connect(target, { signal: this.connecting.signal }) : target
+      const channel = typeof target === 'string' ? await this.open(target) : target
+      if (p.tlsCreds && !(channel as { tls?: boolean }).tls) {
+        await channel.close().catch(() => undefined)
+        throw new MigrationError('tls-creds is set but the channel given has no TLS: pass a URI, or connect(uri, { tls })', 'EINVAL')
+      }
       // The kernel bounds a dead TCP link by the same figure as the watchdog (TCP_USER_TIMEOUT, keepalive).
       channel.setLinkTimeout?.(p.linkTimeoutMs)
       const f = (this.f = new MigStream(channel, { maxBandwidth: p.maxBandwidth, local: this.local }))
@@ -580,7 +596,12 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
           sampleBytes = progress()
         }
         this.mbps = (meter.bytesPerMs * 1000 * 8) / 1e6
-        const reserveMs = this.destCheckMs
+        // The destination's checks before it starts the guest are downtime
+        // too, so they take their share of the limit before data does. At
+        // most half of it: checks that alone outlast the limit (a digest of
+        // gigabytes of RAM) would otherwise hold pre-copy back for ever; the
+        // expected downtime in the stats then shows the limit is not held.
+        const reserveMs = Math.min(this.destCheckMs, p.downtimeLimitMs / 2)
         const bw = meter.bytesPerMs
         const backlog = this.destLoaded >= 0 ? Math.max(0, f.transferred - this.destLoaded) : 0
         let pending = save.pendingEstimate().precopyOnly + backlog
@@ -606,12 +627,9 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
           lastSyncAt = ts
           input.pending = pending
           this.remaining = pending
-          this.expected = expectedDowntimeMs(input)
+          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs })
           const rateKnown = bw > 0 || p.availSwitchoverBandwidth > 0
-          // A reserve as large as the limit leaves nothing that fits: pre-copy
-          // goes on (QEMU's answer to a limit it cannot hold), and the
-          // expected downtime in the stats says why.
-          const fits = (rateKnown ? pending <= thresholdBytes(input) : pending === 0) && reserveMs < p.downtimeLimitMs
+          const fits = rateKnown ? pending <= thresholdBytes(input) : pending === 0
           if (fits && (!this.capabilities.switchoverAck || this.acked)) break
           // Nothing moves in pre-copy and the link was never measured: the
           // state left can only move with the VM stopped, and how long that
@@ -624,7 +642,7 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
           }
         } else {
           this.remaining = pending
-          this.expected = expectedDowntimeMs(input)
+          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs })
         }
         this.emit('progress', this.stats())
         if (p.xMaxIterations > 0 && this.iterations >= p.xMaxIterations) {

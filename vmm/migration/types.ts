@@ -66,6 +66,24 @@ export interface MigrationParameters {
   handshakeTimeoutMs: number
   /** Destination: longest wait for a source to connect, ms, 0 = no limit (incoming-timeout). */
   incomingTimeoutMs: number
+  /**
+   * TLS 1.3 with mutual x509 authentication (tls-creds): a directory in
+   * QEMU's tls-creds-x509 layout, '' = plaintext. The source reads
+   * ca-cert.pem, client-cert.pem, client-key.pem; the destination ca-cert.pem,
+   * server-cert.pem, server-key.pem; both ca-crl.pem when present
+   * (docs/tls.md). Only for tcp: and unix: URIs.
+   */
+  tlsCreds: string
+  /**
+   * Source: the name the destination's certificate must carry (tls-hostname),
+   * '' = the host of the URI (a unix: URI has none: then it is required).
+   */
+  tlsHostname: string
+  /**
+   * Destination: the client certificate subject DNs let in (tls-authz, RFC
+   * 4514: "CN=src,O=Example"); empty = any client the CA signed.
+   */
+  tlsAuthz: readonly string[]
 }
 
 export interface MigrationCapabilities {
@@ -102,6 +120,9 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = Object.freeze({
   handoverTimeoutMs: 30000,
   handshakeTimeoutMs: 5000,
   incomingTimeoutMs: 600000,
+  tlsCreds: '',
+  tlsHostname: '',
+  tlsAuthz: Object.freeze([]) as readonly string[],
 })
 
 export const DEFAULT_CAPABILITIES: Readonly<MigrationCapabilities> = Object.freeze({

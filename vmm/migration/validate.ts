@@ -24,6 +24,15 @@ export function checkParameters(p: MigrationParameters): MigrationParameters {
   intIn('handover-timeout', p.handoverTimeoutMs, 1, 3600000)
   intIn('handshake-timeout', p.handshakeTimeoutMs, 1, 3600000)
   intIn('incoming-timeout', p.incomingTimeoutMs, 0, 86400000)
+  if (typeof p.tlsCreds !== 'string') throw new MigrationError(`parameter tls-creds must be a directory path or '', got ${JSON.stringify(p.tlsCreds)}`, 'EINVAL')
+  if (typeof p.tlsHostname !== 'string') throw new MigrationError(`parameter tls-hostname must be a string, got ${JSON.stringify(p.tlsHostname)}`, 'EINVAL')
+  if (!Array.isArray(p.tlsAuthz) || p.tlsAuthz.some(d => typeof d !== 'string' || d.trim() === '')) {
+    throw new MigrationError(`parameter tls-authz must be a list of distinguished names, got ${JSON.stringify(p.tlsAuthz)}`, 'EINVAL')
+  }
+  // Settings that would silently do nothing without TLS are refused.
+  if (!p.tlsCreds && (p.tlsHostname || p.tlsAuthz.length)) {
+    throw new MigrationError(`parameter ${p.tlsHostname ? 'tls-hostname' : 'tls-authz'} needs tls-creds`, 'EINVAL')
+  }
   for (const k of Object.keys(p)) {
     if (!(k in KNOWN_PARAMS)) throw new MigrationError(`unknown migration parameter '${k}'`, 'EINVAL')
   }
@@ -35,6 +44,7 @@ const KNOWN_PARAMS: Record<keyof MigrationParameters, true> = {
   sendSwitchoverStart: true,
   cpuThrottleIncrement: true, maxCpuThrottle: true, xMaxIterations: true, linkTimeoutMs: true,
   handoverTimeoutMs: true, handshakeTimeoutMs: true, incomingTimeoutMs: true,
+  tlsCreds: true, tlsHostname: true, tlsAuthz: true,
 }
 
 export function checkCapabilities(c: MigrationCapabilities): MigrationCapabilities {

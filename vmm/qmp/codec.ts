@@ -9,6 +9,7 @@
 // more than `maxMessageBytes` of one message: a longer one is reported once
 // and skipped to its end without being stored, so a client sending megabytes
 // (or a never-ending value) costs no memory.
+import { VmmError } from '../core/errors.js'
 
 /** A JSON text cut from the stream, or why one could not be. */
 export type Decoded =
@@ -192,7 +193,8 @@ export function checkRequest(value: unknown): { ok: true; request: QmpRequest } 
 export type QmpErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotActive' | 'DeviceNotFound' | 'KVMMissingCap'
 
 /** A command's failure, sent as `{"error": {"class", "desc"}}`. */
-export class QmpError extends Error {
+export class QmpError extends VmmError {
+  readonly code = 'ERR_QMP'
   constructor(readonly errorClass: QmpErrorClass, readonly desc: string) {
     super(desc)
     this.name = 'QmpError'

@@ -14,6 +14,7 @@ import { checkParameters } from '../migration/validate.js'
 import { VFIO_TRACE_CHANNEL, type VfioTraceEvent } from '../vfio/trace.js'
 import { QmpError } from './codec.js'
 import { checkValue, parseArgs, type ArgSpec } from './args.js'
+import { QomObjects } from './objects.js'
 
 /** What query-migrate reports of RAM needs, when the VMM has it (vmm/ram's RamMigration has it). */
 export interface QmpRamSource {
@@ -103,6 +104,10 @@ export class MigrationControl {
   private incError: string | undefined
   private lastPass = 0
   private readonly unsubscribe: (() => void)[] = []
+  /** The objects object-add made (TLS credentials, authz lists). */
+  readonly objects = new QomObjects()
+  /** tls-creds, tls-hostname, tls-authz as QMP sets them: object ids and a name, '' when unset. */
+  private readonly tls = { 'tls-creds': '', 'tls-hostname': '', 'tls-authz': '' }
 
   constructor(private readonly opts: MigrationControlOptions, private readonly emit: EventSink) {
     this.machine = opts.machine
@@ -198,7 +203,7 @@ export class MigrationControl {
     const caps = this.libraryCapabilities()
     this.opts.beforeMigration?.(caps)
     // Detached, as QMP's migrate always is: the reply says it started, query-migrate and events say how it goes.
-    const m = new OutgoingMigration(this.machine, { parameters: { ...this.params }, capabilities: caps })
+    const m = new OutgoingMigration(this.machine, { parameters: { ...this.params, ...this.tlsParameters('client') }, capabilities: caps })
     this.outgoing = m
     this.finalStats = null
     this.lastPass = 0
@@ -254,8 +259,9 @@ export class MigrationControl {
     let listening: () => void = () => undefined
     let isListening = false
     const bound = new Promise<void>((resolve) => (listening = resolve))
+    const tls = this.tlsParameters('server')
     const m = new IncomingMigration(this.machine, {
-      parameters: { ...this.params }, capabilities: caps,
+      parameters: { ...this.params, ...tls }, capabilities: caps,
       onListening: () => {
         isListening = true
         listening()
@@ -338,7 +344,14 @@ export class MigrationControl {
 
   setParameters(a: Record<string, unknown>): Record<string, never> {
     const changed: Partial<MigrationParameters> = {}
+    const tls: Partial<Record<keyof MigrationControl['tls'], string>> = {}
     for (const [name, v] of Object.entries(a)) {
+      if (Object.hasOwn(this.tls, name)) {
+        // QEMU's StrOrNull: null resets, as "" does. Object ids are looked up when a migration starts, as QEMU does.
+        if (v !== null) checkValue(name, v, { type: 'str' } satisfies ArgSpec)
+        tls[name as keyof MigrationControl['tls']] = (v as string | null) ?? ''
+        continue
+      }
       const p = PARAMETERS[name]
       if (!p) throw new QmpError('GenericError', `Parameter '${name}' is unexpected`)
       checkValue(name, v, { type: 'uint' } satisfies ArgSpec)
@@ -357,14 +370,30 @@ export class MigrationControl {
     // QEMU applies them to the running migration too (migrate_params_apply, then the rate limit).
     if (this.outgoing && ACTIVE.has(this.outgoing.status)) this.outgoing.setParameters(changed)
     Object.assign(this.params, next)
+    Object.assign(this.tls, tls)
     return {}
   }
 
-  queryParameters(a: Record<string, unknown>): Record<string, number> {
+  queryParameters(a: Record<string, unknown>): Record<string, number | string> {
     parseArgs(a, {})
-    const out: Record<string, number> = {}
+    const out: Record<string, number | string> = {}
     for (const [name, p] of Object.entries(PARAMETERS)) out[name] = this.params[p.key] as number
-    return out
+    return { ...out, ...this.tls }
+  }
+
+  /**
+   * The library's TLS parameters for this side from what QMP set: the
+   * credentials object must exist and be for this end ('client' on the
+   * source, 'server' on the destination, as QEMU checks); tls-hostname
+   * counts on the source only, tls-authz on the destination only.
+   */
+  private tlsParameters(endpoint: 'client' | 'server'): Partial<MigrationParameters> {
+    const id = this.tls['tls-creds']
+    if (!id) return {}
+    const creds = this.objects.creds(id, endpoint)
+    if (endpoint === 'client') return { tlsCreds: creds.dir, tlsHostname: this.tls['tls-hostname'] }
+    const authz = this.tls['tls-authz']
+    return { tlsCreds: creds.dir, tlsAuthz: authz ? this.objects.authz(authz) : [] }
   }
 
   queryMigrate(a: Record<string, unknown>): Record<string, unknown> {

@@ -28,6 +28,12 @@ export interface QmpServerOptions extends Omit<MigrationControlOptions, 'machine
   version?: { major: number; minor: number; micro: number; package?: string }
   /** quit was asked for, after its reply went out: the VMM ends (default: nothing). */
   onQuit?(): void
+  /**
+   * A command failed with an error that is not a refusal of this server's
+   * (not a QmpError): the client got it as a GenericError; this sees the
+   * error itself, to log it (default: nothing).
+   */
+  onCommandError?(command: string, error: unknown): void
 }
 
 /** Commands a session may have queued before its reading pauses (QEMU's QMP_REQ_QUEUE_LEN_MAX). */
@@ -37,7 +43,8 @@ type Handler = (args: Record<string, unknown>, session: Session) => unknown | Pr
 
 class Session {
   negotiated = false
-  private queue: QmpRequest[] = []
+  /** In the order received: a request to run, or the error a malformed one gets (QEMU queues both). */
+  private queue: ({ request: QmpRequest } | { reply: Record<string, unknown> })[] = []
   private running = false
   private closed = false
   private readonly decoder: QmpDecoder
@@ -64,16 +71,14 @@ class Session {
 
   private onData(chunk: Buffer): void {
     for (const d of this.decoder.feed(chunk)) {
+      // An error answers its place in the stream: sent at once, it would
+      // overtake the replies of commands still queued or running before it.
       if (d.kind === 'error') {
-        this.send(errorMessage('GenericError', d.desc))
+        this.queue.push({ reply: errorMessage('GenericError', d.desc) })
         continue
       }
       const r = checkRequest(d.value)
-      if (!r.ok) {
-        this.send(errorMessage('GenericError', r.desc, r))
-        continue
-      }
-      this.queue.push(r.request)
+      this.queue.push(r.ok ? { request: r.request } : { reply: errorMessage('GenericError', r.desc, r) })
     }
     if (this.queue.length >= QUEUE_MAX) this.socket.pause()
     void this.drain()
@@ -84,8 +89,8 @@ class Session {
     this.running = true
     try {
       while (this.queue.length && !this.closed) {
-        const req = this.queue.shift()!
-        this.send(await this.server.dispatch(req, this))
+        const next = this.queue.shift()!
+        this.send('reply' in next ? next.reply : await this.server.dispatch(next.request, this))
         if (this.queue.length < QUEUE_MAX && this.socket.isPaused()) this.socket.resume()
       }
     } finally {
@@ -146,6 +151,8 @@ export class QmpServer {
       'query-migrate-parameters': (a) => c.queryParameters(a),
       'query-migrate': (a) => c.queryMigrate(a),
       'x-migrate-resolve': (a) => c.resolve(a),
+      'object-add': (a) => c.objects.add(a),
+      'object-del': (a) => c.objects.del(a),
     }
   }
 
@@ -219,6 +226,7 @@ export class QmpServer {
     } catch (e) {
       if (e instanceof QmpError) return errorMessage(e.errorClass, e.desc, req)
       // Not a refusal of ours: still an answer, never a crash of the monitor.
+      this.opts.onCommandError?.(req.execute, e)
       return errorMessage('GenericError', (e as Error)?.message ?? String(e), req)
     }
   }

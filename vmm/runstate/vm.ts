@@ -13,6 +13,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { typedEmitter } from '../core/events.js'
 import { transitionAllowed, isRunState, type RunState } from './states.js'
+import { VmmError } from '../core/errors.js'
 
 export type ChangeStateCallback = (running: boolean, state: RunState) => void | Promise<void>
 
@@ -31,7 +32,7 @@ interface Entry extends ChangeStateHandler {
   seq: number
 }
 
-export class InvalidTransitionError extends Error {
+export class InvalidTransitionError extends VmmError {
   readonly code = 'ERR_RUNSTATE_TRANSITION'
   readonly errno = 22
   constructor(readonly from: RunState, readonly to: RunState) {
@@ -40,7 +41,7 @@ export class InvalidTransitionError extends Error {
   }
 }
 
-export class TransitionError extends Error {
+export class TransitionError extends VmmError {
   readonly code = 'ERR_RUNSTATE_NOTIFIER'
   readonly errno = 5
   constructor(
@@ -53,7 +54,7 @@ export class TransitionError extends Error {
 }
 
 /** vmStart/vmStop called from inside a change-state notifier of the same VM. */
-export class ReentrantTransitionError extends Error {
+export class ReentrantTransitionError extends VmmError {
   readonly code = 'ERR_RUNSTATE_REENTRANT'
   readonly errno = 35 // EDEADLK: it would wait for itself
   constructor(readonly from: RunState, readonly to: RunState, readonly requested: RunState) {

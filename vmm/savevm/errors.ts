@@ -2,6 +2,7 @@
 // `code`, the errno it maps to, the section it happened in (when known) and
 // the stream offset where it was detected.
 import { constants } from 'node:os'
+import { VmmError } from '../core/errors.js'
 
 const E = constants.errno
 
@@ -11,7 +12,7 @@ export interface LoadErrorInfo {
   cause?: unknown
 }
 
-export class LoadError extends Error {
+export class LoadError extends VmmError {
   readonly code: string
   readonly errno: number
   readonly section?: string
@@ -71,7 +72,7 @@ export class InvalidFieldError extends LoadError {
 }
 
 /** Errors of the saving side (bad device state, vetoed migration, ...). */
-export class SaveError extends Error {
+export class SaveError extends VmmError {
   readonly code: string
   readonly errno: number
   constructor(code: string, message: string, options?: { cause?: unknown; errno?: number }) {

@@ -1,6 +1,7 @@
 // Errors carried by streams and channels. Each has a Node-style `code` and the
 // positive errno it corresponds to, so callers can log or map either one.
 import { constants } from 'node:os'
+import { VmmError } from '../core/errors.js'
 
 const E = constants.errno
 
@@ -19,7 +20,7 @@ export const errnoOf: Record<string, number> = {
   EADDRINUSE: E.EADDRINUSE,
 }
 
-export class StreamError extends Error {
+export class StreamError extends VmmError {
   readonly code: string
   readonly errno: number
   constructor(code: string, message: string, options?: { cause?: unknown }) {

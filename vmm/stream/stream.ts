@@ -1,5 +1,7 @@
-// The migration stream: QEMU's QEMUFile in TypeScript. One object is used in
-// one direction: puts (writer) or gets (reader).
+// The migration stream: QEMU's QEMUFile in TypeScript, over a channel that
+// carries both directions: the migration's puts one way and its gets the
+// other (the return path reads and writes through the same MigStream on
+// each side), each with its own buffer.
 //
 // Errors are sticky: the first failure is kept (with its cause) and every put
 // or get after it does nothing (gets return 0 / empty), so callers check

@@ -12,11 +12,12 @@ import {
   VFIO_MIG_FLAG_DEV_INIT_DATA_SENT, VFIO_MIG_FLAG_DEV_SETUP_STATE, VFIO_MIG_FLAG_END_OF_STATE, markerName,
 } from './markers.js'
 import { trace, tracing } from './trace.js'
+import { VmmError } from '../core/errors.js'
 
 export type DeviceState = Awaited<ReturnType<Device['getState']>>
 
 /** Errors of the VFIO migration layer carry the errno name of their cause. */
-export class VfioMigrationError extends Error {
+export class VfioMigrationError extends VmmError {
   readonly code: string
   constructor(message: string, code: string, options?: { cause?: unknown }) {
     super(message, options)

@@ -164,7 +164,7 @@ impl DataFd {
     }
 }
 
-/// A reference of our own to an fd someone else owns (Node's socket), for
+/// A reference of our own to an fd someone else owns (the migration channel's socket), for
 /// the length of one call: if the owner closes its number meanwhile (a
 /// cancelled migration), the call keeps a valid open file instead of a
 /// number the process may hand to the next open(). The owner wakes the call

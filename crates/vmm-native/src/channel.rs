@@ -13,7 +13,8 @@
 //! One job per file: [`cancel`] (waking every wait of a channel), [`end`]
 //! (one registered descriptor and its I/O), [`chan`] (a channel's ends and
 //! their lifetime), [`connect`], [`listen`], [`options`] (keepalive, user
-//! timeout, buffer sizes), [`child`] (the socket pair of an exec: command),
+//! timeout, buffer sizes), [`tls`] and [`tls_creds`] (TLS 1.3 sessions and
+//! QEMU-layout x509 credentials, [`js_tls`] for JavaScript), [`child`] (the socket pair of an exec: command),
 //! and the JavaScript classes in [`js_channel`] and [`js_listener`].
 
 pub mod cancel;
@@ -25,3 +26,6 @@ pub mod js_channel;
 pub mod js_listener;
 pub mod listen;
 pub mod options;
+pub mod tls;
+pub mod tls_creds;
+pub mod js_tls;

@@ -1,5 +1,5 @@
-//! Errors as JavaScript sees them, and the one way blocking work leaves the
-//! JavaScript thread.
+//! Errors as JavaScript sees them, and how VFIO, RAM, transfer and digest
+//! work leaves the JavaScript thread (`kvm.rs` has task types of its own).
 //!
 //! Every native failure (VFIO, guest RAM, KVM, the channels) is a
 //! [`vmm_sys::Error`], and [`js_error`] is the one place it becomes an

@@ -6,4 +6,5 @@ export const targets: Record<string, () => Promise<Target>> = {
   'ram-diff': async () => (await import('./ram-diff.js')).target(),
   analyze: async () => (await import('./analyze.js')).target(),
   cli: async () => (await import('./cli.js')).target(),
+  qmp: async () => (await import('./qmp.js')).target(),
 }

@@ -11,11 +11,12 @@
 
 use super::cancel::Cancel;
 use super::end::{End, Kind};
+use super::tls::Session;
 use socket2::SockRef;
 use std::net::Shutdown;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use vmm_sys as sys;
 
 /// The End of one channel: `rx` and `tx` are the same End until
@@ -28,6 +29,10 @@ pub struct Chan {
     /// connected (see connect::connect).
     unconnected: Mutex<Option<OwnedFd>>,
     cancel: Cancel,
+    /// Set once, before the channel carries a byte of the migration: from
+    /// then on every byte goes through it and the descriptor is hidden from
+    /// native transfers (they would write plaintext past it).
+    tls: OnceLock<Arc<Session>>,
 }
 
 fn closed() -> io::Error {
@@ -44,12 +49,12 @@ impl Chan {
     /// end, which goes the one way it was opened.
     pub fn single(end: End) -> Chan {
         let end = Arc::new(end);
-        Chan { rx: Mutex::new(Some(end.clone())), tx: Mutex::new(Some(end)), child: Mutex::new(Vec::new()), unconnected: Mutex::new(None), cancel: Cancel::new() }
+        Chan { rx: Mutex::new(Some(end.clone())), tx: Mutex::new(Some(end)), child: Mutex::new(Vec::new()), unconnected: Mutex::new(None), cancel: Cancel::new(), tls: OnceLock::new() }
     }
 
     /// A socket to connect: no End until `connected` gives one.
     pub fn unconnected(fd: OwnedFd) -> Chan {
-        Chan { rx: Mutex::new(None), tx: Mutex::new(None), child: Mutex::new(Vec::new()), unconnected: Mutex::new(Some(fd)), cancel: Cancel::new() }
+        Chan { rx: Mutex::new(None), tx: Mutex::new(None), child: Mutex::new(Vec::new()), unconnected: Mutex::new(Some(fd)), cancel: Cancel::new(), tls: OnceLock::new() }
     }
 
     /// The socket to connect, once: EBADF when closed or already taken.
@@ -92,13 +97,29 @@ impl Chan {
         &self.cancel
     }
 
-    /// The read descriptor's number, while open.
+    /// Puts `s` between the channel and its socket; EBUSY if it has one.
+    pub fn set_tls(&self, s: Arc<Session>) -> io::Result<()> {
+        self.tls.set(s).map_err(|_| sys::errno(libc::EBUSY))
+    }
+
+    /// The TLS session, once set.
+    pub fn tls(&self) -> Option<Arc<Session>> {
+        self.tls.get().cloned()
+    }
+
+    /// The read descriptor's number, while open and not under TLS.
     pub fn read_fd(&self) -> Option<RawFd> {
+        if self.tls.get().is_some() {
+            return None;
+        }
         lock(&self.rx).as_ref().map(|e| e.raw())
     }
 
-    /// The write descriptor's number, while open.
+    /// The write descriptor's number, while open and not under TLS.
     pub fn write_fd(&self) -> Option<RawFd> {
+        if self.tls.get().is_some() {
+            return None;
+        }
         lock(&self.tx).as_ref().map(|e| e.raw())
     }
 
@@ -146,6 +167,11 @@ impl Chan {
 
     /// Ends every wait and lets go of every descriptor. Idempotent.
     pub fn close(&self) {
+        if let (Some(s), Some(end)) = (self.tls.get(), lock(&self.tx).as_ref()) {
+            if !self.cancel.fired() {
+                s.close_notify_now(end.raw());
+            }
+        }
         self.cancel.fire();
         *lock(&self.rx) = None;
         *lock(&self.tx) = None;

@@ -12,6 +12,8 @@ use super::connect;
 use super::end::{End, Kind};
 use super::options::{self, Keepalive, Options};
 use super::child;
+use super::js_tls::NativeTlsCreds;
+use super::tls::{as_tls_error, Session};
 use crate::error::{fd_arg, js_error, VResult};
 use napi::bindgen_prelude::*;
 use napi::Env;
@@ -27,7 +29,10 @@ use vmm_sys as sys;
 
 /// What the last call of a read or write said, as the addon's errors do.
 pub(crate) fn fail(e: &io::Error, call: &str) -> VfioError {
-    VfioError::from_io(e, call, call)
+    match as_tls_error(e) {
+        Some(t) => VfioError::new(t.errno, "tls", call, Some(&t.message)),
+        None => VfioError::from_io(e, call, call),
+    }
 }
 
 /// A read's error: the fault's own words when passed descriptors ended the
@@ -140,6 +145,17 @@ fn options_of(o: &ChannelOptions) -> VResult<Options> {
         recv_buffer: o.recv_buffer.map(|n| n as usize),
         loss_recovery: o.loss_recovery_ms.map(|t| ms(t, "lossRecoveryMs", "setsockopt")).transpose()?,
     })
+}
+
+/// What a TLS handshake settled.
+#[napi(object)]
+pub struct TlsInfo {
+    /// 'TLSv1_3'.
+    pub version: String,
+    /// 'TLS13_AES_256_GCM_SHA384' and the like.
+    pub cipher: String,
+    /// The peer certificate's subject (RFC 4514, as tls-authz lists it).
+    pub peer_subject: Option<String>,
 }
 
 /// A migration channel over descriptors this object owns.
@@ -272,6 +288,56 @@ impl NativeChannel {
         })
     }
 
+    /// Runs a TLS 1.3 handshake on this connected socket with `creds`
+    /// ('client' creds verify the server's certificate against
+    /// `serverName`; 'server' creds verify the client's against the CA and
+    /// tls-authz), bounded by `timeoutMs`. From then on every read and
+    /// write goes through the session, and `fd`/`writeFd` are null so that
+    /// no native transfer writes past it. Nothing else may read or write
+    /// the channel until this settles.
+    #[napi(ts_return_type = "Promise<TlsInfo>")]
+    pub fn start_tls(&self, env: Env, creds: &NativeTlsCreds, server_name: Option<String>, timeout_ms: f64) -> Result<AsyncBlock<TlsInfo>> {
+        let inner = self.inner.clone();
+        let creds = creds.creds.clone();
+        let timeout = ms(timeout_ms, "timeoutMs", "tls");
+        settle(&env, async move {
+            let r = async {
+                let timeout = timeout?;
+                let end = inner.rx().map_err(|e| fail(&e, "tls"))?;
+                if end.kind() != Kind::Socket {
+                    return Err(invalid("tls", "TLS runs over a socket only"));
+                }
+                let session = Arc::new(Session::new(&creds, server_name.as_deref()).map_err(|e| fail(&e, "tls"))?);
+                session.handshake(&end, inner.cancel(), timeout).await.map_err(|e| fail(&e, "tls"))?;
+                let info = session.info();
+                inner.set_tls(session).map_err(|e| fail(&e, "tls"))?;
+                Ok(TlsInfo { version: info.version, cipher: info.cipher, peer_subject: info.peer_subject })
+            };
+            (r.await, ())
+        })
+    }
+
+    /// Whether a TLS session carries this channel's bytes.
+    #[napi(getter)]
+    pub fn is_tls(&self) -> bool {
+        self.inner.tls().is_some()
+    }
+
+    /// Sends TLS close_notify (after everything written), so the peer tells
+    /// an end from a cut; resolves at once without TLS. `endWrites()` after it.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close_notify(&self, env: Env) -> Result<AsyncBlock<()>> {
+        let inner = self.inner.clone();
+        settle(&env, async move {
+            let r = async {
+                let Some(s) = inner.tls() else { return Ok(()) };
+                let end = inner.tx().map_err(|e| fail(&e, "tls"))?;
+                s.close_notify(&end, inner.cancel()).await.map_err(|e| fail(&e, "tls"))
+            };
+            (r.await, ())
+        })
+    }
+
     /// The descriptor reads go to, or null once closed. For native
     /// transfers between two reads; it stays this object's.
     #[napi(getter)]
@@ -330,7 +396,11 @@ impl NativeChannel {
             let end = self.inner.rx().map_err(|e| fail(&e, "read"))?;
             // A JavaScript count is at most 2^31 - 1 here, so i32 is exact.
             let span = span.start..span.start + span.len().min(i32::MAX as usize);
-            match end.try_read(&mut buffer[span]) {
+            let got = match self.inner.tls() {
+                Some(s) => s.try_read(end.raw(), &mut buffer[span]),
+                None => end.try_read(&mut buffer[span]),
+            };
+            match got {
                 Ok(Some(n)) => Ok(n as i32),
                 Ok(None) => Ok(-1),
                 Err(e) => Err(read_fail(&end, &e)),
@@ -355,7 +425,11 @@ impl NativeChannel {
                 // and the reference in `buffer` keeps its memory alive.
                 let bytes = unsafe { buffer.as_mut() };
                 let span = span.start..span.start + span.len().min(u32::MAX as usize);
-                end.read(&mut bytes[span], inner.cancel()).await.map(|n| n as u32).map_err(|e| read_fail(&end, &e))
+                let got = match inner.tls() {
+                    Some(s) => s.read(&end, &mut bytes[span], inner.cancel()).await,
+                    None => end.read(&mut bytes[span], inner.cancel()).await,
+                };
+                got.map(|n| n as u32).map_err(|e| read_fail(&end, &e))
             };
             let r = r.await;
             (r, buffer)
@@ -368,6 +442,11 @@ impl NativeChannel {
     pub fn try_writev(&self, env: Env, buffers: Vec<&[u8]>, skip: f64) -> Result<f64> {
         let r = skip_arg(skip, "writev").and_then(|skip| {
             let end = self.inner.tx().map_err(|e| fail(&e, "writev"))?;
+            if self.inner.tls().is_some() {
+                // A record half sent has to be finished by someone: the
+                // async writev, which waits for room.
+                return Ok(0.0);
+            }
             end.try_writev(&buffers, skip).map(|n| n as f64).map_err(|e| fail(&e, "writev"))
         });
         r.map_err(|e| js_error(&env, &e))
@@ -385,7 +464,11 @@ impl NativeChannel {
                 let skip = skip?;
                 let end = inner.tx().map_err(|e| fail(&e, "writev"))?;
                 let slices: Vec<&[u8]> = buffers.iter().map(|b| &b[..]).collect();
-                end.write_all(&slices, skip, inner.cancel()).await.map_err(|e| fail(&e, "writev"))
+                let r = match inner.tls() {
+                    Some(s) => s.write_all(&end, &slices, skip, inner.cancel()).await,
+                    None => end.write_all(&slices, skip, inner.cancel()).await,
+                };
+                r.map_err(|e| fail(&e, "writev"))
             };
             let r = r.await;
             (r, buffers)

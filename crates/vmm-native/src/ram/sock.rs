@@ -1,5 +1,5 @@
 //! The migration socket as the RAM encoder and decoder use it, on a worker
-//! thread: a private dup of Node's fd, so a close on the JavaScript side can
+//! thread: a private dup of the channel's fd, so a close of the channel can
 //! never turn the number into someone else's file while guest RAM flows
 //! through it.
 //!
