@@ -68,6 +68,8 @@ t.test('descriptors nobody asked for fail the read, clearly, and are closed', as
   const [a, b] = await pair()
   const fds = files(3)
   await b.sendFds!(fds, Buffer.from('x'))
+  // The bytes that came with them are the stream's; the next read fails.
+  t.equal(await a.read(Buffer.alloc(8), 0, 8), 1, 'the byte sent with them is delivered')
   await t.rejects(a.read(Buffer.alloc(8), 0, 8), { code: 'EPROTO', message: /passed 3 file descriptor\(s\) unasked; closed them/ })
   await t.rejects(a.read(Buffer.alloc(8), 0, 8), { code: 'EPROTO' }, 'the channel stays failed')
   for (const fd of fds) closeSync(fd)
@@ -86,6 +88,7 @@ t.test('more descriptors than accepted fail the read and all are closed', async 
   const buf = Buffer.alloc(4)
   // The first message is within the budget; the kernel ends a read after a message with descriptors.
   t.equal(await a.read(buf, 0, 4), 1)
+  t.equal(await a.read(buf, 0, 4), 1, 'the byte sent with the refused ones is delivered')
   await t.rejects(a.read(buf, 0, 4), { code: 'EPROTO', message: /passed 2 file descriptor\(s\), 1 more were expected; closed them/ })
   t.equal(a.queuedFds, 0, 'the one queued before was closed too')
   for (const fd of fds) closeSync(fd)
@@ -105,6 +108,7 @@ t.test('dropFds closes what was not taken; close() does too', async (t) => {
   a.dropFds!()
   t.equal(a.queuedFds, 0)
   await b.sendFds!(fds.slice(1), Buffer.from('b'))
+  await readN(a, 1)
   await t.rejects(readN(a, 1), { code: 'EPROTO', message: /unasked/ }, 'accepts no more after dropFds')
   const [c, d] = await pair()
   c.acceptFds!(1)

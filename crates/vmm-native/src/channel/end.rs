@@ -183,6 +183,13 @@ impl End {
         let mut all = r.fds;
         all.append(&mut p.queue);
         close_elsewhere(all);
+        // The bytes that came with them are the stream's: delivered, and the
+        // fault ends the next read. Failing this one instead lost a stream
+        // header that arrived in the same read, and the listener then took the
+        // peer for one that never spoke (a race on how much one read got).
+        if r.bytes > 0 {
+            return Ok(r.bytes);
+        }
         Err(End::faulted())
     }
 
@@ -453,6 +460,9 @@ mod tests {
         let (a, b) = pair();
         let m = vmm_sys::mem::memfd(c"end-unasked", 4096).unwrap();
         b.send_fds(b"x", &[m.as_raw_fd()], &Cancel::new()).await.unwrap();
+        let mut got = [0u8; 4];
+        assert_eq!(a.read(&mut got, &Cancel::new()).await.unwrap(), 1, "the byte that came with them is delivered");
+        assert_eq!(got[0], b'x');
         let e = a.read(&mut [0u8; 4], &Cancel::new()).await.unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPROTO));
         assert!(a.fault().unwrap().contains("1 file descriptor(s) unasked"), "{:?}", a.fault());
@@ -461,6 +471,7 @@ mod tests {
         let (c, d) = pair();
         c.accept_fds(1);
         d.send_fds(b"y", &[m.as_raw_fd(), m.as_raw_fd()], &Cancel::new()).await.unwrap();
+        assert_eq!(c.read(&mut [0u8; 4], &Cancel::new()).await.unwrap(), 1);
         c.read(&mut [0u8; 4], &Cancel::new()).await.unwrap_err();
         assert!(c.fault().unwrap().contains("2 file descriptor(s), 1 more were expected"), "{:?}", c.fault());
 
@@ -472,6 +483,7 @@ mod tests {
         // bound send_iov_fds refuses, so the raw message goes by hand.
         assert_eq!(unsafe { sys::send_iov_fds(f1.raw(), &mut iov, &many) }.unwrap_err().raw_os_error(), Some(libc::EINVAL));
         send_raw(f1.raw(), &many);
+        assert_eq!(e1.read(&mut [0u8; 4], &Cancel::new()).await.unwrap(), 1);
         e1.read(&mut [0u8; 4], &Cancel::new()).await.unwrap_err();
         assert!(e1.fault().unwrap().contains("more than 16"), "{:?}", e1.fault());
         drop((a, b, c, d, e1, f1, m));
