@@ -8,22 +8,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import v8 from 'node:v8'
 import { runInNewContext } from 'node:vm'
-import { native } from '../../vmm/native/addon.js'
-import { Vm } from '../../vmm/runstate/index.js'
-import { SaveVMRegistry } from '../../vmm/savevm/registry.js'
-import { VfioMigrationSet } from '../../vmm/vfio/vfio-set.js'
 import { listen } from '../../vmm/channel/connect.js'
 import { OutgoingMigration, IncomingMigration, type MigratableVm } from '../../vmm/migration/index.js'
-
-async function makeVm(role: 'source' | 'dest'): Promise<MigratableVm> {
-  const vm = new Vm('prelaunch')
-  if (role === 'source') await vm.vmStart()
-  const registry = new SaveVMRegistry()
-  const vfio = new VfioMigrationSet(vm, registry, { switchoverAck: () => false })
-  const emu = new native.EmulatedDevice({ name: `${role}0`, flags: 7, stateSize: 64 << 10, seed: 5 })
-  await vfio.add(emu.device(), { idstr: 'dev0/vfio' })
-  return { vm, registry, machine: 'test-1', vfio }
-}
+import { makeVm } from './small-vm.js'
 
 const parameters = { linkTimeoutMs: 2000, handoverTimeoutMs: 5000, maxBandwidth: 0 }
 

@@ -123,24 +123,7 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 /// process has not ignored SIGPIPE: the signal is blocked around the call
 /// and a SIGPIPE it raised is consumed before the old mask returns.
 pub fn write_nosigpipe(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: the sigset_t values are locals, zeroed and then initialised by
-    // sigemptyset before use; the mask calls change only this thread's
-    // mask and restore it before returning; sigtimedwait with a zero timeout
-    // only dequeues a pending SIGPIPE of this thread.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGPIPE);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        let r = write(fd, buf);
-        if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EPIPE)) {
-            let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
-        }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        r
-    }
+    without_sigpipe(|| write(fd, buf))
 }
 
 /// `writev(2)` of `iov`, EINTR retried.
@@ -429,18 +412,25 @@ pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> 
 /// the duration of the call.
 pub unsafe fn writev_nosigpipe(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
     let iov = &iov[..iov.len().min(libc::UIO_MAXIOV as usize)];
-    // SAFETY: as in write_nosigpipe: the sigset_t values are locals set up by
-    // sigemptyset, the mask changes only this thread's mask and is restored
-    // before returning, and sigtimedwait with a zero timeout only dequeues a
-    // SIGPIPE the writev raised in this thread.
+    // SAFETY: the caller vouches for the iovecs (this function's contract).
+    without_sigpipe(|| unsafe { writev(fd, iov) })
+}
+
+/// Runs `call` with SIGPIPE blocked for this thread, and takes back a
+/// SIGPIPE it raised (an EPIPE) before unblocking: a write to a closed peer
+/// is then an error, never a signal that ends the process.
+fn without_sigpipe(call: impl FnOnce() -> io::Result<usize>) -> io::Result<usize> {
+    // SAFETY: the sigset_t values are locals, zeroed and then initialised by
+    // sigemptyset before use; the mask calls change only this thread's
+    // mask and restore it before returning; sigtimedwait with a zero timeout
+    // only dequeues a pending SIGPIPE of this thread.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGPIPE);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        // The caller vouches for the iovecs (our contract).
-        let r = writev(fd, iov);
+        let r = call();
         if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EPIPE)) {
             let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
             libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);

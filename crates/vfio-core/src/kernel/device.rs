@@ -95,12 +95,7 @@ impl DeviceBackend for KernelDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Whether any descriptor of this process is the memfd called `name`
-    /// (other tests open and close descriptors in parallel: a count would race).
-    fn memfd_open(name: &str) -> bool {
-        std::fs::read_dir("/proc/self/fd").unwrap().flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains(name)))
-    }
+    use crate::kernel::test_fds::memfd_open;
 
     #[test]
     fn a_passed_fd_that_is_no_device_is_refused_and_closed() {
