@@ -1,4 +1,4 @@
-// `npm run bench [-- --quick] [--only ram,device,downtime,live,calls]
+// `npm run bench [-- --quick] [--only ram,device,downtime,live,calls,qmp,local,tls]
 // [--repeats N] [--no-qemu] [--no-install]`: every comparison of the
 // project against its baselines, each pair measured in the same run.
 // Writes bench/results/ (quick runs: bench/results/quick/): bench.json,
@@ -20,6 +20,7 @@ import { runLive } from './sections/live.js'
 import { runCalls } from './sections/calls.js'
 import { runQmp } from './sections/qmp.js'
 import { runLocal } from './sections/local.js'
+import { runTls } from './sections/tls.js'
 import { MAX_RAM } from '../vmm/machine/workload.js'
 import { parseArgs, type Part } from './lib/args.js'
 import { makeRandomFile, removeRamFile, removeRamFiles } from './lib/ramfile.js'
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
   }
 
   let qemuOk = false
-  if (opts.only.has('ram')) {
+  if (opts.only.has('ram') || opts.only.has('tls')) {
     if (!opts.qemu) ctx.skip('ram/qemu', '--no-qemu given')
     else {
       const q = await ensureQemu(s => ctx.log(s), opts.install)
@@ -123,6 +124,12 @@ async function main(): Promise<void> {
     // run: the copying side holds two copies of it.
     const sizes = opts.quick ? [256 * M, 1024 * M] : [256 * M, 1024 * M, MAX_RAM]
     results.local = await runLocal(ctx, sizes, opts.quick ? 2 : 3)
+  })
+
+  await part('tls', async () => {
+    // 1 GiB of RAM and of device state, as docs/tls.md's targets are stated; quick: small, for CI.
+    const size = opts.quick ? 128 * M : 1024 * M
+    results.tls = await runTls(ctx, size, size, opts.quick ? 1 : 3, qemuOk)
   })
 
   results.durationS = (Date.now() - t0) / 1000

@@ -1,7 +1,7 @@
 // Command-line options of `npm run bench`, validated up front so a typo
 // fails in a second instead of after minutes of measuring.
 
-export const PARTS = ['limits', 'ram', 'device', 'downtime', 'live', 'calls', 'qmp', 'local'] as const
+export const PARTS = ['limits', 'ram', 'device', 'downtime', 'live', 'calls', 'qmp', 'local', 'tls'] as const
 export type Part = (typeof PARTS)[number]
 
 export interface Options {

@@ -89,17 +89,34 @@ const num = (v: unknown, what: string): number => {
   return v
 }
 
+export interface QemuMigrateOptions {
+  /**
+   * Migrate over TLS with x509 credentials from this directory (QEMU's
+   * layout, both ends' files in it): tls-creds-x509 with verify-peer on at
+   * both ends, the source checking the name 127.0.0.1.
+   */
+  tlsDir?: string
+}
+
 /** One QEMU migration of `size` bytes of RAM read from `ramFile`. */
-export async function qemuMigrate(size: number, ramFile: string, timeoutMs: number): Promise<QemuMigration> {
+export async function qemuMigrate(size: number, ramFile: string, timeoutMs: number, opts: QemuMigrateOptions = {}): Promise<QemuMigration> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-bench-qemu-'))
   const port = await freePort()
   let src: Qemu | undefined
   let dst: Qemu | undefined
+  const creds = (endpoint: string) => opts.tlsDir ? ['-object', `tls-creds-x509,id=tls0,dir=${opts.tlsDir},endpoint=${endpoint},verify-peer=on`] : []
   try {
-    dst = await launch([...machineArgs(size, `memory-backend-ram,id=ram0,size=${size}`, path.join(dir, 'dst.qmp')), '-incoming', `tcp:127.0.0.1:${port}`], path.join(dir, 'dst.qmp'))
-    src = await launch(machineArgs(size, `memory-backend-file,id=ram0,size=${size},mem-path=${ramFile},share=on`, path.join(dir, 'src.qmp')), path.join(dir, 'src.qmp'))
+    // With TLS the destination's tls-creds must be set before it listens: -incoming defer, then migrate-incoming.
+    dst = await launch([...machineArgs(size, `memory-backend-ram,id=ram0,size=${size}`, path.join(dir, 'dst.qmp')), ...creds('server'),
+      '-incoming', opts.tlsDir ? 'defer' : `tcp:127.0.0.1:${port}`], path.join(dir, 'dst.qmp'))
+    if (opts.tlsDir) {
+      await dst.qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0' })
+      await dst.qmp.execute('migrate-incoming', { uri: `tcp:127.0.0.1:${port}` })
+    }
+    src = await launch([...machineArgs(size, `memory-backend-file,id=ram0,size=${size},mem-path=${ramFile},share=on`, path.join(dir, 'src.qmp')), ...creds('client')],
+      path.join(dir, 'src.qmp'))
     // QEMU's default max-bandwidth throttles (128 MiB/s); a limit far above any link is "unlimited" on every version.
-    await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 2 ** 40 })
+    await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 2 ** 40, ...(opts.tlsDir ? { 'tls-creds': 'tls0', 'tls-hostname': '127.0.0.1' } : {}) })
     await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${port}` })
     const deadline = Date.now() + timeoutMs
     let info: Record<string, unknown>

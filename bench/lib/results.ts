@@ -8,6 +8,7 @@ import type { LiveRow } from '../sections/live.js'
 import type { CallResults } from '../sections/calls.js'
 import type { QmpRow } from '../sections/qmp.js'
 import type { LocalRow, LocalRatio } from '../sections/local.js'
+import type { TlsRow } from '../sections/tls.js'
 
 export interface MachineInfo {
   cpu: string
@@ -37,6 +38,8 @@ export interface BenchResults {
   qmp?: QmpRow[]
   /** Local migration (memfd passed) against copying, over a unix socket, same run (docs/local.md). */
   local?: { rows: LocalRow[]; ratios: LocalRatio[] }
+  /** TLS against plaintext, ours and QEMU's, same run (docs/tls.md). */
+  tls?: TlsRow[]
   skipped: Skip[]
   errors: string[]
 }

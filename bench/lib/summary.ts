@@ -21,6 +21,17 @@ function localSection(r: BenchResults): string[] {
     ...r.local.rows.flatMap(x => x.errors.map(e => `- ${x.mode} ${Math.floor(x.ramSize / 2 ** 20)} MiB: ${e}`)), '']
 }
 
+function tlsSection(r: BenchResults): string[] {
+  if (!r.tls?.length) return []
+  const rate = (s: { MiBps: Summary } | undefined) => fmtSummary(s?.MiBps)
+  const dt = (s: { downtimeMs: Summary } | undefined) => fmtSummary(s?.downtimeMs, 1)
+  return ['## TLS 1.3 (mutual x509) against plaintext, ours and QEMU, loopback', '',
+    table(['state', 'size', 'ours TLS MiB/s', 'ours plaintext MiB/s', 'QEMU TLS MiB/s', 'QEMU plaintext MiB/s', 'ours TLS/plaintext', 'ours TLS/QEMU TLS', 'QEMU TLS/plaintext', 'downtime ms ours TLS / plaintext'],
+      r.tls.map(x => [x.kind, fmtBytes(x.size), rate(x.oursTls), rate(x.oursPlain), rate(x.qemuTls), rate(x.qemuPlain),
+        tgt(x.tlsOverPlain, 0.7), x.kind === 'ram' ? tgt(x.oursTlsOverQemuTls, 3) : 'n/a', fmtRatio(x.qemuTlsOverPlain), `${dt(x.oursTls)} / ${dt(x.oursPlain)}`])), '',
+    ...r.tls.flatMap(x => x.errors.map(e => `- ${x.kind}: ${e}`)), '']
+}
+
 function qmpSection(r: BenchResults): string[] {
   if (!r.qmp?.length) return []
   return ['## One QMP client, ours and QEMU (deferred destination, migrate, query-migrate)', '',
@@ -100,6 +111,7 @@ export function summaryMarkdown(r: BenchResults): string {
 
   out.push(...qmpSection(r))
   out.push(...localSection(r))
+  out.push(...tlsSection(r))
 
   if (r.skipped.length || r.errors.length) {
     out.push('## Not measured', '')

@@ -34,6 +34,8 @@ export interface Job {
   workingSet?: number
   autoConverge?: boolean
   maxIterations?: number
+  /** TLS credentials in QEMU's x509 layout, both ends' files in one directory (bench/sections/tls.ts). */
+  tls?: string
 }
 
 const emit = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n')
@@ -94,6 +96,7 @@ async function main(): Promise<void> {
   if (j.role === 'dst') {
     const res = await incoming(b.m, 'tcp:127.0.0.1:0', {
       capabilities: { switchoverAck: j.switchoverAck ?? false },
+      ...(j.tls ? { parameters: { tlsCreds: j.tls } } : {}),
       onListening: address => emit({ listening: address }),
     })
     // A live guest keeps writing after it starts: only a paused one can be compared byte for byte.
@@ -108,6 +111,7 @@ async function main(): Promise<void> {
         ...(j.downtimeLimitMs !== undefined ? { downtimeLimitMs: j.downtimeLimitMs } : {}),
         ...(j.maxIterations !== undefined ? { xMaxIterations: j.maxIterations } : {}),
         ...(j.availSwitchoverBandwidth !== undefined ? { availSwitchoverBandwidth: Math.round(j.availSwitchoverBandwidth) } : {}),
+        ...(j.tls ? { tlsCreds: j.tls } : {}),
       },
       capabilities: { switchoverAck: j.switchoverAck ?? false, autoConverge: j.autoConverge ?? false },
     })
