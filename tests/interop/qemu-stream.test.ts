@@ -10,8 +10,10 @@
 // us -> QEMU: our writer's stream (header, configuration, ram, a FULL vmstate
 // section, EOF, vmdesc) is loaded by QEMU with `migrate-incoming exec:cat FILE`;
 // QEMU's RAM must then hold what we sent, also when QEMU migrates it back to
-// our loader. Streams QEMU must refuse prove it parsed our framing up to the
-// section it names. Docs: docs/stream-format.md, "Checked against QEMU".
+// our loader, and over TLS (x509, mutual) both ways between migrate() and
+// QEMU's tls-creds-x509. Streams QEMU must refuse prove it parsed our framing
+// up to the section it names. Docs: docs/stream-format.md, "Checked against
+// QEMU"; docs/tls.md.
 import t, { type Test } from 'tap'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { randomFill } from 'node:crypto'
@@ -19,11 +21,14 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import * as net from 'node:net'
 import { QmpClient } from '../../bench/lib/qmp.js'
 import { stopProcess, track, killChildren } from '../../bench/lib/proc.js'
 import { analyzeFile, toJson, type Analysis, type SectionInfo } from '../../vmm/cli/analyze.js'
 import { run } from '../../vmm/cli/main.js'
 import { connect, listen } from '../../vmm/channel/connect.js'
+import { loadTlsCreds } from '../../vmm/channel/tls.js'
+import { makeTlsCreds } from '../../vmm/cli/certs.js'
 import { MigStream } from '../../vmm/stream/stream.js'
 import { SaveVMRegistry } from '../../vmm/savevm/registry.js'
 import { SaveVM } from '../../vmm/savevm/save.js'
@@ -708,6 +713,72 @@ if (!found.version) {
       t.match(forced!.q.stderr(), /MIG_CMD 0xb unknown/, 'QEMU 7.2 names MIG_CMD_SWITCHOVER_START as unknown')
     } finally {
       await Promise.all([dst, forced].map(d => d!.q.stop()))
+    }
+  })
+
+  t.test('over TLS 1.3, mutual x509, verify-peer at both ends: QEMU loads what migrate() sends, and migrates it back into our loader', async t => {
+    if (!qemuPc) return t.fail('needs the pc stream of the first test')
+    // One directory holds both ends' files (QEMU's layout); the client's subject is CN=source,O=vmm-migration.
+    const creds = join(dir, 'tls')
+    await makeTlsCreds(creds)
+    const memFile = join(dir, 'dst-tls.ram')
+    await writeFile(memFile, Buffer.alloc(RAM_MB << 20, 0xa5))
+    const q = await startQemu(dir, 'dst-tls', ['-S', ...pcArgs(memFile),
+      '-object', `tls-creds-x509,id=tls0,dir=${creds},endpoint=server,verify-peer=on`, '-incoming', 'defer'])
+    try {
+      const machine = await machineType(q)
+      const blocks = await ramBlocks(q)
+      const sent = new Map<string, Buffer>()
+      for (const b of blocks) sent.set(b.name, await randomRam(b.length))
+      const port = await new Promise<number>((res, rej) => {
+        const s = net.createServer().once('error', rej).listen(0, '127.0.0.1', () => { const p = (s.address() as net.AddressInfo).port; s.close(() => res(p)) })
+      })
+      // QEMU takes tls-creds only before it listens: -incoming defer, then migrate-incoming.
+      await q.qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0' })
+      await q.qmp.execute('migrate-incoming', { uri: `tcp:127.0.0.1:${port}` })
+      const vm = new Vm('prelaunch')
+      await vm.vmStart()
+      const registry = ourRegistry({ machine, blocks: [...sent].map(([name, memory]) => ({ name, memory })), runstate: 'prelaunch' })
+      const capabilities = ('handover' in DEFAULT_CAPABILITIES ? { handover: false } : {}) as Partial<MigrationCapabilities>
+      // Our source checks QEMU's certificate against the name in the URI (127.0.0.1 is in its SANs).
+      const stats = await migrate({ vm, registry, machine }, `tcp:127.0.0.1:${port}`, { parameters: { maxBandwidth: 0, tlsCreds: creds }, capabilities })
+      await waitMigration(q, 'QEMU loading what migrate() sent over TLS')
+      t.equal(stats.status, 'completed')
+      t.equal(vm.state, 'postmigrate')
+      t.ok((await readFile(memFile)).equals(sent.get('ram0')!), `QEMU's ram0 = what migrate() sent over TLS, byte for byte`)
+      const biosLen = sent.get('pc.bios')!.length
+      t.ok((await pmemsave(q, 2 ** 32 - biosLen, biosLen, join(dir, 'dst-tls.bios'))).equals(sent.get('pc.bios')!), 'QEMU pmemsave below 4 GiB = the pc.bios we sent')
+      t.notMatch(q.stderr(), /error|unknown/i, 'QEMU reported nothing')
+
+      // Back: QEMU, now a TLS client (a second credentials object), into our TLS
+      // listener that admits only the client certificate's DN. Its devices are
+      // the pc machine's of the first test, described by that vmdesc.
+      const reg = new SaveVMRegistry()
+      const got = ramOf(reg, blocks).memory
+      const pcFull = qemuPc.a.sections.filter(s => s.type === 'FULL')
+      registerQemuDevices(reg, (qemuPc.a.vmdesc as { devices: DescDevice[] }).devices, pcFull.map(s => s.versionId!))
+      const serverCreds = await loadTlsCreds(creds, 'server', ['CN=source,O=vmm-migration'])
+      const listener = await listen('tcp:127.0.0.1:0', { tls: { creds: serverCreds } })
+      try {
+        const accepted = listener.accept()
+        await q.qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls1', dir: creds, endpoint: 'client', 'verify-peer': true })
+        await q.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 2 ** 40, 'tls-creds': 'tls1', 'tls-hostname': '127.0.0.1' })
+        await q.qmp.execute('migrate', { uri: listener.address })
+        const f = new MigStream(await accepted)
+        const res = await loadvm(f, reg, { machine }).catch(async e => {
+          const info = await q.qmp.execute('query-migrate').catch(x => String(x))
+          throw new Error(`${(e as Error).message}; QEMU: ${JSON.stringify(info)} ${q.stderr()}`)
+        })
+        await f.close()
+        t.equal(res.machine, machine)
+        t.same([...got].filter(([name, m]) => !m.equals(sent.get(name)!)).map(([name]) => name), [],
+          `every block QEMU sent back over TLS = what we sent it (${[...got.keys()].join(', ')})`)
+        await waitMigration(q, 'QEMU sending back over TLS')
+      } finally {
+        await listener.close()
+      }
+    } finally {
+      await q.stop()
     }
   })
 

@@ -35,9 +35,10 @@ const PLAIN_CHUNK: usize = 256 << 10;
 /// chunk is encrypted whole and goes out in one writev.
 const SEND_BUFFER: usize = PLAIN_CHUNK + (64 << 10);
 
-/// How long a client that finished its handshake waits for the server's
-/// verdict on its certificate (see [`Confirm`]). Ours answers at once.
-const VERDICT_WAIT: Duration = Duration::from_millis(1500);
+/// The ALPN protocol by which our client asks for, and our server promises,
+/// a verdict on the client's certificate (see [`Confirm`]). Only our own
+/// peers speak it: QEMU's GnuTLS neither offers nor answers ALPN.
+pub const VERDICT_ALPN: &[u8] = b"x-vmm-migration-verdict";
 
 /// A TLS failure: errno for the JavaScript error's `code`, and the message.
 #[derive(Debug)]
@@ -128,8 +129,11 @@ pub struct Info {
 /// the client's handshake ends before the server has checked the client's
 /// certificate, so a refusal (an expired certificate, a DN outside
 /// tls-authz) would only show as an alert in the middle of the migration.
-/// Our server sends one session ticket once it accepted the client; the
-/// client waits for it or the alert, at most VERDICT_WAIT. Tickets are
+/// Our server sends one session ticket once it accepted the client, when
+/// the client asked for it (ALPN [`VERDICT_ALPN`] and a ticket_request);
+/// the client waits for it or the alert, within the handshake timeout. A
+/// server that did not answer the ALPN (QEMU) sends no verdict, and is not
+/// waited for: a refusal then shows as an alert on the stream. Tickets are
 /// never used to resume: nothing is ever handed back.
 #[derive(Debug, Default)]
 struct Confirm(AtomicBool);
@@ -221,7 +225,7 @@ impl Session {
             if Session::flush(&mut c, fd)? == Need::Writable {
                 return Ok(Need::Writable);
             }
-            let confirmed = self.confirm.as_ref().is_none_or(|c| c.0.load(Ordering::SeqCst));
+            let confirmed = self.confirm.as_ref().is_none_or(|c| c.0.load(Ordering::SeqCst)) || !Session::verdict_promised(&c);
             if !c.is_handshaking() && confirmed {
                 return Ok(Need::Done);
             }
@@ -243,28 +247,18 @@ impl Session {
         }
     }
 
-    /// A client past its handshake that has not heard the server's verdict.
-    fn awaiting_verdict(&self) -> bool {
-        self.confirm.as_ref().is_some_and(|c| !c.0.load(Ordering::SeqCst)) && !lock(&self.conn).is_handshaking()
+    /// Whether the server answered our ALPN, and so will send its verdict.
+    /// Asked only past the handshake, when the answer is known.
+    fn verdict_promised(c: &Connection) -> bool {
+        c.is_handshaking() || c.alpn_protocol() == Some(VERDICT_ALPN)
     }
 
     /// Runs the handshake to its end, within `timeout`.
     pub async fn handshake(&self, end: &End, cancel: &Cancel, timeout: Duration) -> io::Result<()> {
         let run = async {
-            let mut verdict_by: Option<tokio::time::Instant> = None;
             loop {
                 match self.handshake_step(end.raw())? {
                     Need::Done => return Ok(()),
-                    Need::Readable if self.awaiting_verdict() => {
-                        // A server that sends no ticket (QEMU's GnuTLS) says
-                        // nothing: after a while, go on without the verdict;
-                        // a refusal then shows as an alert on the stream.
-                        let by = *verdict_by.get_or_insert_with(|| tokio::time::Instant::now() + VERDICT_WAIT);
-                        match tokio::time::timeout_at(by, end.wait_readable(cancel)).await {
-                            Ok(g) => g?.not_ready(),
-                            Err(_) => return Ok(()),
-                        }
-                    }
                     Need::Readable => end.wait_readable(cancel).await?.not_ready(),
                     Need::Writable => end.wait_writable(cancel).await?.not_ready(),
                 }
@@ -520,6 +514,56 @@ pub(crate) mod tests {
         let (_, rc, ..) = pair(&server, &client, "elsewhere.example").await;
         let ec = rc.unwrap_err();
         assert!(ec.to_string().contains("not valid for name"), "{ec}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A server built like ours but speaking no ALPN and sending no
+    /// tickets: what QEMU's GnuTLS destination is to our client.
+    fn like_gnutls(ours: &Creds) -> Creds {
+        let Creds::Server(cfg) = ours else { panic!("a server's credentials") };
+        let mut cfg = (**cfg).clone();
+        cfg.alpn_protocols.clear();
+        cfg.max_tls13_tickets = 0;
+        Creds::Server(Arc::new(cfg))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_verdict_is_awaited_only_from_a_server_that_promised_it() {
+        let dir = make_creds("verdict", "/O=vmm-migration/CN=source");
+        let client = load(&dir, Role::Client, None).unwrap();
+        let server = load(&dir, Role::Server, None).unwrap();
+        // Ours: the ALPN is answered and the ticket came before the handshake ended.
+        let (rs, rc, _, (c, _b)) = pair(&server, &client, "localhost").await;
+        rs.unwrap();
+        rc.unwrap();
+        assert_eq!(lock(&c.conn).alpn_protocol(), Some(VERDICT_ALPN));
+        assert!(c.confirm.as_ref().unwrap().0.load(Ordering::SeqCst), "our server's verdict arrived");
+        // A server that promises nothing: the handshake ends at once, not after
+        // a wait for a verdict that never comes.
+        let (rs, rc, (_s, a), (c, _b)) = pair(&like_gnutls(&server), &client, "localhost").await;
+        rs.unwrap();
+        rc.unwrap();
+        assert!(!Session::verdict_promised(&lock(&c.conn)), "no ALPN answer: no verdict to wait for");
+        assert!(!c.confirm.as_ref().unwrap().0.load(Ordering::SeqCst), "no ticket was sent");
+        // And a server that was not asked sends nothing after its handshake:
+        // a client that never reads (QEMU's) leaves no unread bytes, which
+        // would make its close a reset.
+        let client_no_ask = {
+            let Creds::Client(cfg) = &client else { panic!() };
+            let mut cfg = (**cfg).clone();
+            cfg.alpn_protocols.clear();
+            cfg.send_ticket_request = None;
+            Creds::Client(Arc::new(cfg))
+        };
+        let (rs, rc, (_s, a2), (c, b2)) = pair(&server, &client_no_ask, "localhost").await;
+        rs.unwrap();
+        rc.unwrap();
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = [0u8; 64];
+        assert!(c.try_read(b2.raw(), &mut buf).unwrap().is_none(), "the server sent no data");
+        assert!(!c.confirm.as_ref().unwrap().0.load(Ordering::SeqCst), "and no ticket after the handshake");
+        drop(a2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

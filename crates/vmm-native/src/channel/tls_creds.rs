@@ -13,6 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use super::tls::VERDICT_ALPN;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, ServerConfig, SignatureScheme};
 use std::fmt;
 use std::io;
@@ -142,9 +143,17 @@ pub fn load(dir: &Path, role: Role, authz: Option<Vec<String>>) -> Result<Creds,
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(chain, key)
                 .map_err(|e| bad(&key_path, format!("does not go with {cert_name} ({e})")))?;
-            // One ticket: the client's sign that its certificate was accepted
-            // (tls.rs, Confirm). It is never used to resume.
-            cfg.send_tls13_tickets = 1;
+            // One ticket, only to a client that asks for it (RFC 9149
+            // ticket_request, which ours sends): its sign that its
+            // certificate was accepted (tls.rs, Confirm); never used to
+            // resume. A client that does not ask (QEMU's GnuTLS) gets none:
+            // it never reads after its handshake, and a close with unread
+            // bytes is a TCP reset, which would throw away the end of its
+            // stream still in our receive queue. The ALPN answer tells our
+            // client that a verdict is coming.
+            cfg.send_tls13_tickets = 0;
+            cfg.max_tls13_tickets = 1;
+            cfg.alpn_protocols = vec![VERDICT_ALPN.to_vec()];
             Ok(Creds::Server(Arc::new(cfg)))
         }
         Role::Client => {
@@ -162,6 +171,11 @@ pub fn load(dir: &Path, role: Role, authz: Option<Vec<String>>) -> Result<Creds,
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| bad(&key_path, format!("does not go with {cert_name} ({e})")))?;
             cfg.resumption = rustls::client::Resumption::disabled();
+            // Ask our destination for its verdict ticket (see the server's
+            // side above); a server that does not answer the ALPN (QEMU)
+            // sends no verdict, and the client then does not wait for one.
+            cfg.alpn_protocols = vec![VERDICT_ALPN.to_vec()];
+            cfg.send_ticket_request = Some(rustls::client::TicketRequest { new_session_count: 1, resumption_count: 0 });
             Ok(Creds::Client(Arc::new(cfg)))
         }
     }
