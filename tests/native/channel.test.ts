@@ -65,9 +65,9 @@ t.test('waiting costs no CPU: pending accepts and reads on idle sockets do not s
   // on it then returned at once, and the accept and read loops spun on the
   // runtime's threads (the first switch of connect() stalled on it).
   const sleep = (ms: number) => new Promise(r => setTimeout(r, ms))
-  const ul = NativeListener.unix(path.join(dir, 'idle.sock'))
+  const ul = await NativeListener.unix(path.join(dir, 'idle.sock'))
   const tl = NativeListener.tcp('127.0.0.1', 0)
-  t.teardown(() => { ul.close(); tl.close() })
+  t.teardown(async () => { await ul.close(); await tl.close() })
   const uc = NativeChannel.unix(path.join(dir, 'idle.sock'))
   const tc = NativeChannel.tcp('127.0.0.1', tl.port!)
   // Time for the runtime to see the sockets as they are before connecting.
@@ -140,7 +140,7 @@ t.test('connect errors carry their code; close cancels a connect and an accept',
   t.equal((await rejection(closed.connect())).code, 'EBADF', 'closed before it connected')
   // A UNIX listener whose backlog is full keeps a connect waiting.
   const p = path.join(dir, 'full.sock')
-  const full = NativeListener.unix(p, 0)
+  const full = await NativeListener.unix(p, 0)
   t.teardown(() => full.close())
   const first = NativeChannel.unix(p)
   await first.connect()
@@ -154,18 +154,21 @@ t.test('connect errors carry their code; close cancels a connect and an accept',
 
 t.test('unix: the path exists while listening and goes with close', async t => {
   const p = path.join(dir, 'u.sock')
-  const l = NativeListener.unix(p)
+  // The bind makes a file: it runs on a blocking thread, and resolves.
+  const bound = NativeListener.unix(p)
+  t.type(bound.then, 'function', 'a promise, not a bind on this thread')
+  const l = await bound
   t.equal(l.port, null)
   t.ok(fs.statSync(p).isSocket())
-  t.throws(() => NativeListener.unix(p), { code: 'EADDRINUSE' })
+  await t.rejects(NativeListener.unix(p), { code: 'EADDRINUSE' })
   const c = NativeChannel.unix(p)
   const [, s] = await Promise.all([c.connect(), l.accept()])
   t.equal(s.peer, null, 'an unnamed peer')
   t.ok(!c.setOptions({ userTimeoutMs: 1000, sendBuffer: 1 << 20 }), 'no TCP options on a UNIX socket')
   c.tryWritev([Buffer.from('u')], 0)
   t.equal((await readN(s, 1)).toString(), 'u')
-  l.close()
-  t.notOk(fs.existsSync(p), 'removed at close')
+  await l.close()
+  t.notOk(fs.existsSync(p), 'removed when close settles')
   c.close()
   s.close()
 })

@@ -280,7 +280,7 @@ class ServerListener implements Listener {
 
   async close(): Promise<void> {
     this.closed = true
-    this.nat.close()
+    await this.nat.close()
   }
 }
 
@@ -354,7 +354,7 @@ export async function listen(uri: string | MigrationAddress, opts: ListenOptions
       await clearStaleSocket(a.path, desc)
       let l: NativeListener
       try {
-        l = native.NativeListener.unix(a.path)
+        l = await native.NativeListener.unix(a.path)
       } catch (e) {
         throw await pathError(e, a.path, `listen ${desc}`)
       }

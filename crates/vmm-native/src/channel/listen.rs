@@ -7,6 +7,7 @@ use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use vmm_sys as sys;
 
 /// Node's default backlog.
@@ -17,8 +18,9 @@ pub struct Listener {
     end: End,
     cancel: Cancel,
     /// A UNIX socket's path and the identity of the file bind made there,
-    /// removed on close only while it is still that file.
-    path: Option<(PathBuf, (u64, u64))>,
+    /// removed on close only while it is still that file; taken by the
+    /// first unbind.
+    path: Mutex<Option<(PathBuf, (u64, u64))>>,
 }
 
 fn identity(path: &PathBuf) -> io::Result<(u64, u64)> {
@@ -30,7 +32,8 @@ fn identity(path: &PathBuf) -> io::Result<(u64, u64)> {
 impl Listener {
     /// Binds and listens on `addr` (a TCP port is reusable at once after a
     /// previous listener, as Node makes it). Must run inside a tokio runtime
-    /// context.
+    /// context. A UNIX path is a file system operation that can block (a
+    /// slow or hung file system): call it off the JavaScript thread.
     pub fn bind(addr: &SockAddr, backlog: i32) -> io::Result<Listener> {
         let domain = match addr.family() as libc::c_int {
             libc::AF_INET => Domain::IPV4,
@@ -62,7 +65,7 @@ impl Listener {
         // and spin (see connect::connect).
         let end = s.listen(backlog).and_then(|()| End::new(s.into(), Kind::Socket)).inspect_err(|_| unbind())?;
         // From here a failure drops `listener`, which removes the path.
-        let listener = Listener { end, cancel: Cancel::new(), path };
+        let listener = Listener { end, cancel: Cancel::new(), path: Mutex::new(path) };
         Ok(listener)
     }
 
@@ -89,19 +92,27 @@ impl Listener {
         }
     }
 
-    /// Ends pending and later accepts (ECANCELED) and removes a UNIX
-    /// socket's path now, so that a connect finds nobody at once. The
-    /// socket itself closes when the last holder lets go.
-    pub fn close(&self) {
+    /// Ends pending and later accepts (ECANCELED) now, without touching the
+    /// file system: the caller then runs `unbind` where blocking is
+    /// allowed, so that a connect finds nobody there. The socket itself
+    /// closes when the last holder lets go.
+    pub fn cancel(&self) {
         self.cancel.fire();
-        self.unbind();
     }
 
-    fn unbind(&self) {
-        if let Some((p, id)) = &self.path {
+    /// Whether a UNIX path is still to be removed.
+    pub fn bound_path(&self) -> bool {
+        self.path.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Removes a UNIX socket's path (once; a stat and an unlink, which can
+    /// block).
+    pub fn unbind(&self) {
+        let taken = self.path.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((p, id)) = taken {
             // Another listener may have taken the path since: leave its file.
-            if identity(p).ok() == Some(*id) {
-                let _ = std::fs::remove_file(p);
+            if identity(&p).ok() == Some(id) {
+                let _ = std::fs::remove_file(&p);
             }
         }
     }
@@ -138,7 +149,7 @@ mod tests {
             tokio::spawn(async move { l.accept().await })
         };
         tokio::task::yield_now().await;
-        l.close();
+        l.cancel();
         assert_eq!(pending.await.unwrap().err().and_then(|e| e.raw_os_error()), Some(libc::ECANCELED));
         let e = Listener::bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into(), 1);
         assert!(e.is_ok(), "port 0 always binds");
@@ -154,8 +165,10 @@ mod tests {
         assert!(p.exists());
         let e = Listener::bind(&SockAddr::unix(&p).unwrap(), DEFAULT_BACKLOG).err().unwrap();
         assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
-        l.close();
-        assert!(!p.exists(), "removed when closed");
+        l.cancel();
+        assert!(p.exists(), "cancel leaves the file system alone");
+        l.unbind();
+        assert!(!p.exists(), "removed by unbind");
         drop(l);
         let l = Listener::bind(&SockAddr::unix(&p).unwrap(), DEFAULT_BACKLOG).unwrap();
         std::fs::remove_file(&p).unwrap();
