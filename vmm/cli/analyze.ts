@@ -22,6 +22,7 @@ import {
 import { markerName, VFIO_MIG_FLAG_END_OF_STATE, VFIO_MIG_FLAG_DEV_CONFIG_STATE, VFIO_MIG_FLAG_DEV_SETUP_STATE, VFIO_MIG_FLAG_DEV_DATA_STATE, VFIO_MIG_FLAG_DEV_INIT_DATA_SENT } from '../vfio/markers.js'
 import { FileReader, AnalyzeError } from './file-reader.js'
 import { MAX_CAPABILITIES } from '../savevm/configuration.js'
+import { RamFlag } from '../ram/format.js'
 
 export { AnalyzeError }
 
@@ -37,8 +38,6 @@ const MAX_VALUE_BYTES = 4096
 const MAX_OPEN_SECTIONS = 1 << 16
 /** RAM blocks one MEM_SIZE record may announce (QEMU has a few dozen). */
 const MAX_RAM_BLOCKS = 4096
-/** RAM_SAVE_FLAG_* (QEMU migration/ram.c). */
-const RAM = { ZERO: 0x02, MEM_SIZE: 0x04, PAGE: 0x08, EOS: 0x10, CONTINUE: 0x20, LOCAL_FDS: 0x400 }
 /** Blocks one LOCAL_FDS record may pass (the channel's bound on descriptors). */
 const MAX_PASSED_BLOCKS = 16
 
@@ -216,7 +215,7 @@ async function decodeRam(r: FileReader, s: SectionInfo, pageBits: number, a: Ana
     const w = await r.be64('RAM record')
     const flags = Number(w & mask)
     const addr = w & ~mask
-    if (flags & RAM.MEM_SIZE) {
+    if (flags & RamFlag.MEM_SIZE) {
       let left = addr
       s.ram.blocks = []
       while (left > 0n) {
@@ -229,19 +228,19 @@ async function decodeRam(r: FileReader, s: SectionInfo, pageBits: number, a: Ana
         s.ram.blocks.push({ name, length: Number(length) })
       }
       ram.blocks = s.ram.blocks
-    } else if (flags & (RAM.ZERO | RAM.PAGE)) {
-      if (!(flags & RAM.CONTINUE)) {
+    } else if (flags & (RamFlag.ZERO | RamFlag.PAGE)) {
+      if (!(flags & RamFlag.CONTINUE)) {
         const len = await r.u8('RAM block id length')
         await r.skip(len, 'RAM block id')
       }
-      if (flags & RAM.ZERO) {
+      if (flags & RamFlag.ZERO) {
         await r.u8('zero page fill byte')
         s.ram.zeroPages++
       } else {
         await r.skip(page, 'RAM page')
         s.ram.pages++
       }
-    } else if (flags === RAM.LOCAL_FDS) {
+    } else if (flags === RamFlag.LOCAL_FDS) {
       const count = Number(addr >> BigInt(pageBits))
       if (count < 1 || count > MAX_PASSED_BLOCKS) throw new AnalyzeError(`LOCAL_FDS passes ${count} blocks, 1..${MAX_PASSED_BLOCKS} may be`, at)
       s.ram.passed = []
@@ -251,10 +250,10 @@ async function decodeRam(r: FileReader, s: SectionInfo, pageBits: number, a: Ana
         s.ram.passed.push({ name, length: Number(await r.be64('passed RAM block length')) })
       }
       ram.passed = [...(ram.passed ?? []), ...s.ram.passed]
-    } else if (flags !== RAM.EOS) {
+    } else if (flags !== RamFlag.EOS) {
       throw new AnalyzeError(`RAM record with unsupported flags 0x${flags.toString(16)}`, at)
     }
-    if (flags & RAM.EOS) break
+    if (flags & RamFlag.EOS) break
   }
   ram.pages += s.ram.pages
   ram.zeroPages += s.ram.zeroPages
