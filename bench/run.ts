@@ -120,7 +120,7 @@ async function main(): Promise<void> {
       ctx.skip('local', `KVM not usable here: ${kvm.reason}`)
       return
     }
-    // The largest guest the microVM takes (MAX_RAM, 3 GiB) only in a full
+    // The largest guest the microVM takes (MAX_RAM, 4 GiB) only in a full
     // run: the copying side holds two copies of it.
     const sizes = opts.quick ? [256 * M, 1024 * M] : [256 * M, 1024 * M, MAX_RAM]
     results.local = await runLocal(ctx, sizes, opts.quick ? 2 : 3)

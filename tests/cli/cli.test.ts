@@ -79,7 +79,7 @@ t.test('arguments', async (t) => {
     [['demo', '--ram', '--json'], /--ram needs a value/],
     [['demo', '--vcpu', 'xen'], /'xen' is not one of auto, kvm, soft/],
     [['demo', '--ram', '3M'], /not a multiple of 2 MiB/],
-    [['demo', '--ram', '4G'], /between 4M and 3072M/],
+    [['demo', '--ram', '4098M'], /between 4M and 4096M/],
     [['demo', '--downtime-limit', '0'], /outside 1\.\./],
     [['demo', '--downtime-limit', '1.5'], /not a whole number/],
     [['demo', '--json=1'], /takes no value/],

@@ -30,9 +30,9 @@ t.test(`[big] tcp, ${bigVcpu} vCPU, 2 GiB`, { skip: noBig }, async (t) => {
   checkArrived(t, BIG, bigVcpu, src, dst)
 })
 
-t.test('beyond the limit: 3 GiB + 2 MiB is refused with the reason, before any VM exists', { skip: noBuild }, async (t) => {
-  const p = new Proc(['migrate', 'tcp:127.0.0.1:1', '--ram', '3074M', '--vcpu', 'soft'], 'source')
+t.test('beyond the limit: 4 GiB + 2 MiB is refused with the reason, before any VM exists', { skip: noBuild }, async (t) => {
+  const p = new Proc(['migrate', 'tcp:127.0.0.1:1', '--ram', '4098M', '--vcpu', 'soft'], 'source')
   const ex = await p.exit(30_000)
   t.equal(ex.code, 2, 'usage error')
-  t.match(p.stderr, /--ram: must be between 4M and 3072M/, 'names the option and the range')
+  t.match(p.stderr, /--ram: must be between 4M and 4096M/, 'names the option and the range')
 })

@@ -6,8 +6,13 @@ import { VmmError } from '../core/errors.js'
 
 export const PAGE_SIZE = 4096
 export const RAM_ALIGN = 2 * 1024 * 1024
-/** RAM is 0..3 GiB; the fourth GiB is the KVM vCPU's MMIO hole (exit page). */
-export const MAX_RAM = 3 * 1024 * 1024 * 1024
+/**
+ * At most 4 GiB (the largest Buffer Node makes). The KVM vCPU puts the first
+ * 3 GiB at guest-physical 0 and the rest above a 1 GiB hole that holds its
+ * exit page (kvm-core layout.rs); RAM offsets, which is all this side sees,
+ * are contiguous either way.
+ */
+export const MAX_RAM = 4 * 1024 * 1024 * 1024
 export const CODE_ADDR = 0x8000
 export const CTL_ADDR = 0x9000
 export const CTL_PAGE = CTL_ADDR / PAGE_SIZE
@@ -72,7 +77,7 @@ export const EINVAL = 22
 
 export function validateRamSize(ramSize: number): void {
   if (!Number.isSafeInteger(ramSize) || ramSize <= 0 || ramSize % RAM_ALIGN !== 0 || ramSize > MAX_RAM) {
-    throw new MachineError(`guest RAM size ${ramSize} must be a non-zero multiple of 2 MiB and at most 3 GiB`, EINVAL)
+    throw new MachineError(`guest RAM size ${ramSize} must be a non-zero multiple of 2 MiB and at most 4 GiB`, EINVAL)
   }
 }
 

@@ -9,11 +9,20 @@ pub const PAGE_SIZE: u64 = 4096;
 /// One 2 MiB guest page per page-directory entry keeps the page tables at a few
 /// fixed pages; KVM still dirty-logs at 4 KiB because logging splits host mappings.
 pub const RAM_ALIGN: u64 = 2 << 20;
-/// RAM is one slot from 0; the fourth GiB stays a hole, as on a PC: the exit
-/// MMIO page lives there, and so do the pages Intel KVM reserves for its
-/// real-mode TSS (KVM_SET_TSS_ADDR takes a 32-bit address and refuses overlap
-/// with a slot). Three page directories (0x4000..0x6fff) map the RAM.
-pub const MAX_RAM: u64 = 3 << 30;
+/// RAM is at most 4 GiB (the largest Buffer Node makes, which the migration
+/// code holds the RAM in). Its first 3 GiB are at guest-physical 0; the
+/// fourth GiB of the address space stays a hole, as on a PC: the exit MMIO
+/// page lives there, and so do the pages Intel KVM reserves for its real-mode
+/// TSS (KVM_SET_TSS_ADDR takes a 32-bit address and refuses overlap with a
+/// slot). RAM past 3 GiB sits above the hole at [`HIGH_RAM_BASE`], in a slot
+/// of its own. Virtual addresses are RAM offsets: the page tables map the
+/// offsets past 3 GiB onto the RAM above the hole, so the program and the
+/// host agree on "page N" whatever the physical layout.
+pub const MAX_RAM: u64 = 4 << 30;
+/// Where RAM stops below the hole (and the exit page is).
+pub const LOW_RAM_END: u64 = 3 << 30;
+/// Guest-physical address of RAM past [`LOW_RAM_END`].
+pub const HIGH_RAM_BASE: u64 = 4 << 30;
 const GIB: u64 = 1 << 30;
 
 /// Guest-physical address of the GDT.
@@ -26,9 +35,13 @@ pub const TSS_LIMIT: u32 = 103;
 pub const PML4_ADDR: u64 = 0x2000;
 /// Guest-physical address of the single page-directory-pointer table.
 pub const PDPT_ADDR: u64 = 0x3000;
-/// Four page directories back to back, so entry `gpa / 2 MiB` of the flat array
-/// at PD_ADDR maps `gpa` for every address below 4 GiB.
+/// Four page directories back to back, so entry `va / 2 MiB` of the flat array
+/// at PD_ADDR maps `va` for every virtual address below 4 GiB.
 pub const PD_ADDR: u64 = 0x4000;
+/// A guest of more than 3 GiB uses the fourth directory for its RAM past
+/// 3 GiB, so the exit page's alias gets a directory of its own here (a page
+/// the layout reserves below [`FIRST_DATA_PAGE`]).
+pub const EXIT_PD_ADDR: u64 = 0xa000;
 /// Where the workload program is loaded, and the vCPU's entry point.
 pub const CODE_ADDR: u64 = 0x8000;
 /// The control block the host and the workload share (offsets `CTL_*`).
@@ -37,8 +50,8 @@ pub const CTL_ADDR: u64 = 0x9000;
 pub const FIRST_DATA_PAGE: u32 = 16;
 /// The workload stores here to leave the run loop: no memory slot covers it,
 /// so KVM exits with KVM_EXIT_MMIO (I/O ports fault at CPL3 under PVM). The
-/// first 2 MiB above the largest RAM, so it is never RAM.
-pub const EXIT_MMIO: u64 = MAX_RAM;
+/// first 2 MiB of the hole, so it is never RAM.
+pub const EXIT_MMIO: u64 = LOW_RAM_END;
 /// The address the program stores to: a 32-bit displacement is sign-extended,
 /// so EXIT_MMIO is reached through the top of the address space, which the
 /// page tables map onto it (PML4[511] -> the PDPT, PDPT[511] -> the hole's PD).
@@ -52,6 +65,8 @@ pub const LEGACY_EXIT_MMIO: u64 = 0x3fe0_0000;
 // The page directories must fit below the program, the exit page inside the
 // 32-bit hole, and its alias inside a sign-extended 32-bit displacement.
 const _: () = assert!(PD_ADDR + (EXIT_MMIO / GIB + 1) * PAGE_SIZE <= CODE_ADDR);
+const _: () = assert!(EXIT_PD_ADDR > CTL_ADDR && EXIT_PD_ADDR < FIRST_DATA_PAGE as u64 * PAGE_SIZE);
+const _: () = assert!(MAX_RAM <= 4 * GIB && LOW_RAM_END.is_multiple_of(8 * PAGE_SIZE));
 const _: () = assert!(EXIT_MMIO + RAM_ALIGN <= 1 << 32 && EXIT_MMIO.is_multiple_of(RAM_ALIGN));
 const _: () = assert!(EXIT_VADDR as i64 == EXIT_VADDR as i64 as i32 as i64);
 
@@ -145,10 +160,31 @@ pub fn validate_ram_size(ram_size: u64) -> Result<()> {
         return Err(invalid(
             VM,
             "validate_ram_size",
-            format!("guest RAM size {ram_size} must be a non-zero multiple of 2 MiB and at most 3 GiB"),
+            format!("guest RAM size {ram_size} must be a non-zero multiple of 2 MiB and at most 4 GiB"),
         ));
     }
     Ok(())
+}
+
+/// The guest-physical address of RAM offset `offset`: below the hole as is,
+/// past 3 GiB above it.
+pub fn gpa_of(offset: u64) -> u64 {
+    if offset < LOW_RAM_END {
+        offset
+    } else {
+        offset - LOW_RAM_END + HIGH_RAM_BASE
+    }
+}
+
+/// The KVM memory slots of `ram_size` bytes of RAM: (guest-physical
+/// address, offset into the RAM, length), low part first.
+pub fn slots(ram_size: u64) -> Vec<(u64, u64, u64)> {
+    let low = ram_size.min(LOW_RAM_END);
+    let mut v = vec![(0, 0, low)];
+    if ram_size > LOW_RAM_END {
+        v.push((HIGH_RAM_BASE, LOW_RAM_END, ram_size - LOW_RAM_END));
+    }
+    v
 }
 
 fn gdt_entries() -> [u64; 7] {
@@ -190,13 +226,23 @@ pub fn install(ram: &GuestRam, params: &WorkloadParams) -> Result<()> {
     for g in 0..size.div_ceil(GIB) {
         ram.write_u64(PDPT_ADDR + g * 8, (PD_ADDR + g * PAGE_SIZE) | P | RW | US | A)?;
     }
-    let exit_pd = (PD_ADDR + (EXIT_MMIO / GIB) * PAGE_SIZE) | P | RW | US | A;
-    ram.write_u64(PDPT_ADDR + (EXIT_MMIO / GIB) * 8, exit_pd)?;
-    ram.write_u64(PDPT_ADDR + ((EXIT_VADDR >> 30) & 511) * 8, exit_pd)?;
     for i in 0..size / RAM_ALIGN {
-        ram.write_u64(PD_ADDR + i * 8, (i * RAM_ALIGN) | P | RW | US | A | D | PS)?;
+        ram.write_u64(PD_ADDR + i * 8, gpa_of(i * RAM_ALIGN) | P | RW | US | A | D | PS)?;
     }
-    ram.write_u64(PD_ADDR + (EXIT_MMIO / RAM_ALIGN) * 8, EXIT_MMIO | P | RW | US | A | D | PS)?;
+    if size <= LOW_RAM_END {
+        // Up to 3 GiB the fourth directory is free: the exit page is mapped
+        // there, at its own address and through the alias (the layout every
+        // guest up to 3 GiB has had, which restored images carry).
+        let exit_pd = (PD_ADDR + (EXIT_MMIO / GIB) * PAGE_SIZE) | P | RW | US | A;
+        ram.write_u64(PDPT_ADDR + (EXIT_MMIO / GIB) * 8, exit_pd)?;
+        ram.write_u64(PDPT_ADDR + ((EXIT_VADDR >> 30) & 511) * 8, exit_pd)?;
+        ram.write_u64(PD_ADDR + (EXIT_MMIO / RAM_ALIGN) * 8, EXIT_MMIO | P | RW | US | A | D | PS)?;
+    } else {
+        // Past 3 GiB the fourth directory maps RAM: the alias alone reaches the exit page.
+        ram.write(EXIT_PD_ADDR, &[0u8; PAGE_SIZE as usize])?;
+        ram.write_u64(EXIT_PD_ADDR + ((EXIT_VADDR >> 21) & 511) * 8, EXIT_MMIO | P | RW | US | A | D | PS)?;
+        ram.write_u64(PDPT_ADDR + ((EXIT_VADDR >> 30) & 511) * 8, EXIT_PD_ADDR | P | RW | US | A)?;
+    }
     for (i, e) in gdt_entries().iter().enumerate() {
         ram.write_u64(GDT_ADDR + i as u64 * 8, *e)?;
     }
@@ -249,6 +295,7 @@ mod tests {
         assert!(validate_ram_size(3 << 20).is_err());
         validate_ram_size(4 << 20).unwrap();
         validate_ram_size(2 << 30).unwrap();
+        validate_ram_size(3 << 30).unwrap();
         validate_ram_size(MAX_RAM).unwrap();
         assert!(validate_ram_size(MAX_RAM + RAM_ALIGN).is_err());
         let p = WorkloadParams::default_for(4 << 20);
@@ -294,23 +341,39 @@ mod tests {
 
     #[test]
     fn page_tables_map_all_ram_and_the_exit_page_only() {
-        for size in [2u64 << 20, 1 << 30, (1 << 30) + RAM_ALIGN, 2 << 30, MAX_RAM] {
+        for size in [2u64 << 20, 1 << 30, (1 << 30) + RAM_ALIGN, 2 << 30, 3 << 30, (3 << 30) + RAM_ALIGN, MAX_RAM] {
             let ram = GuestRam::new(size as usize).unwrap();
             install(&ram, &WorkloadParams { region_pages: 1, ..WorkloadParams::default_for(size) }).unwrap();
-            for va in [0, CTL_ADDR, (1 << 30) - 4, 1 << 30, (2 << 30) - 4, 2 << 30, size - 4] {
+            for va in [0, CTL_ADDR, (1 << 30) - 4, 1 << 30, (2 << 30) - 4, 2 << 30, (3 << 30) - 4, 3 << 30, size - 4] {
                 if va < size {
-                    assert_eq!(walk(&ram, va), Some(va), "RAM at {va:#x} of {size:#x}");
+                    assert_eq!(walk(&ram, va), Some(gpa_of(va)), "RAM at {va:#x} of {size:#x}");
                 }
             }
-            // At MAX_RAM the next byte is the exit page itself, mapped 1:1 as well.
+            // Up to 3 GiB the byte past RAM at 3 GiB is the exit page itself, mapped 1:1 as well.
             let past = if size == EXIT_MMIO { Some(EXIT_MMIO) } else { None };
-            assert_eq!(walk(&ram, size), past, "first byte past RAM of {size:#x}");
-            assert_eq!(walk(&ram, size + RAM_ALIGN), None, "past RAM of {size:#x}");
+            if size < 4 << 30 {
+                assert_eq!(walk(&ram, size), past, "first byte past RAM of {size:#x}");
+                assert_eq!(walk(&ram, size + RAM_ALIGN), None, "past RAM of {size:#x}");
+            }
             assert_eq!(walk(&ram, EXIT_VADDR), Some(EXIT_MMIO));
             assert_eq!(walk(&ram, EXIT_VADDR + RAM_ALIGN), None);
             // Entries are preset Accessed (and Dirty on leaves): the CPU never writes them.
             let pde = ram.read_u64(PD_ADDR + (size / RAM_ALIGN - 1) * 8).unwrap();
             assert_eq!(pde & 0x60, 0x60);
+        }
+    }
+
+    #[test]
+    fn slots_split_at_the_hole() {
+        assert_eq!(slots(2 << 30), vec![(0, 0, 2 << 30)]);
+        assert_eq!(slots(3 << 30), vec![(0, 0, 3 << 30)]);
+        assert_eq!(slots(MAX_RAM), vec![(0, 0, 3 << 30), (HIGH_RAM_BASE, 3 << 30, 1 << 30)]);
+        assert_eq!(gpa_of((3 << 30) - PAGE_SIZE), (3 << 30) - PAGE_SIZE);
+        assert_eq!(gpa_of(3 << 30), HIGH_RAM_BASE);
+        // The exit page and KVM's real-mode TSS stay in the hole, outside every slot.
+        for (gpa, _, len) in slots(MAX_RAM) {
+            assert!(EXIT_MMIO + PAGE_SIZE <= gpa || EXIT_MMIO >= gpa + len);
+            assert!(0xfffb_d000 + 3 * PAGE_SIZE <= gpa || 0xfffb_d000 >= gpa + len);
         }
     }
 
@@ -321,6 +384,6 @@ mod tests {
         let d = &WORKLOAD_CODE[at + 3..at + 7];
         let va = i32::from_le_bytes([d[0], d[1], d[2], d[3]]) as i64 as u64;
         assert_eq!(va, EXIT_VADDR);
-        const { assert!(EXIT_MMIO >= MAX_RAM && LEGACY_EXIT_MMIO < EXIT_MMIO) };
+        const { assert!(EXIT_MMIO >= LOW_RAM_END && EXIT_MMIO < HIGH_RAM_BASE && LEGACY_EXIT_MMIO < EXIT_MMIO) };
     }
 }

@@ -1,4 +1,5 @@
-//! One microVM: a KVM VM with dirty-logged RAM in slot 0 and one vCPU whose
+//! One microVM: a KVM VM with dirty-logged RAM in slot 0 (and slot 1 for RAM
+//! past 3 GiB, above the hole: layout::slots) and one vCPU whose
 //! KVM_RUN loop lives on its own thread. Every vCPU ioctl happens on that
 //! thread (commands go over a channel), so KVM_RUN never contends with a
 //! state save for the vCPU mutex inside the kernel.
@@ -16,7 +17,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const SLOT: u32 = 0;
 /// Intel KVM wants three pages outside RAM for its real-mode TSS; harmless elsewhere.
 const KVM_TSS_ADDR: usize = 0xfffb_d000;
 
@@ -85,16 +85,18 @@ impl Machine {
         }
         let ram = Arc::new(GuestRam::new(ram_size as usize)?);
         layout::install(&ram, &params)?;
-        let region = kvm_userspace_memory_region {
-            slot: SLOT,
-            flags: KVM_MEM_LOG_DIRTY_PAGES,
-            guest_phys_addr: 0,
-            memory_size: ram_size,
-            userspace_addr: ram.as_ptr() as u64,
-        };
-        // SAFETY: the mapping is owned by `ram`, which this Machine keeps alive
-        // at least as long as the VM fd.
-        unsafe { vm.set_user_memory_region(region) }.map_err(|e| kvm_err(e, VM, "KVM_SET_USER_MEMORY_REGION"))?;
+        for (slot, (gpa, offset, len)) in layout::slots(ram_size).into_iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: KVM_MEM_LOG_DIRTY_PAGES,
+                guest_phys_addr: gpa,
+                memory_size: len,
+                userspace_addr: ram.as_ptr() as u64 + offset,
+            };
+            // SAFETY: the range lies inside the mapping owned by `ram`, which
+            // this Machine keeps alive at least as long as the VM fd.
+            unsafe { vm.set_user_memory_region(region) }.map_err(|e| kvm_err(e, VM, "KVM_SET_USER_MEMORY_REGION"))?;
+        }
         let mut vcpu = vm.create_vcpu(0).map_err(|e| kvm_err(e, VM, "KVM_CREATE_VCPU"))?;
         vcpu::set_cpuid(&kvm, &vcpu)?;
         vcpu::init_long_mode(&vcpu)?;
@@ -266,10 +268,15 @@ impl Machine {
         if self.tx.lock().unwrap().is_none() {
             return Err(destroyed("Machine::sync_dirty_log"));
         }
-        let words = self.vm.get_dirty_log(SLOT, self.ram.len()).map_err(|e| kvm_err(e, VM, "KVM_GET_DIRTY_LOG"))?;
-        let pages = self.ram.len() / 4096;
-        let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        out.truncate(pages.div_ceil(8));
+        // One bitmap per slot, in RAM-offset order; each slot but the last
+        // ends on a byte boundary (3 GiB of pages), so they concatenate.
+        let mut out: Vec<u8> = Vec::with_capacity((self.ram.len() / 4096).div_ceil(8));
+        for (slot, (_, _, len)) in layout::slots(self.ram.len() as u64).into_iter().enumerate() {
+            let words = self.vm.get_dirty_log(slot as u32, len as usize).map_err(|e| kvm_err(e, VM, "KVM_GET_DIRTY_LOG"))?;
+            let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            bytes.truncate((len as usize / 4096).div_ceil(8));
+            out.extend_from_slice(&bytes);
+        }
         Ok(out)
     }
 

@@ -73,7 +73,8 @@ pub fn kvm_probe() -> AsyncTask<ProbeTask> {
 pub struct KvmLayout {
     pub page_size: u32,
     pub ram_align: u32,
-    pub max_ram: u32,
+    /// Bytes (4 GiB does not fit a u32).
+    pub max_ram: f64,
     pub code_addr: u32,
     pub ctl_addr: u32,
     pub first_data_page: u32,
@@ -95,7 +96,7 @@ pub fn kvm_layout() -> KvmLayout {
     KvmLayout {
         page_size: L::PAGE_SIZE as u32,
         ram_align: L::RAM_ALIGN as u32,
-        max_ram: L::MAX_RAM as u32,
+        max_ram: L::MAX_RAM as f64,
         code_addr: L::CODE_ADDR as u32,
         ctl_addr: L::CTL_ADDR as u32,
         first_data_page: L::FIRST_DATA_PAGE,
