@@ -53,6 +53,12 @@ pub trait DeviceBackend: Send + Sync {
     fn in_process(&self) -> bool {
         false
     }
+
+    /// The device fd, for a device the kernel drives: what a local
+    /// migration passes to the next process. None for the emulated device.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// A data fd as handed out by [`DeviceBackend::device_feature`]. It is a real

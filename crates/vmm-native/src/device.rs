@@ -71,6 +71,14 @@ impl Device {
         self.inner.backend().in_process()
     }
 
+    /// The device fd of a device the kernel drives (a local migration
+    /// passes it; `fs.read` at a region's offset reads the region), null
+    /// for the emulated device. Stays owned by this object.
+    #[napi(getter)]
+    pub fn fd(&self) -> Option<i32> {
+        self.inner.backend().raw_fd()
+    }
+
     #[napi(ts_return_type = "Promise<DeviceInfo>")]
     pub fn info(&self) -> AsyncTask<Blocking<DeviceInfo>> {
         let d = self.inner.clone();

@@ -90,6 +90,10 @@ impl DeviceBackend for KernelDevice {
     fn name(&self) -> &str {
         &self.name
     }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
 }
 
 #[cfg(test)]

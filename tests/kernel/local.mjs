@@ -1,0 +1,132 @@
+// A local migration (live update) of a kernel VFIO device inside the
+// kernel-lane guest, between two node processes: the source opens mtty A,
+// leaves marks in its UART (the scratch register, two bytes in the FIFO)
+// and hands the running device over with migrate/incoming `local`: its
+// container, group and device fds go over the UNIX socket with SCM_RIGHTS
+// and no device state moves (mtty is an mdev that pins no guest pages, so
+// there are no DMA mappings whose vaddr would have to change hands). The
+// destination, which never opened the device itself, finds the marks,
+// drains the FIFO, writes its own mark, and still uses the device after
+// the source process is gone.
+//
+// Runs after migration.mjs, in its own process (each file is one): group A
+// must be free, and the source child opens it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { errnoOf, laneEnv, loadNative } from './lib/vfio.mjs';
+
+const env = laneEnv();
+const native = loadNative();
+const NODE_SCRIPT = fileURLToPath(new URL('./lib/local-node.mjs', import.meta.url));
+const EVENT_TIMEOUT_MS = 120_000;
+const dir = mkdtempSync(join(tmpdir(), 'kernel-local-'));
+process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+
+function startSide(args) {
+  const child = spawn(process.execPath, [NODE_SCRIPT, JSON.stringify(args)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const lines = [];
+  const waiters = [];
+  let stderr = '';
+  child.stderr.on('data', (d) => { stderr += d; });
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  const flush = () => {
+    for (let i = 0; i < waiters.length; i++) {
+      const w = waiters[i];
+      const k = lines.findIndex((l) => l.event === w.event || l.event === 'crash');
+      if (k < 0) continue;
+      const [line] = lines.splice(k, 1);
+      waiters.splice(i--, 1);
+      clearTimeout(w.timer);
+      if (line.event === 'crash') w.reject(new Error(`${args.role} crashed: ${line.error.message}\n${line.stack ?? ''}\n${stderr}`));
+      else w.resolve(line);
+    }
+  };
+  createInterface({ input: child.stdout }).on('line', (l) => {
+    try {
+      lines.push(JSON.parse(l));
+    } catch {
+      lines.push({ event: 'noise', text: l });
+    }
+    flush();
+  });
+  exited.then(({ code, signal }) => {
+    for (const w of waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(new Error(`${args.role} exited (code ${code}, signal ${signal}) before '${w.event}'; stderr:\n${stderr}`));
+    }
+  });
+  return {
+    child,
+    exited,
+    next(event) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          child.kill('SIGKILL');
+          reject(new Error(`${args.role}: no '${event}' within ${EVENT_TIMEOUT_MS} ms; stderr:\n${stderr}`));
+        }, EVENT_TIMEOUT_MS);
+        waiters.push({ event, resolve, reject, timer });
+        flush();
+      });
+    },
+    send(line) {
+      child.stdin.write(`${line}\n`);
+    },
+  };
+}
+
+const show = (x) => JSON.stringify(x, null, 1);
+
+test('local migration: mtty A handed to another process by its fds, running, its state untouched', async (t) => {
+  const uri = `unix:${join(dir, 'local.sock')}`;
+  const fifo = 'hi';
+  const dst = startSide({ role: 'dest', uri, fifoLength: fifo.length, scr2: 0xc3 });
+  try {
+    await dst.next('listening');
+    const src = startSide({ role: 'source', group: env.a.group, uuid: env.a.uuid, uri, scr: 0x5a, fifo });
+    const [s, d] = await Promise.all([src.next('result'), dst.next('result')]);
+    t.diagnostic(`source: ${show({ ok: s.ok, error: s.error, marks: s.marks, downtime: s.stats?.downtime, vmState: s.vmState })}`);
+    t.diagnostic(`destination: ${show({ ok: d.ok, error: d.error, received: d.received, marks: d.marks, fifo: d.fifo, deviceState: d.deviceState, fdsGained: d.fdsGained })}`);
+    assert.equal(s.refusal, null, 'nothing stands in the way: an mdev without DMA mappings');
+    assert.equal(s.mappings, 0);
+    assert.equal(s.ok, true, `migrate() failed: ${show(s.error)}`);
+    assert.equal(d.ok, true, `incoming() failed: ${show(d.error)}`);
+    assert.equal(s.stats.status, 'completed');
+    assert.equal(s.vmState, 'postmigrate');
+    assert.equal(d.vmState, 'running');
+    assert.equal(d.received.length, 1);
+    assert.equal(d.received[0].name, env.a.uuid);
+    assert.equal(d.received[0].mdev, true, 'known as an mdev by its UUID');
+    assert.equal(d.fdsGained, 3, 'container, group and device fds, and no other');
+    assert.equal(d.deviceFile, s.deviceFile, 'the same open device file (anon inode), not a new open');
+    assert.equal(d.name, env.a.uuid);
+    assert.equal(d.info.numRegions, 9);
+    assert.deepEqual({ viable: d.groupStatus.viable, containerSet: d.groupStatus.containerSet }, { viable: true, containerSet: true });
+    assert.equal(d.deviceState, 'RUNNING', 'never stopped: no device state moved');
+    // The marks the source left are there, unmoved by any migration of state.
+    assert.equal(s.marks.scr, 0x5a);
+    assert.deepEqual(d.marks, s.marks, 'scratch register and line status as the source left them');
+    if (s.marks.lsr & 1) assert.deepEqual(d.fifo, [...Buffer.from(fifo)], 'the bytes the source put in the FIFO come out here');
+    else t.diagnostic('mtty did not report data ready after the writes: the FIFO check is skipped');
+    assert.equal(d.scr2, 0xc3, 'the destination writes and reads the device');
+    assert.deepEqual(await src.exited, { code: 0, signal: null }, 'the source exits cleanly');
+    // The source process and its fds are gone; the device is still open here.
+    assert.equal(await errnoOf(native.Group.open(env.a.group)), 16, 'group A is busy: the destination holds it');
+    dst.send('again');
+    const again = await dst.next('again');
+    assert.equal(again.scr, 0xc3, 'the device answers the destination after the source exited');
+    assert.equal(again.info.numRegions, 9);
+    dst.send('quit');
+    await dst.next('bye');
+    assert.deepEqual(await dst.exited, { code: 0, signal: null });
+  } finally {
+    dst.child.kill('SIGKILL');
+  }
+  const a = await native.Group.open(env.a.group);
+  assert.equal((await a.status()).viable, true, 'group A is free again once the destination exited');
+});

@@ -1,0 +1,298 @@
+// The handover of a kernel VFIO device in a local migration (KernelVfioHandover),
+// in one process so that /proc/self/fd counts both sides. No kernel VFIO
+// object can exist on this host, so the kernel is a stand-in here: its
+// "container", "group" and "device" are files of a temporary directory
+// (real descriptors, passed with SCM_RIGHTS like any), and its IOMMU keeps
+// the one rule the handover relies on: a mapping's vaddr is given only when
+// it was forgotten, forgotten only when it was given. The ioctls themselves
+// are unit-tested in vfio-core, and the real thing runs in the kernel lane
+// (tests/kernel/local.mjs).
+import t, { type Test } from 'tap'
+import { close as closeCb, mkdtempSync, openSync, closeSync, rmSync, writeFileSync } from 'node:fs'
+import { readlink } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { MicroVm } from '../../vmm/microvm/index.js'
+import { IncomingMigration, localRefusal, migrate, type IncomingResult } from '../../vmm/migration/index.js'
+import { KernelVfioHandover, type HandoverContainer, type HandoverKernel, type PassedSet } from '../../vmm/vfio/index.js'
+import { fdsSettle, kvmSkip, steadyFds } from './gate.js'
+
+t.setTimeout(240_000)
+const RAM = 16 << 20
+const dir = mkdtempSync(join(tmpdir(), 'vmm-local-vfio-'))
+t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+const noKvm = await kvmSkip(t)
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+let n = 0
+const sock = () => `unix:${join(dir, `m${n++}.sock`)}`
+const closeFd = (fd: number) => new Promise<void>((r) => closeCb(fd, () => r()))
+const errno = (code: string, message: string) => Object.assign(new Error(`${code}: ${message}`), { code })
+
+/** The IOMMU both processes share: who gives each mapping its vaddr now. */
+class Iommu {
+  owner = new Map<bigint, 'src' | 'dst' | null>()
+  srcCalls: string[] = []
+  fail: { invalidate?: boolean; revalidate?: boolean; adopt?: boolean; update?: boolean } = {}
+  forget(iova: bigint, who: 'src' | 'dst') {
+    if (this.owner.get(iova) !== who) throw errno('EINVAL', `iova 0x${iova.toString(16)}: vaddr is not ${who}'s`)
+    this.owner.set(iova, null)
+  }
+  give(iova: bigint, who: 'src' | 'dst') {
+    if (this.owner.get(iova) !== null) throw errno('EINVAL', `iova 0x${iova.toString(16)}: vaddr not forgotten (${this.owner.get(iova)} has it)`)
+    this.owner.set(iova, who)
+  }
+}
+
+function file(name: string): number {
+  const p = join(dir, name)
+  writeFileSync(p, name)
+  return openSync(p, 'r')
+}
+
+/** The source's objects: a container with `mappings`, its group, a device, an interrupt eventfd. */
+function sourceObjects(t: Test, iommu: Iommu, mappings: { iova: bigint; size: bigint }[], opts: { vaddr?: boolean; name?: string } = {}) {
+  for (const m of mappings) iommu.owner.set(m.iova, 'src')
+  const fds = { container: file('container'), group: file('group'), device: file('device'), irq: file('irq') }
+  t.teardown(() => Object.values(fds).forEach((fd) => closeSync(fd)))
+  const container: HandoverContainer = {
+    fd: fds.container,
+    mappings,
+    supportsUpdateVaddr: async () => (iommu.srcCalls.push('supportsUpdateVaddr'), opts.vaddr ?? true),
+    invalidateVaddr: async () => {
+      iommu.srcCalls.push('invalidateVaddr')
+      if (iommu.fail.invalidate) throw errno('EIO', 'invalidate refused by the test')
+      for (const m of mappings) iommu.forget(m.iova, 'src')
+      return mappings.reduce((a, m) => a + m.size, 0n)
+    },
+    revalidateVaddr: async () => {
+      iommu.srcCalls.push('revalidateVaddr')
+      if (iommu.fail.revalidate) throw errno('EIO', 'revalidate refused by the test')
+      for (const m of mappings) iommu.give(m.iova, 'src')
+      return mappings.length
+    },
+  }
+  return {
+    fds,
+    device: { device: { fd: fds.device, name: opts.name ?? '0000:65:00.1' }, group: { fd: fds.group }, container, irqFds: [fds.irq] },
+  }
+}
+
+/** The destination's kernel: checks each passed fd is the file it claims to be, and keeps the IOMMU's rule. */
+function destinationKernel(iommu: Iommu, got: { adopted?: string[]; closed?: boolean }): HandoverKernel {
+  return {
+    async adopt(containers, groups, devices) {
+      const all = [...containers, ...groups, ...devices.map((d) => d.fd)]
+      const what = await Promise.all(all.map((fd) => readlink(`/proc/self/fd/${fd}`).then((p) => p.slice(dir.length + 1))))
+      if (iommu.fail.adopt || what.join() !== 'container,group,device') {
+        await Promise.all(all.map(closeFd))
+        throw errno('ENOTTY', `passed container 1/1: VFIO_GET_API_VERSION (refused by the test: ${what.join()})`)
+      }
+      got.adopted = what
+      const mine = new Set<bigint>()
+      const set: PassedSet = {
+        async updateVaddr(_c, buffer, iova) {
+          if (iommu.fail.update) throw errno('EFAULT', 'update refused by the test')
+          if (buffer.length === 0) throw errno('EINVAL', 'empty')
+          iommu.give(iova, 'dst')
+          mine.add(iova)
+        },
+        async invalidateVaddr() {
+          for (const iova of mine) iommu.forget(iova, 'dst')
+          mine.clear()
+          return 0n
+        },
+        async close() {
+          if (got.closed) return false
+          got.closed = true
+          await Promise.all(all.map(closeFd))
+          return true
+        },
+      }
+      return set
+    },
+  }
+}
+
+async function vms(t: Test): Promise<[MicroVm, MicroVm]> {
+  const src = await MicroVm.create({ role: 'source', ramSize: RAM, vcpu: 'kvm', workingSet: 1 << 20, vfio: false })
+  const dst = await MicroVm.create({ role: 'dest', ramSize: RAM, vcpu: 'kvm', workingSet: 1 << 20, vfio: false })
+  t.teardown(async () => {
+    await src.destroy()
+    await dst.destroy()
+  })
+  const deadline = Date.now() + 20_000
+  while (src.vcpuCounter() < 100n && Date.now() < deadline) await sleep(5)
+  return [src, dst]
+}
+
+async function stillRunning(t: Test, src: MicroVm): Promise<void> {
+  t.equal(src.vm.state, 'running', 'the source guest runs')
+  const c = src.vcpuCounter()
+  const deadline = Date.now() + 10_000
+  while (src.vcpuCounter() === c && Date.now() < deadline) await sleep(5)
+  t.ok(src.vcpuCounter() > c, 'and its vCPU counts on')
+}
+
+async function destination(dst: MicroVm, opts: { signal?: AbortSignal; onReady?: () => void } = {}): Promise<{ address: string; done: Promise<IncomingResult> }> {
+  let listening!: (a: string) => void
+  const address = new Promise<string>((r) => (listening = r))
+  const m = new IncomingMigration(dst, { local: true, signal: opts.signal, onListening: (a) => listening(a) })
+  m.on('status', (s) => { if (s === 'ready') opts.onReady?.() })
+  const done = m.start(sock())
+  done.catch(() => undefined)
+  return { address: await address, done }
+}
+
+/** Source and destination with their handovers; the source's device added, its container mapping all of guest RAM. */
+async function pair(t: Test, o: { mdev?: boolean; mappings?: 'ram' | 'none' | 'outside'; vaddr?: boolean } = {}) {
+  const [src, dst] = await vms(t)
+  const iommu = new Iommu()
+  const base = BigInt(src.ram.blocks[0]!.base)
+  const mappings = o.mappings === 'none' ? [] : o.mappings === 'outside' ? [{ iova: base + BigInt(RAM), size: 4096n }] : [{ iova: base, size: BigInt(RAM) }]
+  const s = sourceObjects(t, iommu, mappings, { vaddr: o.vaddr, name: o.mdev ? '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001' : undefined })
+  const skv = new KernelVfioHandover(src.vm, src.registry, { ram: src.ram })
+  await skv.add(s.device)
+  const got: { adopted?: string[]; closed?: boolean } = {}
+  const dkv = new KernelVfioHandover(dst.vm, dst.registry, { ram: dst.ram, kernel: destinationKernel(iommu, got) })
+  const fdBase = await steadyFds()
+  return { src, dst, iommu, skv, dkv, got, fdBase, s }
+}
+
+t.test('KVM', { skip: noKvm }, async (t) => {
+  t.test('the device is handed over: fds passed, vaddrs forgotten there and given here, no state moved', async (t) => {
+    const { src, dst, iommu, dkv, got, fdBase, s } = await pair(t)
+    const d = await destination(dst)
+    const stats = await migrate(src, d.address, { local: true })
+    const res = await d.done
+    t.equal(stats.status, 'completed')
+    t.equal(res.status, 'completed')
+    t.same(got.adopted, ['container', 'group', 'device'], 'the container, group and device fds arrived, in order')
+    t.same([...iommu.owner.values()], ['dst'], 'the mapping now reads the destination\'s vaddr')
+    t.same(iommu.srcCalls, ['supportsUpdateVaddr', 'invalidateVaddr'], 'the source forgot its vaddr, and did nothing after')
+    t.equal(dkv.received.length, 1)
+    t.match(dkv.received[0], { name: '0000:65:00.1', mdev: false, container: 0, group: 0, device: 0 })
+    const irq = dkv.received[0]!.irqFds
+    t.equal(irq.length, 1, 'its interrupt eventfd came too')
+    t.equal(await readlink(`/proc/self/fd/${irq[0]}`), await readlink(`/proc/self/fd/${s.fds.irq}`), 'the same file as the source\'s')
+    t.ok(dkv.passed, 'the destination holds the set')
+    t.equal(dst.vm.state, 'running')
+    // The destination is the device's owner now: what it passed on is its to close.
+    t.equal(await dkv.passed!.close(), true)
+    await closeFd(irq[0]!)
+    t.equal(await fdsSettle(fdBase), fdBase, 'no descriptor left open once the destination lets go')
+  })
+
+  t.test('an mdev that pins no guest pages (no mappings) goes with its fds alone: no vaddr call', async (t) => {
+    const { src, dst, iommu, dkv, got, fdBase } = await pair(t, { mdev: true, mappings: 'none' })
+    t.equal(localRefusal('unix:/x', src.registry), null)
+    const d = await destination(dst)
+    await migrate(src, d.address, { local: true })
+    await d.done
+    t.same(got.adopted, ['container', 'group', 'device'])
+    t.same(iommu.srcCalls, ['supportsUpdateVaddr'], 'nothing to forget')
+    t.equal(dkv.received[0]!.mdev, true, 'known as an mdev by its UUID name')
+    await dkv.passed!.close()
+    await Promise.all(dkv.received[0]!.irqFds.map(closeFd))
+    t.equal(await fdsSettle(fdBase), fdBase)
+  })
+
+  t.test('refused by name before connecting', async (t) => {
+    const cases: [Parameters<typeof pair>[1], RegExp][] = [
+      [{ mdev: true }, /VFIO device 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001 is a mediated device whose container has 1 DMA mapping\(s\): on a type1 container an mdev pins guest pages on demand/],
+      [{ vaddr: false }, /VFIO device 0000:65:00\.1: its IOMMU lacks VFIO_UPDATE_VADDR/],
+      [{ mappings: 'outside' }, /DMA mapping at iova 0x[0-9a-f]+ \(4096 bytes\) is not inside one guest RAM block \('pc\.ram'\)/],
+    ]
+    for (const [o, why] of cases) {
+      const { src, iommu, fdBase } = await pair(t, o)
+      t.match(localRefusal('unix:/x', src.registry), why)
+      await t.rejects(migrate(src, sock(), { local: true }), { code: 'EINVAL', message: why })
+      await stillRunning(t, src)
+      t.same(iommu.srcCalls, ['supportsUpdateVaddr'], 'no vaddr was forgotten')
+      t.equal(await fdsSettle(fdBase), fdBase, 'no descriptor left open')
+    }
+  })
+
+  t.test('the source cannot forget its vaddrs: it runs on, nothing was passed', async (t) => {
+    const { src, dst, iommu, got, fdBase } = await pair(t)
+    iommu.fail.invalidate = true
+    const d = await destination(dst)
+    await t.rejects(migrate(src, d.address, { local: true }), { message: /invalidate refused by the test/ })
+    await t.rejects(d.done)
+    await stillRunning(t, src)
+    t.equal(got.adopted, undefined, 'the destination took nothing')
+    t.same([...iommu.owner.values()], ['src'])
+    t.equal(await fdsSettle(fdBase), fdBase, 'no descriptor left open')
+  })
+
+  t.test('the destination refuses the passed objects: all closed, the source takes its vaddrs back', async (t) => {
+    const { src, dst, iommu, fdBase } = await pair(t)
+    iommu.fail.adopt = true
+    const d = await destination(dst)
+    await t.rejects(migrate(src, d.address, { local: true }), { message: /the passed VFIO objects were refused \(all closed\)/ })
+    await t.rejects(d.done, { message: /vfio-kernel-local: the passed VFIO objects were refused \(all closed\): ENOTTY/ })
+    await stillRunning(t, src)
+    t.same(iommu.srcCalls, ['supportsUpdateVaddr', 'invalidateVaddr', 'revalidateVaddr'])
+    t.same([...iommu.owner.values()], ['src'], 'the source gives the vaddr again')
+    t.equal(await fdsSettle(fdBase), fdBase, 'every passed descriptor was closed')
+  })
+
+  t.test('the destination fails after taking them, before READY: it closes them', async (t) => {
+    const { src, dst, iommu, got, fdBase } = await pair(t)
+    dst.checkIncoming = async () => { throw new Error('refused by the test after the devices were adopted') }
+    const d = await destination(dst)
+    await t.rejects(migrate(src, d.address, { local: true }), { message: /refused by the test/ })
+    await t.rejects(d.done, { message: /refused by the test/ })
+    await stillRunning(t, src)
+    t.same(got.adopted, ['container', 'group', 'device'])
+    t.equal(got.closed, true, 'the destination closed the set')
+    t.same([...iommu.owner.values()], ['src'])
+    t.equal(await fdsSettle(fdBase), fdBase, 'no descriptor left open')
+  })
+
+  t.test('the source withdraws after READY (ABORT): the destination closes them, the source runs on', async (t) => {
+    const { src, dst, iommu, got, fdBase } = await pair(t)
+    const cancel = new AbortController()
+    const d = await destination(dst, { onReady: () => cancel.abort() })
+    await t.rejects(migrate(src, d.address, { local: true, signal: cancel.signal }), /cancel/i)
+    await t.rejects(d.done, { message: /ABORT|cancel/ })
+    await stillRunning(t, src)
+    t.equal(got.closed, true)
+    t.same([...iommu.owner.values()], ['src'])
+    t.equal(await fdsSettle(fdBase), fdBase, 'no descriptor left open')
+  })
+
+  t.test('after GO the destination cannot give its vaddr: it rolls back, says so, and the source resumes on them', async (t) => {
+    const { src, dst, iommu, got, fdBase } = await pair(t)
+    iommu.fail.update = true
+    const d = await destination(dst)
+    await t.rejects(migrate(src, d.address, { local: true }), { message: /could not take this process's vaddr/ })
+    await t.rejects(d.done, { message: /update refused by the test/ })
+    await stillRunning(t, src)
+    t.equal(got.closed, true)
+    t.same([...iommu.owner.values()], ['src'])
+    t.equal(await fdsSettle(fdBase), fdBase, 'no descriptor left open')
+  })
+
+  t.test('after GO another start notifier fails: the vaddrs given are rolled back, the source resumes on them', async (t) => {
+    const { src, dst, iommu, got, fdBase } = await pair(t)
+    dst.vm.addChangeStateHandler({ name: 'test-failing-start', cb: (running) => { if (running) throw new Error('start refused by the test') } })
+    const d = await destination(dst)
+    await t.rejects(migrate(src, d.address, { local: true }), { message: /start refused by the test/ })
+    await t.rejects(d.done, { message: /start refused by the test/ })
+    await stillRunning(t, src)
+    t.equal(got.closed, true)
+    t.same([...iommu.owner.values()], ['src'], 'given back by the destination, taken back by the source')
+    t.same(iommu.srcCalls, ['supportsUpdateVaddr', 'invalidateVaddr', 'revalidateVaddr'])
+    t.equal(await fdsSettle(fdBase), fdBase, 'no descriptor left open')
+  })
+
+  t.test('a copying migration refuses a device registered for the handover', async (t) => {
+    const { src, dst, fdBase } = await pair(t)
+    const d = await destination(dst)
+    const e = await migrate(src, d.address).then(() => undefined, (x: Error) => x)
+    t.match(e?.message, /registered for a local handover \(KernelVfioHandover\), which moves no device state: a copying migration cannot take them/)
+    await t.rejects(d.done)
+    await stillRunning(t, src)
+    t.equal(await fdsSettle(fdBase), fdBase)
+  })
+})
