@@ -82,6 +82,30 @@ function startSide(args) {
 
 const show = (x) => JSON.stringify(x, null, 1);
 
+test('a destination that fails after adopting the fds closes them; the source keeps using the device', async (t) => {
+  const uri = `unix:${join(dir, 'fail.sock')}`;
+  const dst = startSide({ role: 'dest', uri, fifoLength: 0, failAfterLoad: true });
+  try {
+    await dst.next('listening');
+    const src = startSide({ role: 'source', group: env.a.group, uuid: env.a.uuid, uri, scr: 0x11, fifo: '' });
+    const [s, d] = await Promise.all([src.next('result'), dst.next('result')]);
+    t.diagnostic(`source: ${show({ ok: s.ok, error: s.error, afterFailure: s.afterFailure, vmState: s.vmState })}; destination: ${show({ ok: d.ok, error: d.error, vfioFdsGained: d.vfioFdsGained })}`);
+    assert.equal(s.ok, false, 'the migration failed');
+    assert.match(d.error.message, /refused by the kernel lane after the devices were adopted/);
+    assert.match(s.error.message, /refused by the kernel lane/, 'the source hears why');
+    assert.equal(s.vmState, 'running', 'the source runs on');
+    assert.deepEqual(s.afterFailure, { scr: 0xa5, deviceState: 'RUNNING' }, 'and uses its device');
+    assert.deepEqual(d.vfioFdsGained, [], 'the destination holds no VFIO fd');
+    assert.notEqual(d.vmState, 'running');
+    assert.deepEqual(await src.exited, { code: 0, signal: null });
+    dst.send('quit');
+    await dst.next('bye');
+    assert.deepEqual(await dst.exited, { code: 0, signal: null });
+  } finally {
+    dst.child.kill('SIGKILL');
+  }
+});
+
 test('local migration: mtty A handed to another process by its fds, running, its state untouched', async (t) => {
   const uri = `unix:${join(dir, 'local.sock')}`;
   const fifo = 'hi';
@@ -91,7 +115,7 @@ test('local migration: mtty A handed to another process by its fds, running, its
     const src = startSide({ role: 'source', group: env.a.group, uuid: env.a.uuid, uri, scr: 0x5a, fifo });
     const [s, d] = await Promise.all([src.next('result'), dst.next('result')]);
     t.diagnostic(`source: ${show({ ok: s.ok, error: s.error, marks: s.marks, downtime: s.stats?.downtime, vmState: s.vmState })}`);
-    t.diagnostic(`destination: ${show({ ok: d.ok, error: d.error, received: d.received, marks: d.marks, fifo: d.fifo, deviceState: d.deviceState, fdsGained: d.fdsGained })}`);
+    t.diagnostic(`destination: ${show({ ok: d.ok, error: d.error, received: d.received, marks: d.marks, fifo: d.fifo, deviceState: d.deviceState, vfioFdsGained: d.vfioFdsGained, otherFdsGained: d.otherFdsGained })}`);
     assert.equal(s.refusal, null, 'nothing stands in the way: an mdev without DMA mappings');
     assert.equal(s.mappings, 0);
     assert.equal(s.ok, true, `migrate() failed: ${show(s.error)}`);
@@ -102,7 +126,7 @@ test('local migration: mtty A handed to another process by its fds, running, its
     assert.equal(d.received.length, 1);
     assert.equal(d.received[0].name, env.a.uuid);
     assert.equal(d.received[0].mdev, true, 'known as an mdev by its UUID');
-    assert.equal(d.fdsGained, 3, 'container, group and device fds, and no other');
+    assert.deepEqual(d.vfioFdsGained, [`/dev/vfio/${env.a.group}`, '/dev/vfio/vfio', 'anon_inode:[vfio-device]'].sort(), `container, group and device fds, and no other VFIO fd (others: ${show(d.otherFdsGained)})`);
     assert.equal(d.deviceFile, s.deviceFile, 'the same open device file (anon inode), not a new open');
     assert.equal(d.name, env.a.uuid);
     assert.equal(d.info.numRegions, 9);

@@ -5,7 +5,7 @@
 // the destination never opens the device itself: it uses the fds it got.
 //
 //   node local-node.mjs '{"role":"source","group":12,"uuid":"...","uri":"unix:/tmp/x/s"}'
-//   node local-node.mjs '{"role":"dest","uri":"unix:/tmp/x/s"}'
+//   node local-node.mjs '{"role":"dest","uri":"unix:/tmp/x/s"}'   ("failAfterLoad":true: refuse after adopting)
 //
 // JSON lines on stdout as mig-node.mjs: {"event":"listening"} (dest), one
 // {"event":"result",...}; the destination then reads the device again on
@@ -44,7 +44,21 @@ async function setReg(fd, off, v) {
   const { bytesWritten } = await fsWrite(fd, Buffer.from([v]), 0, 1, off);
   if (bytesWritten !== 1) throw new Error(`mtty register ${off}: wrote ${bytesWritten} bytes`);
 }
-const fdCount = () => fs.readdirSync('/proc/self/fd').length;
+/** What each open descriptor is (its /proc/self/fd link), for telling which the migration brought. */
+async function fdLinks() {
+  const out = [];
+  for (const n of await fs.promises.readdir('/proc/self/fd')) out.push(await readlink(`/proc/self/fd/${n}`).catch(() => '(gone)'));
+  return out;
+}
+function gained(before, after) {
+  const left = [...before];
+  return after.filter((l) => {
+    const k = left.indexOf(l);
+    if (k < 0) return true;
+    left.splice(k, 1);
+    return false;
+  });
+}
 
 async function source() {
   const container = await native.Container.open();
@@ -71,6 +85,11 @@ async function source() {
   } catch (e) {
     res = { ok: false, error: errInfo(e) };
   }
+  // A failed handover leaves the device the source's: it goes on using it.
+  if (!res.ok) {
+    await setReg(fd, UART.SCR, 0xa5);
+    res.afterFailure = { scr: await reg(fd, UART.SCR), deviceState: await device.getState() };
+  }
   say('result', { ...res, marks, refusal, vmState: vm.state, deviceFile, mappings: container.mappings.length });
 }
 
@@ -79,7 +98,8 @@ async function dest() {
   const registry = new SaveVMRegistry();
   const kv = new KernelVfioHandover(vm, registry);
   const machine = { vm, registry, machine: 'kernel-lane-local' };
-  const before = fdCount();
+  if (args.failAfterLoad) machine.checkIncoming = async () => { throw new Error('refused by the kernel lane after the devices were adopted'); };
+  const before = await fdLinks();
   let res;
   try {
     const r = await incoming(machine, args.uri, { local: true, onListening: (address) => say('listening', { address }) });
@@ -89,7 +109,9 @@ async function dest() {
   }
   res.vmState = vm.state;
   res.received = kv.received;
-  res.fdsGained = fdCount() - before;
+  const got = gained(before, await fdLinks());
+  res.vfioFdsGained = got.filter((l) => l.startsWith('/dev/vfio/') || l.includes('vfio')).sort();
+  res.otherFdsGained = got.filter((l) => !res.vfioFdsGained.includes(l));
   if (res.ok) {
     const dev = kv.passed.device(kv.received[0].device);
     const grp = kv.passed.group(kv.received[0].group);
