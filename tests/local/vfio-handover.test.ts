@@ -101,6 +101,9 @@ function destinationKernel(iommu: Iommu, got: { adopted?: string[]; closed?: boo
           mine.clear()
           return 0n
         },
+        container: () => null,
+        group: () => null,
+        device: () => null,
         async close() {
           if (got.closed) return false
           got.closed = true

@@ -19,7 +19,7 @@
 // The kernel itself refuses two owners: a vaddr can be given only to a
 // mapping whose vaddr was forgotten.
 import { close as closeFd } from 'node:fs'
-import type { Container, DmaMapping, PassedVfio, PassedDeviceFd } from '../../native/index.js'
+import type { Container, DmaMapping, Device, Group, PassedVfio, PassedDeviceFd } from '../../native/index.js'
 import { native } from '../native/addon.js'
 import type { SaveVMRegistry, SaveStateEntry } from '../savevm/registry.js'
 import type { MigStream } from '../stream/stream.js'
@@ -67,6 +67,10 @@ export interface PassedSet {
   updateVaddr(container: number, buffer: Buffer, iova: bigint): Promise<void>
   invalidateVaddr(container: number): Promise<bigint>
   close(): Promise<boolean>
+  /** Object `i` of its kind, sharing the passed fd; null past the end or once closed. */
+  container(i: number): Container | null
+  group(i: number): Group | null
+  device(i: number): Device | null
 }
 
 export interface KernelVfioHandoverOptions {
