@@ -21,7 +21,7 @@
 import { close as closeFd } from 'node:fs'
 import type { Container, DmaMapping, Device, Group, PassedVfio, PassedDeviceFd } from '../../native/index.js'
 import { native } from '../native/addon.js'
-import type { SaveVMRegistry, SaveStateEntry } from '../savevm/registry.js'
+import type { SaveVMRegistry, SaveStateEntry, SaveVMHandlers } from '../savevm/registry.js'
 import type { MigStream } from '../stream/stream.js'
 import type { RamBlock } from '../ram/blocks.js'
 import type { Vm } from '../runstate/index.js'
@@ -121,9 +121,10 @@ function defaultKernel(): HandoverKernel {
  * ```
  */
 export class KernelVfioHandover {
-  private readonly devices: { d: HandoverDevice; mdev: boolean; blocker?: string }[] = []
+  private readonly devices: { d: HandoverDevice; mdev: boolean }[] = []
   private readonly vaddrOk = new Map<HandoverContainer, boolean>()
   readonly entry: SaveStateEntry
+  private readonly handlers: SaveVMHandlers
   private readonly kernel: HandoverKernel
   /** Source: vaddrs forgotten at switchover, not yet taken back. */
   private invalidated: HandoverContainer[] = []
@@ -141,19 +142,16 @@ export class KernelVfioHandover {
 
   constructor(private readonly vm: Vm, registry: SaveVMRegistry, private readonly opts: KernelVfioHandoverOptions = {}) {
     this.kernel = opts.kernel ?? defaultKernel()
-    this.entry = registry.register({
-      idstr: VFIO_LOCAL_IDSTR,
-      versionId: 1,
-      // A stream of a VM without kernel devices carries no section to claim.
-      optional: true,
-      handlers: {
-        localBlockers: () => this.blockers(),
-        saveState: (f) => this.save(f),
-        loadSetup: () => this.dropIncoming(),
-        loadState: (f) => this.load(f),
-        loadAbort: () => this.dropIncoming(),
-      },
-    })
+    this.handlers = {
+      localBlockers: () => this.blockers(),
+      loadSetup: () => this.dropIncoming(),
+      loadState: (f) => this.load(f),
+      loadAbort: () => this.dropIncoming(),
+    }
+    // No saveState until a device is added: a VM with nothing to hand over
+    // sends no section, so any destination (one without this class, QEMU)
+    // takes its stream; `optional` lets a destination with it take that stream.
+    this.entry = registry.register({ idstr: VFIO_LOCAL_IDSTR, versionId: 1, optional: true, handlers: this.handlers })
     // First when the VM starts (its vaddrs valid before anything runs), last when it stops.
     const removeHandler = vm.addChangeStateHandler({ name: 'vfio-kernel-local', priority: -1000, cb: (running) => this.runState(running) })
     const settle = () => this.settle()
@@ -175,6 +173,7 @@ export class KernelVfioHandover {
       this.vaddrOk.set(d.container, await d.container.supportsUpdateVaddr().catch(() => false))
     }
     this.devices.push({ d, mdev: d.mdev ?? UUID.test(d.device.name) })
+    this.handlers.saveState = (f) => this.save(f)
   }
 
   /** Why a local migration cannot hand these devices over now (empty when it can). */
