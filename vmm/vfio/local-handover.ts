@@ -122,7 +122,8 @@ function defaultKernel(): HandoverKernel {
  */
 export class KernelVfioHandover {
   private readonly devices: { d: HandoverDevice; mdev: boolean }[] = []
-  private readonly vaddrOk = new Map<HandoverContainer, boolean>()
+  /** Per container: whether its IOMMU has VFIO_UPDATE_VADDR, or why that could not be asked. */
+  private readonly vaddrOk = new Map<HandoverContainer, boolean | string>()
   readonly entry: SaveStateEntry
   private readonly handlers: SaveVMHandlers
   private readonly kernel: HandoverKernel
@@ -140,7 +141,7 @@ export class KernelVfioHandover {
   received: ReceivedDevice[] = []
   private removeHandler: () => void
 
-  constructor(private readonly vm: Vm, registry: SaveVMRegistry, private readonly opts: KernelVfioHandoverOptions = {}) {
+  constructor(vm: Vm, private readonly registry: SaveVMRegistry, private readonly opts: KernelVfioHandoverOptions = {}) {
     this.kernel = opts.kernel ?? defaultKernel()
     this.handlers = {
       localBlockers: () => this.blockers(),
@@ -170,7 +171,7 @@ export class KernelVfioHandover {
   async add(d: HandoverDevice): Promise<void> {
     if (typeof d.device.fd !== 'number') throw new VfioMigrationError(`VFIO device ${d.device.name} has no device fd (an emulated device moves its state by copying; it does not belong here)`, 'EINVAL')
     if (!this.vaddrOk.has(d.container)) {
-      this.vaddrOk.set(d.container, await d.container.supportsUpdateVaddr().catch(() => false))
+      this.vaddrOk.set(d.container, await d.container.supportsUpdateVaddr().catch((e: Error) => e.message ?? String(e)))
     }
     this.devices.push({ d, mdev: d.mdev ?? UUID.test(d.device.name) })
     this.handlers.saveState = (f) => this.save(f)
@@ -185,8 +186,10 @@ export class KernelVfioHandover {
       if (!maps.length) continue
       if (mdev) {
         out.push(`VFIO device ${d.device.name} is a mediated device whose container has ${maps.length} DMA mapping(s): on a type1 container an mdev pins guest pages on demand and needs their vaddr valid at every moment, which a handover through VFIO_DMA_UNMAP_FLAG_VADDR cannot give (only an mdev that pins no guest pages, with no mappings, can be handed over)`)
-      } else if (!this.vaddrOk.get(d.container)) {
-        out.push(`VFIO device ${d.device.name}: its IOMMU lacks VFIO_UPDATE_VADDR (type1 since Linux 5.12), so its DMA mappings cannot outlive this process's vaddr`)
+      } else {
+        const ok = this.vaddrOk.get(d.container)
+        if (typeof ok === 'string') out.push(`VFIO device ${d.device.name}: whether its IOMMU has VFIO_UPDATE_VADDR could not be asked (${ok}), so its DMA mappings cannot be handed over`)
+        else if (!ok) out.push(`VFIO device ${d.device.name}: its IOMMU lacks VFIO_UPDATE_VADDR (type1 has it since Linux 5.12, and since 6.2 withholds it from a container that also holds a mediated device), so its DMA mappings cannot outlive this process's vaddr`)
       }
     }
     for (const c of containers) {
@@ -438,8 +441,8 @@ export class KernelVfioHandover {
   }
 
   /** Unregister the section and the run-state handler. */
-  remove(registry: SaveVMRegistry): void {
+  remove(): void {
     this.removeHandler()
-    registry.unregister(this.entry)
+    this.registry.unregister(this.entry)
   }
 }
