@@ -1,16 +1,18 @@
 // A local migration (live update) of a kernel VFIO device inside the
 // kernel-lane guest, between two node processes: the source opens mtty A,
-// leaves marks in its UART (the scratch register, two bytes in the FIFO)
-// and hands the running device over with migrate/incoming `local`: its
-// container, group and device fds go over the UNIX socket with SCM_RIGHTS
+// sets its INTx eventfd, leaves marks in its UART (the scratch register,
+// two bytes in the FIFO) and hands the running device over with
+// migrate/incoming `local`: its container, group and device fds and the
+// eventfd go over the UNIX socket with SCM_RIGHTS
 // and no device state moves (mtty is an mdev that pins no guest pages, so
 // there are no DMA mappings whose vaddr would have to change hands). The
 // destination, which never opened the device itself, finds the marks,
-// drains the FIFO, writes its own mark, and still uses the device after
-// the source process is gone.
+// drains the FIFO, writes its own mark, gets the device's interrupt on the
+// passed eventfd, and still uses the device after the source process is
+// gone.
 //
-// Runs after migration.mjs, in its own process (each file is one): group A
-// must be free, and the source child opens it.
+// Runs in its own process (each file of the lane is one): group A must be
+// free, and the source child opens it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -127,6 +129,7 @@ test('local migration: mtty A handed to another process by its fds, running, its
     assert.equal(d.received[0].name, env.a.uuid);
     assert.equal(d.received[0].mdev, true, 'known as an mdev by its UUID');
     assert.deepEqual(d.vfioFdsGained, [`/dev/vfio/${env.a.group}`, '/dev/vfio/vfio', 'anon_inode:[vfio-device]'].sort(), `container, group and device fds, and no other VFIO fd (others: ${show(d.otherFdsGained)})`);
+    assert.ok(d.otherFdsGained.includes('anon_inode:[eventfd]'), `and the interrupt eventfd (others: ${show(d.otherFdsGained)})`);
     assert.equal(d.deviceFile, s.deviceFile, 'the same open device file (anon inode), not a new open');
     assert.equal(d.name, env.a.uuid);
     assert.equal(d.info.numRegions, 9);
@@ -138,6 +141,10 @@ test('local migration: mtty A handed to another process by its fds, running, its
     if (s.marks.lsr & 1) assert.deepEqual(d.fifo, [...Buffer.from(fifo)], 'the bytes the source put in the FIFO come out here');
     else t.diagnostic('mtty did not report data ready after the writes: the FIFO check is skipped');
     assert.equal(d.scr2, 0xc3, 'the destination writes and reads the device');
+    assert.equal(d.irqFds, 1, 'the INTx eventfd came with the device');
+    assert.equal(d.irqBefore, 0, 'no interrupt before the destination asked for one');
+    assert.ok(d.irqAfter >= 1, `the device's interrupt reaches the passed eventfd here (count ${d.irqAfter})`);
+    assert.equal(d.rxAfterIrq, 0x78, 'and the byte that raised it is in the FIFO');
     assert.deepEqual(await src.exited, { code: 0, signal: null }, 'the source exits cleanly');
     // The source process and its fds are gone; the device is still open here.
     assert.equal(await errnoOf(native.Group.open(env.a.group)), 16, 'group A is busy: the destination holds it');

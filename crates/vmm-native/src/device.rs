@@ -188,6 +188,20 @@ impl Device {
         })
     }
 
+    /// VFIO_DEVICE_SET_IRQS with eventfds (ACTION_TRIGGER): interrupt
+    /// `index` (0 INTx, 1 MSI, 2 MSI-X) from vector `start` signals `fds`
+    /// (-1 unsets a vector). The fds stay the caller's; the kernel takes
+    /// its own reference.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn set_irq_eventfds(&self, index: u32, start: u32, fds: Vec<i32>) -> AsyncTask<Blocking<()>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            d.backend()
+                .set_irq_eventfds(index, start, &fds)
+                .map_err(|e| VfioError::from_io(&e, "VFIO_DEVICE_SET_IRQS", format!("{}: VFIO_DEVICE_SET_IRQS index {index} start {start} count {}", d.name(), fds.len())))
+        })
+    }
+
     #[napi(ts_return_type = "Promise<void>")]
     pub fn reset(&self) -> AsyncTask<Blocking<()>> {
         let d = self.inner.clone();

@@ -16,6 +16,7 @@ mod digest; // blake3Digest: BLAKE3 of guest RAM on several threads
 mod device; // Device: kernel or emulated backend, typed feature helpers
 mod emulated; // EmulatedDevice: configuration and control of the emulated device
 mod error; // errno-carrying JS errors
+mod eventfd; // EventFd: interrupt eventfds and a bounded wait on them
 mod group; // Group (/dev/vfio/N)
 mod handover; // PassedVfio: the kernel VFIO fds a local migration passed
 mod kvm; // KVM VM, memory slots, vCPU

@@ -31,7 +31,10 @@ const errInfo = (e) => ({ message: String(e?.message ?? e), code: e?.code });
 // mtty's BAR0 (region 0, at offset 0 of the device fd: index << 40) is one
 // 16550 port, one byte per register. pread/pwrite through node's fs run on
 // libuv's pool, off the event loop.
-const UART = { RX: 0, TX: 0, LSR: 5, SCR: 7 };
+const UART = { RX: 0, TX: 0, IER: 1, FCR: 2, LSR: 5, SCR: 7 };
+const IER_RDI = 0x01;
+const FCR_ENABLE_FIFO = 0x01;
+const INTX = 0;
 const fsRead = promisify(fs.read);
 const fsWrite = promisify(fs.write);
 async function reg(fd, off) {
@@ -67,6 +70,12 @@ async function source() {
   await container.setIommu();
   const device = await group.getDevice(args.uuid);
   const fd = device.fd;
+  // Its interrupt goes to an eventfd of this process, which the handover passes on.
+  // mtty checks SET_IRQS against the IRQ count of its last GET_INFO answer
+  // (0 before any): ask first, as every VMM does.
+  await device.info();
+  const irq = await native.EventFd.create();
+  await device.setIrqEventfds(INTX, 0, [irq.fd]);
   await setReg(fd, UART.SCR, args.scr);
   for (const c of Buffer.from(args.fifo)) await setReg(fd, UART.TX, c);
   const marks = { scr: await reg(fd, UART.SCR), lsr: await reg(fd, UART.LSR) };
@@ -74,7 +83,7 @@ async function source() {
   await vm.vmStart();
   const registry = new SaveVMRegistry();
   const kv = new KernelVfioHandover(vm, registry);
-  await kv.add({ device, group, container });
+  await kv.add({ device, group, container, irqFds: [irq.fd] });
   const machine = { vm, registry, machine: 'kernel-lane-local' };
   const refusal = localRefusal(args.uri, registry);
   const deviceFile = await readlink(`/proc/self/fd/${fd}`);
@@ -129,6 +138,20 @@ async function dest() {
     // And this process goes on using it.
     await setReg(fd, UART.SCR, args.scr2);
     res.scr2 = await reg(fd, UART.SCR);
+    // Its interrupt reaches the eventfd the source registered and passed:
+    // the receive-data interrupt at a FIFO trigger level of one byte.
+    const irqFds = kv.received[0].irqFds;
+    res.irqFds = irqFds.length;
+    if (irqFds.length === 1) {
+      const irq = native.EventFd.adopt(irqFds[0]);
+      res.irqBefore = Number(await irq.wait(0));
+      await setReg(fd, UART.FCR, FCR_ENABLE_FIFO);
+      await setReg(fd, UART.IER, IER_RDI);
+      await setReg(fd, UART.TX, 0x78);
+      res.irqAfter = Number(await irq.wait(10_000));
+      res.rxAfterIrq = await reg(fd, UART.RX);
+      await irq.close();
+    }
     globalThis.device = { fd, dev };
   }
   say('result', res);
