@@ -170,6 +170,9 @@ export class KernelVfioHandover {
    */
   async add(d: HandoverDevice): Promise<void> {
     if (typeof d.device.fd !== 'number') throw new VfioMigrationError(`VFIO device ${d.device.name} has no device fd (an emulated device moves its state by copying; it does not belong here)`, 'EINVAL')
+    const len = Buffer.byteLength(d.device.name)
+    if (len < 1 || len > 255) throw new VfioMigrationError(`VFIO device name ${JSON.stringify(d.device.name)} is ${len} bytes; the handover record carries 1..255`, 'EINVAL')
+    if (this.devices.some(x => x.d.device.fd === d.device.fd)) throw new VfioMigrationError(`VFIO device ${d.device.name} (fd ${d.device.fd}) was added already`, 'EINVAL')
     if (!this.vaddrOk.has(d.container)) {
       this.vaddrOk.set(d.container, await d.container.supportsUpdateVaddr().catch((e: Error) => e.message ?? String(e)))
     }
