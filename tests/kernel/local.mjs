@@ -25,6 +25,13 @@ import { errnoOf, laneEnv, loadNative } from './lib/vfio.mjs';
 
 const env = laneEnv();
 const native = loadNative();
+const dist = (p) => import(new URL(`../../dist/vmm/${p}`, import.meta.url));
+const { Vm } = await dist('runstate/index.js');
+const { SaveVMRegistry } = await dist('savevm/index.js');
+const { KernelVfioHandover } = await dist('vfio/index.js');
+const { localRefusal } = await dist('migration/index.js');
+/** Group A, held by this process from the handover case on (the napi layer has no close). */
+let groupA;
 const NODE_SCRIPT = fileURLToPath(new URL('./lib/local-node.mjs', import.meta.url));
 const EVENT_TIMEOUT_MS = 120_000;
 const dir = mkdtempSync(join(tmpdir(), 'kernel-local-'));
@@ -158,6 +165,34 @@ test('local migration: mtty A handed to another process by its fds, running, its
   } finally {
     dst.child.kill('SIGKILL');
   }
-  const a = await native.Group.open(env.a.group);
-  assert.equal((await a.status()).viable, true, 'group A is free again once the destination exited');
+  groupA = await native.Group.open(env.a.group);
+  assert.equal((await groupA.status()).viable, true, 'group A is free again once the destination exited');
+});
+
+test('an mdev with DMA mappings: the kernel withholds VFIO_UPDATE_VADDR, and the handover is refused by name', async (t) => {
+  assert.ok(groupA, 'group A was opened by the case before');
+  const container = await native.Container.open();
+  await groupA.setContainer(container);
+  await container.setIommu();
+  const device = await groupA.getDevice(env.a.uuid);
+  await device.info();
+  // Since Linux 6.2 type1 offers VFIO_UPDATE_VADDR only to a container without mdevs.
+  assert.equal(await container.supportsUpdateVaddr(), false, 'no VFIO_UPDATE_VADDR for a container holding an mdev');
+  // An mdev-only type1 container maps without pinning (the mdev pins on demand).
+  // MAP_DMA wants a page-aligned vaddr: a wasm memory is mmap'd, so it is.
+  const ram = Buffer.from(new WebAssembly.Memory({ initial: 1 }).buffer);
+  await container.mapDma(ram, 0n);
+  assert.deepEqual(container.mappings, [{ iova: 0n, size: BigInt(ram.length) }]);
+  const e = await container.invalidateVaddr().then(() => null, (x) => x);
+  t.diagnostic(`VFIO_DMA_UNMAP_FLAG_VADDR on it: ${e ? `${e.code} ${e.message}` : 'accepted'}`);
+  assert.equal(e?.code, 'EBUSY', 'the kernel refuses to forget the vaddr of a container holding an mdev');
+  const vm = new Vm('prelaunch');
+  const registry = new SaveVMRegistry();
+  const shared = { fd: () => 0, adopt: async () => undefined, detach: async () => undefined };
+  const kv = new KernelVfioHandover(vm, registry, { ram: { blocks: [{ name: 'pc.ram', memory: ram, base: 0, length: ram.length, shared }] } });
+  await kv.add({ device, group: groupA, container });
+  const why = localRefusal('unix:/tmp/x.sock', registry);
+  assert.match(why, new RegExp(`VFIO device ${env.a.uuid} is a mediated device whose container has 1 DMA mapping\\(s\\): on a type1 container an mdev pins guest pages on demand`));
+  assert.equal(await container.unmapDma(0n), BigInt(ram.length));
+  // The device stays open until this process exits (the napi layer has no close), and with it the group's container.
 });
