@@ -63,25 +63,35 @@ impl PassedVfio {
 
 #[napi]
 impl PassedVfio {
-    /// Takes ownership of every fd (a descriptor listed twice is refused
-    /// before any is owned) and checks each is the VFIO object it claims to
-    /// be. On any refusal all of them are closed.
+    /// Takes ownership of every fd given and checks each is the VFIO object
+    /// it claims to be. On any refusal all of them are closed (a descriptor
+    /// listed twice is refused, and closed once).
     #[napi(ts_return_type = "Promise<PassedVfio>")]
     pub fn adopt(containers: Vec<i32>, groups: Vec<i32>, devices: Vec<PassedDeviceFd>) -> AsyncTask<Blocking<PassedVfio>> {
         let mut all: Vec<i32> = containers.iter().chain(groups.iter()).copied().chain(devices.iter().map(|d| d.fd)).collect();
         all.sort_unstable();
         let dup = all.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]);
         // Owned at once (no syscall): whatever fails from here closes them.
-        let owned_all = dup.is_none().then(|| {
-            let c: std::result::Result<Vec<_>, _> = containers.iter().map(|&fd| owned(fd, "container")).collect();
-            let g: std::result::Result<Vec<_>, _> = groups.iter().map(|&fd| owned(fd, "group")).collect();
-            let d: std::result::Result<Vec<_>, _> = devices.into_iter().map(|d| owned(d.fd, "device").map(|fd| (fd, d.name))).collect();
-            (c, g, d)
-        });
+        let owned_all = match dup {
+            None => {
+                let c: std::result::Result<Vec<_>, _> = containers.iter().map(|&fd| owned(fd, "container")).collect();
+                let g: std::result::Result<Vec<_>, _> = groups.iter().map(|&fd| owned(fd, "group")).collect();
+                let d: std::result::Result<Vec<_>, _> = devices.into_iter().map(|d| owned(d.fd, "device").map(|fd| (fd, d.name))).collect();
+                Ok((c, g, d))
+            }
+            Some(fd) => {
+                all.dedup();
+                // Each number once, so nothing is closed twice.
+                Err((fd, all.into_iter().filter(|&x| x >= 0).map(|x| owned(x, "descriptor")).collect::<Vec<_>>()))
+            }
+        };
         blocking(move || {
-            let Some((c, g, d)) = owned_all else {
-                let fd = dup.unwrap_or(-1);
-                return Err(VfioError::invalid("PassedVfio.adopt", format!("passed VFIO objects: fd {fd}"), "the same descriptor is listed twice"));
+            let (c, g, d) = match owned_all {
+                Ok(x) => x,
+                Err((fd, to_close)) => {
+                    drop(to_close);
+                    return Err(VfioError::invalid("PassedVfio.adopt", format!("passed VFIO objects: fd {fd}"), "the same descriptor is listed twice"));
+                }
             };
             let passed = Passed::adopt(c?, g?, d?)?;
             let vaddrs = passed.containers.iter().map(|_| BTreeMap::new()).collect();
