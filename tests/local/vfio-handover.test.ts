@@ -13,7 +13,9 @@ import { readdir, readlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { MicroVm } from '../../vmm/microvm/index.js'
-import { IncomingMigration, localRefusal, migrate, type IncomingResult } from '../../vmm/migration/index.js'
+import { IncomingMigration, OutgoingMigration, localRefusal, migrate, type IncomingResult } from '../../vmm/migration/index.js'
+import { connect } from '../../vmm/channel/connect.js'
+import { HANDOVER_FRAME_LEN, HANDOVER_MAGIC, HandoverFrame } from '../../vmm/channel/handover.js'
 import { KernelVfioHandover, type HandoverContainer, type HandoverKernel, type PassedSet } from '../../vmm/vfio/index.js'
 import { fdsSettle, kvmSkip, steadyFds } from './gate.js'
 
@@ -316,6 +318,48 @@ t.test('KVM', { skip: noKvm }, async (t) => {
     t.equal(got.closed, true)
     t.same([...iommu.owner.values()], ['src'], 'given back by the destination, taken back by the source')
     t.same(iommu.srcCalls, ['supportsUpdateVaddr', 'invalidateVaddr', 'revalidateVaddr'])
+    await noneLeft(t, fdBase, 'no descriptor left open')
+  })
+
+  t.test('handover-unknown, resumed on both sides by mistake: the kernel lets only one own the DMA mappings', async (t) => {
+    const { src, dst, iommu, got, fdBase } = await pair(t)
+    // The destination waits 1 s for GO; the source's GO is held back 3 s on its way out.
+    let listening!: (a: string) => void
+    const address = new Promise<string>((r) => (listening = r))
+    const dm = new IncomingMigration(dst, { local: true, parameters: { handoverTimeoutMs: 1000 }, onListening: (a) => listening(a) })
+    const dstDone = dm.start(sock())
+    dstDone.catch(() => undefined)
+    const ch = await connect(await address)
+    const writev = ch.writev.bind(ch)
+    ch.writev = async (bufs) => {
+      const all = Buffer.concat(bufs.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength)))
+      if (all.length === HANDOVER_FRAME_LEN && all.readUInt32BE(0) === HANDOVER_MAGIC && all.readUInt16BE(4) === HandoverFrame.GO) await sleep(3000)
+      return writev(bufs)
+    }
+    const sm = new OutgoingMigration(src, { local: true })
+    const srcDone = sm.start(ch)
+    srcDone.catch(() => undefined)
+    const until = async (what: () => boolean) => {
+      const deadline = Date.now() + 30_000
+      while (!what() && Date.now() < deadline) await sleep(20)
+    }
+    await until(() => dm.status === 'handover-unknown' && sm.status === 'handover-unknown')
+    t.equal(dm.status, 'handover-unknown', 'the destination cannot know whether GO was sent')
+    t.equal(sm.status, 'handover-unknown', 'the source cannot know whether GO arrived')
+    t.same([...iommu.owner.values()], [null], 'nobody gives the mappings a vaddr meanwhile')
+    // The operator resumes the source...
+    await sm.resolve('resume')
+    await stillRunning(t, src)
+    t.same([...iommu.owner.values()], ['src'])
+    // ...and, wrongly, the destination too: the kernel refuses it the vaddrs, so it does not start.
+    await t.rejects(dm.resolve('resume'), /could not take this process's vaddr: EINVAL: .*vaddr not forgotten \(src has it\)/)
+    t.equal(dm.status, 'handover-unknown', 'a failed start leaves it as it was')
+    t.not(dst.vm.state, 'running')
+    t.same([...iommu.owner.values()], ['src'], 'the source keeps them')
+    await dm.resolve('discard')
+    await t.rejects(dstDone, /discarding this copy/)
+    t.equal(got.closed, true, 'the discarded copy closed what it was passed')
+    await srcDone.catch(() => undefined)
     await noneLeft(t, fdBase, 'no descriptor left open')
   })
 
