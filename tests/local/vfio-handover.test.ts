@@ -15,6 +15,7 @@ import { join } from 'node:path'
 import { MicroVm } from '../../vmm/microvm/index.js'
 import { IncomingMigration, OutgoingMigration, localRefusal, migrate, type IncomingResult } from '../../vmm/migration/index.js'
 import { connect } from '../../vmm/channel/connect.js'
+import { analyzeFile } from '../../vmm/cli/analyze.js'
 import { HANDOVER_FRAME_LEN, HANDOVER_MAGIC, HandoverFrame } from '../../vmm/channel/handover.js'
 import { KernelVfioHandover, type HandoverContainer, type HandoverKernel, type PassedSet } from '../../vmm/vfio/index.js'
 import { fdsSettle, kvmSkip, steadyFds } from './gate.js'
@@ -195,9 +196,27 @@ async function pair(t: Test, o: { mdev?: boolean; mappings?: 'ram' | 'none' | 'o
 t.test('KVM', { skip: noKvm }, async (t) => {
   t.test('the device is handed over: fds passed, vaddrs forgotten there and given here, no state moved', async (t) => {
     const { src, dst, iommu, dkv, got, fdBase, s } = await pair(t)
-    const d = await destination(dst)
-    const stats = await migrate(src, d.address, { local: true })
+    // Every byte the source sends up to READY, for analyze.
+    let recording = true
+    const d = await destination(dst, { onReady: () => (recording = false) })
+    const ch = await connect(d.address)
+    const sent: Buffer[] = []
+    const copy = (b: Uint8Array) => recording && sent.push(Buffer.from(b))
+    const writev = ch.writev.bind(ch)
+    const sendFds = ch.sendFds!.bind(ch)
+    ch.writev = (bufs) => (bufs.forEach(copy), writev(bufs))
+    ch.sendFds = (fds, data) => (copy(data), sendFds(fds, data))
+    const stats = await migrate(src, ch, { local: true })
     const res = await d.done
+    const file = join(dir, 'vfio-local.stream')
+    writeFileSync(file, Buffer.concat(sent))
+    const a = await analyzeFile(file)
+    const sec = a.sections.find((x) => x.idstr === 'vfio-kernel-local')
+    t.same(sec?.vfioLocal, {
+      containers: [{ mappings: [{ iova: BigInt(src.ram.blocks[0]!.base), size: BigInt(RAM), block: 'pc.ram', offset: 0n }] }],
+      groups: [{ container: 0 }],
+      devices: [{ name: '0000:65:00.1', group: 0, mdev: false, irqFds: 1 }],
+    }, 'analyze: what the passed descriptors are')
     t.equal(stats.status, 'completed')
     t.equal(res.status, 'completed')
     t.same(got.adopted, ['container', 'group', 'device'], 'the container, group and device fds arrived, in order')
