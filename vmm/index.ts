@@ -34,10 +34,11 @@ export type { RamOptions, RamBlockConfig, RamBlock, DirtySource, RamMigration, R
 
 export {
   VfioMigrationSet, VfioDeviceMigration, VfioMigrationError, VfioDeviceBrokenError, DirtyBitmap,
-  VFIO_TRACE_CHANNEL,
+  VFIO_TRACE_CHANNEL, KernelVfioHandover, VFIO_LOCAL_IDSTR,
 } from './vfio/index.js'
 export type {
   DeviceState, VfioDeviceStats, VfioTraceEvent, VfioSetOptions, DirtyTracker, DirtyTrackerKind, DmaMapping,
+  HandoverDevice, HandoverContainer, HandoverKernel, PassedSet, ReceivedDevice, KernelVfioHandoverOptions,
 } from './vfio/index.js'
 
 export {

@@ -62,6 +62,22 @@ export function parseJsonLines(text: string): unknown[] {
   return res
 }
 
+/**
+ * PSS of a live process from /proc/PID/smaps_rollup, bytes (undefined once
+ * it is gone): a page mapped by n processes counts 1/n in each, so two
+ * processes sharing a memfd add up to its resident pages once, where their
+ * VmHWM would count them twice.
+ */
+export async function pss(pid: number): Promise<number | undefined> {
+  try {
+    const s = await fs.promises.readFile(`/proc/${pid}/smaps_rollup`, 'utf8')
+    const m = /^Pss:\s+(\d+)\s+kB/m.exec(s)
+    return m ? Number(m[1]) * 1024 : undefined
+  } catch {
+    return undefined
+  }
+}
+
 /** VmHWM (peak resident set) of a live process, bytes; undefined once it is gone. */
 export function peakRss(pid: number): number | undefined {
   try {

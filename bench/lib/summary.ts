@@ -14,9 +14,11 @@ function localSection(r: BenchResults): string[] {
   if (!r.local?.rows.length) return []
   const ms = (s: { median: number } | undefined, d = 1) => (s ? s.median.toFixed(d) : '-')
   return ['## Local migration vs copying (unix socket, KVM microVM, no device)', '',
-    table(['RAM', 'mode', 'completed', 'downtime ms', 'total ms', 'peak RSS src MiB', 'peak RSS dst MiB'], r.local.rows.map(x => [
+    table(['RAM', 'mode', 'completed', 'downtime ms', 'total ms', 'peak RSS src MiB', 'peak RSS dst MiB', 'PSS src MiB', 'PSS dst MiB', 'PSS src+dst MiB'], r.local.rows.map(x => [
       `${Math.floor(x.ramSize / 2 ** 20)} MiB`, x.mode, `${x.completed}/${x.runs}`, ms(x.downtimeMs), ms(x.totalTimeMs, 0), ms(x.rssSourceMiB, 0), ms(x.rssDestMiB, 0),
+      ms(x.pssSourceMiB, 0), ms(x.pssDestMiB, 0), ms(x.pssSumMiB, 0),
     ])), '',
+    'Peak RSS is each process\'s VmHWM; PSS is read from /proc/PID/smaps_rollup of both when the source completes, so pages both map (the memfd, local) count once in the sum.', '',
     table(['RAM', 'downtime local/copy', 'total time local/copy'], r.local.ratios.map(x => [`${Math.floor(x.ramSize / 2 ** 20)} MiB`, x.downtime.toFixed(3), x.totalTime.toFixed(3)])), '',
     ...r.local.rows.flatMap(x => x.errors.map(e => `- ${x.mode} ${Math.floor(x.ramSize / 2 ** 20)} MiB: ${e}`)), '']
 }

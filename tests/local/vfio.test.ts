@@ -1,8 +1,8 @@
 // VFIO devices in a local migration: the emulated device (inside this
 // process) moves its state by copying as in any migration, so it does not
-// stand in the way; a device the kernel drives is refused by name, since
-// its handover (fds passed, DMA mappings kept by VFIO_UPDATE_VADDR) exists
-// only at the ioctl layer (crates/vfio-core/src/kernel, tested there).
+// stand in the way; a device the kernel drives is refused by name when it
+// is in a VfioMigrationSet (which copies state): a local migration hands
+// such a device over through KernelVfioHandover (vfio-handover.test.ts).
 import t from 'tap'
 import { native } from '../../vmm/native/addon.js'
 import { Vm } from '../../vmm/runstate/index.js'
@@ -40,9 +40,9 @@ t.test('the emulated device is in-process and no blocker; a kernel device is ref
   }
   await set.add(kernel as never, { idstr: '0000:65:00.1/vfio' })
   const why = localRefusal('unix:/tmp/x.sock', registry)
-  t.match(why, /^VFIO device 0000:65:00\.1 is driven by the kernel: a local migration does not hand over kernel VFIO devices/)
+  t.match(why, /^VFIO device 0000:65:00\.1 is driven by the kernel and is in a VfioMigrationSet, which copies device state: a local migration hands a kernel device over without its state \(register it with KernelVfioHandover instead\)/)
   t.notMatch(why, /emu0/, 'the emulated device is not named')
   const m = new OutgoingMigration({ vm, registry, machine: 'microvm-1' }, { local: true })
-  await t.rejects(m.start('unix:/tmp/nobody-listens.sock'), { code: 'EINVAL', message: /local migration refused: VFIO device 0000:65:00\.1 is driven by the kernel/ })
+  await t.rejects(m.start('unix:/tmp/nobody-listens.sock'), { code: 'EINVAL', message: /local migration refused: VFIO device 0000:65:00\.1 is driven by the kernel and is in a VfioMigrationSet/ })
   t.equal(vm.state, 'running', 'the guest was never stopped')
 })

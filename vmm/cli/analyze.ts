@@ -60,6 +60,12 @@ export interface SectionInfo {
   /** Markers in order, a run of one marker as "NAME xN"; data blocks counted, not listed. */
   vfio?: { markers: string[]; dataBlocks: number; dataBytes: number; largestBlock: number }
   fields?: Record<string, unknown>
+  /** A local migration's kernel VFIO devices, passed as file descriptors (section `vfio-kernel-local`). */
+  vfioLocal?: {
+    containers: { mappings: { iova: bigint; size: bigint; block: string; offset: bigint }[] }[]
+    groups: { container: number }[]
+    devices: { name: string; group: number; mdev: boolean; irqFds: number }[]
+  }
 }
 
 export interface Analysis {
@@ -258,6 +264,39 @@ async function decodeRam(r: FileReader, s: SectionInfo, pageBits: number, a: Ana
   ram.pages += s.ram.pages
   ram.zeroPages += s.ram.zeroPages
   ram.pageBytes += s.ram.pages * page
+}
+
+/** The `vfio-kernel-local` record (docs/local.md): what the descriptors passed with it are. */
+async function decodeVfioLocal(r: FileReader): Promise<NonNullable<SectionInfo['vfioLocal']>> {
+  const out: NonNullable<SectionInfo['vfioLocal']> = { containers: [], groups: [], devices: [] }
+  const marker = await r.be16('vfio-kernel-local marker')
+  if (marker === 0) return out
+  if (marker !== 0xffff) throw new AnalyzeError(`vfio-kernel-local: unknown marker 0x${marker.toString(16)}`, r.pos - 2)
+  const nc = await r.be16('container count')
+  const ng = await r.be16('group count')
+  const nd = await r.be16('device count')
+  await r.be16('eventfd count')
+  const name = async (what: string) => (await r.bytes(await r.u8(`${what} length`), what)).toString('utf8')
+  for (let i = 0; i < nc; i++) {
+    const n = await r.be32('mapping count')
+    if (n > 1024) throw new AnalyzeError(`vfio-kernel-local: container ${i} claims ${n} mappings`, r.pos - 4)
+    const mappings = []
+    for (let k = 0; k < n; k++) {
+      const iova = await r.be64('mapping iova')
+      const size = await r.be64('mapping size')
+      const block = await name('mapping block name')
+      mappings.push({ iova, size, block, offset: await r.be64('mapping offset') })
+    }
+    out.containers.push({ mappings })
+  }
+  for (let i = 0; i < ng; i++) out.groups.push({ container: await r.be16('group container') })
+  for (let i = 0; i < nd; i++) {
+    const n = await name('device name')
+    const group = await r.be16('device group')
+    const mdev = (await r.u8('device mdev flag')) === 1
+    out.devices.push({ name: n, group, mdev, irqFds: await r.be16('device eventfd count') })
+  }
+  return out
 }
 
 async function decodeVfio(r: FileReader, s: SectionInfo, a: Analysis): Promise<void> {
@@ -483,6 +522,9 @@ async function analyze(r: FileReader, path: string, sink: AnalyzeSink): Promise<
       await decodeRam(r, s, pageBits, a)
     } else if (s.kind === 'vfio') {
       await decodeVfio(r, s, a)
+    } else if (type === QEMU_VM_SECTION_FULL && s.idstr === 'vfio-kernel-local') {
+      s.kind = 'vmstate'
+      s.vfioLocal = await decodeVfioLocal(r)
     } else if (type === QEMU_VM_SECTION_FULL) {
       const nth = fullSeen.get(`${s.idstr}/${s.instanceId}`) ?? 0
       fullSeen.set(`${s.idstr}/${s.instanceId}`, nth + 1)

@@ -8,3 +8,7 @@ export { startDirtyTracker, type DirtyTracker, type DirtyTrackerKind, type DmaMa
 export { DirtyBitmap } from '../core/dirty-bitmap.js'
 export { VFIO_TRACE_CHANNEL, type VfioTraceEvent } from './trace.js'
 export * as markers from './markers.js'
+export {
+  KernelVfioHandover, VFIO_LOCAL_IDSTR, MAX_HANDOVER_FDS,
+  type HandoverDevice, type HandoverContainer, type HandoverKernel, type PassedSet, type ReceivedDevice, type KernelVfioHandoverOptions,
+} from './local-handover.js'

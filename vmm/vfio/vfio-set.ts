@@ -115,13 +115,13 @@ export class VfioMigrationSet extends typedEmitter<VfioSetEvents>() implements R
       return ownPrepare?.()
     }
     // An emulated device lives in this process: its state moves by copying,
-    // as in any migration. A kernel device would have to stay open across
-    // the handover (its device, group and container fds passed, its DMA
-    // mappings kept by VFIO_UPDATE_VADDR): the ioctls exist in the native
-    // layer (vfio-core's kernel::Container), the handover of them does not.
+    // as in any migration. A kernel device stays open across a local
+    // migration instead (KernelVfioHandover passes its fds and keeps its DMA
+    // mappings), and this set, which copies state, would stop it and move
+    // its state besides: it is refused here, by name, pointing there.
     handlers.localBlockers = () => dev.device.inProcess
       ? []
-      : [`VFIO device ${dev.name} is driven by the kernel: a local migration does not hand over kernel VFIO devices (their fds and DMA mappings) yet; migrate by copying`]
+      : [`VFIO device ${dev.name} is driven by the kernel and is in a VfioMigrationSet, which copies device state: a local migration hands a kernel device over without its state (register it with KernelVfioHandover instead), or migrate by copying`]
     const ownLoadSetup = handlers.loadSetup
     handlers.loadSetup = () => {
       this.reset = []

@@ -53,6 +53,21 @@ pub trait DeviceBackend: Send + Sync {
     fn in_process(&self) -> bool {
         false
     }
+
+    /// The device fd, for a device the kernel drives: what a local
+    /// migration passes to the next process. None for the emulated device.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// `VFIO_DEVICE_SET_IRQS` (DATA_EVENTFD | ACTION_TRIGGER): interrupt
+    /// `index`'s vectors from `start` signal `fds` (-1 unsets one). The
+    /// emulated device raises no interrupt: ENOTTY, as a device without
+    /// that ioctl answers.
+    fn set_irq_eventfds(&self, index: u32, start: u32, fds: &[i32]) -> io::Result<()> {
+        let _ = (index, start, fds);
+        Err(io::Error::from_raw_os_error(libc::ENOTTY))
+    }
 }
 
 /// A data fd as handed out by [`DeviceBackend::device_feature`]. It is a real

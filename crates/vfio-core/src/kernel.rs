@@ -4,6 +4,7 @@
 pub mod container;
 pub mod device;
 pub mod group;
+pub mod passed;
 
 /// What the tests of the passed-fd constructors share.
 #[cfg(test)]
@@ -28,3 +29,4 @@ pub use container::Container;
 pub use device::KernelDevice;
 pub use error::{Result, VfioError};
 pub use group::Group;
+pub use passed::Passed;

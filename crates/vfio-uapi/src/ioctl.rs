@@ -46,6 +46,8 @@ pub const VFIO_GROUP_GET_DEVICE_FD: u64 = vfio(6);
 // Device.
 /// Device: `struct vfio_device_info`.
 pub const VFIO_DEVICE_GET_INFO: u64 = vfio(7);
+/// Device: sets interrupt signalling (`struct vfio_irq_set` and its data).
+pub const VFIO_DEVICE_SET_IRQS: u64 = vfio(10);
 /// Device: function reset.
 pub const VFIO_DEVICE_RESET: u64 = vfio(11);
 /// Device: get, set or probe a feature (`struct vfio_device_feature` plus payload).
@@ -164,3 +166,10 @@ pub fn feature_op(flags: u32) -> String {
         parts.join("|")
     }
 }
+
+/// `vfio_irq_set.flags`: the data is an array of eventfds (`__s32`, -1 to unset).
+pub const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+/// `vfio_irq_set.flags`: the action is to signal (trigger) the interrupt.
+pub const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+/// The PCI INTx interrupt index.
+pub const VFIO_PCI_INTX_IRQ_INDEX: u32 = 0;

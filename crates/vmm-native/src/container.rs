@@ -14,7 +14,9 @@ const MAX_BITMAP: u64 = 256 << 20;
 
 #[napi(object)]
 pub struct IommuInfo {
+    /// VFIO_IOMMU_INFO_* bits.
     pub flags: u32,
+    /// Bitmap of the IOMMU's page sizes.
     pub iova_pgsizes: BigInt,
 }
 
@@ -26,12 +28,28 @@ pub struct MapDmaOptions {
     pub write: Option<bool>,
 }
 
+/// One DMA mapping: iova and length in bytes.
+#[napi(object)]
+pub struct DmaMapping {
+    /// Where the device sees it.
+    pub iova: BigInt,
+    /// Bytes.
+    pub size: BigInt,
+}
+
 #[napi]
 pub struct Container {
     pub(crate) inner: Arc<kernel::Container>,
     // iova -> the JS Buffer mapped there. Holding the Buffer keeps its memory
     // alive (and unmoved) for as long as the device may DMA into it.
     maps: Arc<Mutex<BTreeMap<u64, Buffer>>>,
+}
+
+impl Container {
+    /// A container the source of a local migration passed (`PassedVfio`).
+    pub(crate) fn adopted(inner: Arc<kernel::Container>) -> Self {
+        Container { inner, maps: Arc::default() }
+    }
 }
 
 #[napi]
@@ -131,6 +149,52 @@ impl Container {
             let n = c.unmap_dma(iova, size)?;
             maps.remove(&iova);
             Ok(BigInt::from(n))
+        })
+    }
+
+    /// The mappings made through `mapDma`, ascending by iova: what a local
+    /// migration's source checks its declared DMA list against.
+    #[napi(getter)]
+    pub fn mappings(&self) -> Vec<DmaMapping> {
+        let maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        maps.iter().map(|(iova, b)| DmaMapping { iova: BigInt::from(*iova), size: BigInt::from(b.len() as u64) }).collect()
+    }
+
+    /// Whether the IOMMU has VFIO_UPDATE_VADDR (DMA mappings that outlive
+    /// this process's vaddr: a local migration of a device that DMAs).
+    #[napi(ts_return_type = "Promise<boolean>")]
+    pub fn supports_update_vaddr(&self) -> AsyncTask<Blocking<bool>> {
+        let c = self.inner.clone();
+        blocking(move || c.supports_update_vaddr())
+    }
+
+    /// A local migration's switchover, on the source: every mapping of
+    /// this container stays (the device keeps its DMA), its vaddr is
+    /// forgotten, so the successor can give its own. Resolves the bytes
+    /// the kernel covered.
+    #[napi(ts_return_type = "Promise<bigint>")]
+    pub fn invalidate_vaddr(&self) -> AsyncTask<Blocking<BigInt>> {
+        let c = self.inner.clone();
+        blocking(move || Ok(BigInt::from(c.invalidate_vaddr(None)?)))
+    }
+
+    /// The source resumes after a handover that failed: every mapping made
+    /// through `mapDma` gets its vaddr (this process's Buffer) back.
+    /// Refused by the kernel (EINVAL) for a mapping whose vaddr is valid,
+    /// which is what it is when the successor already gave its own: two
+    /// processes cannot both own the device's DMA. Resolves the count.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn revalidate_vaddr(&self) -> AsyncTask<Blocking<u32>> {
+        let c = self.inner.clone();
+        let maps = self.maps.clone();
+        blocking(move || {
+            let maps = maps.lock().unwrap_or_else(|p| p.into_inner());
+            for (iova, b) in maps.iter() {
+                // SAFETY: the Buffer is the one `mapDma` stored, still held by
+                // `maps` (so alive and unmoved) until `unmapDma`.
+                unsafe { c.update_vaddr(b.as_ptr() as u64, *iova, b.len() as u64)? };
+            }
+            Ok(maps.len() as u32)
         })
     }
 

@@ -71,6 +71,14 @@ impl Device {
         self.inner.backend().in_process()
     }
 
+    /// The device fd of a device the kernel drives (a local migration
+    /// passes it; `fs.read` at a region's offset reads the region), null
+    /// for the emulated device. Stays owned by this object.
+    #[napi(getter)]
+    pub fn fd(&self) -> Option<i32> {
+        self.inner.backend().raw_fd()
+    }
+
     #[napi(ts_return_type = "Promise<DeviceInfo>")]
     pub fn info(&self) -> AsyncTask<Blocking<DeviceInfo>> {
         let d = self.inner.clone();
@@ -177,6 +185,20 @@ impl Device {
             };
             d.dma_logging_report(iova, length, page_size, &mut bitmap)?;
             Ok(bitmap)
+        })
+    }
+
+    /// VFIO_DEVICE_SET_IRQS with eventfds (ACTION_TRIGGER): interrupt
+    /// `index` (0 INTx, 1 MSI, 2 MSI-X) from vector `start` signals `fds`
+    /// (-1 unsets a vector). The fds stay the caller's; the kernel takes
+    /// its own reference.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn set_irq_eventfds(&self, index: u32, start: u32, fds: Vec<i32>) -> AsyncTask<Blocking<()>> {
+        let d = self.inner.clone();
+        blocking(move || {
+            d.backend()
+                .set_irq_eventfds(index, start, &fds)
+                .map_err(|e| VfioError::from_io(&e, "VFIO_DEVICE_SET_IRQS", format!("{}: VFIO_DEVICE_SET_IRQS index {index} start {start} count {}", d.name(), fds.len())))
         })
     }
 

@@ -16,7 +16,9 @@ mod digest; // blake3Digest: BLAKE3 of guest RAM on several threads
 mod device; // Device: kernel or emulated backend, typed feature helpers
 mod emulated; // EmulatedDevice: configuration and control of the emulated device
 mod error; // errno-carrying JS errors
+mod eventfd; // EventFd: interrupt eventfds and a bounded wait on them
 mod group; // Group (/dev/vfio/N)
+mod handover; // PassedVfio: the kernel VFIO fds a local migration passed
 mod kvm; // KVM VM, memory slots, vCPU
 mod ram; // guest RAM pages between memory and the migration socket
 mod transfer; // zero-copy fd-to-fd transfer
