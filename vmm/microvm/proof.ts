@@ -73,8 +73,17 @@ export function proofSectionHandlers(take: (f: MigStream) => Promise<Proof>, loa
   }
 }
 
-/** Throws an IntegrityError naming the first digest that differs. */
+/**
+ * Throws an IntegrityError naming the first digest that differs, or a
+ * ProofSectionError when the source sent no RAM digest (it ran with
+ * `ramProof: false`, `--no-ram-proof`): RAM cannot be checked then, and a
+ * destination asked to verify does not start what it could not check.
+ */
 export function checkProof(expected: Proof, here: Proof): void {
+  if (expected.ramDigest === '' && here.ramDigest !== '') {
+    throw new ProofSectionError('the source sent no RAM digest (it ran with --no-ram-proof), so the RAM loaded here cannot be verified; ' +
+      'start this destination with --no-verify (verifyBeforeStart: false), or the source without --no-ram-proof')
+  }
   if (here.ramDigest !== expected.ramDigest) throw new IntegrityError('RAM', here.ramDigest, expected.ramDigest)
   if (here.deviceDigest !== expected.deviceDigest) throw new IntegrityError('device state', here.deviceDigest, expected.deviceDigest)
 }
