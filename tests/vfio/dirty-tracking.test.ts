@@ -160,9 +160,15 @@ t.test('a DMA-writing device whose dirty tracking the embedder never wired: ever
   // pages the bulk stage has already sent.
   src.emu.startDma(4000)
   for (let i = 0; i < 200 && src.emu.stats().dmaWrites === 0; i++) await sleep(25)
+  const before = src.emu.stats().dmaWrites
   const stats = await migrateOnce(t, src, dst, { parameters: { maxBandwidth: 16 << 20, downtimeLimitMs: 300 } })
   t.equal(stats.status, 'completed')
-  t.ok(src.emu.stats().dmaWrites > 500, `the device wrote ${src.emu.stats().dmaWrites} pages`)
+  // That the device wrote during the migration is what makes the check below
+  // mean something; how much depends on how much CPU its thread got (280
+  // pages in one run beside a CPU-starved suite, thousands when idle), so
+  // only "some" is asserted.
+  const during = src.emu.stats().dmaWrites - before
+  t.ok(during > 0, `the device wrote ${during} pages during the migration`)
   t.equal(stats.dirtyTracker, 'device-dma-logging', 'the devices\' own DMA logging was used')
   // The device stopped DMA with the VM at the switchover, so the source's RAM is final.
   const stale: number[] = []
