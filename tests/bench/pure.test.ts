@@ -107,7 +107,7 @@ t.test('options: defaults, quick, only, repeats, bad input', async t => {
   const d = parseArgs([])
   t.equal(d.quick, false)
   t.equal(d.repeats, 5)
-  t.equal(d.only.size, 8)
+  t.equal(d.only.size, 9)
   const q = parseArgs(['--quick', '--only', 'ram,calls', '--repeats=2', '--no-qemu'])
   t.same([q.quick, [...q.only], q.repeats, q.qemu], [true, ['ram', 'calls'], 2, false])
   t.equal(parseArgs(['--quick']).repeats, 3)
