@@ -14,6 +14,7 @@ use super::options::{self, Keepalive, Options};
 use super::child;
 use super::js_tls::NativeTlsCreds;
 use super::tls::{as_tls_error, Session};
+use super::tls_wire::TlsWire;
 use crate::error::{fd_arg, js_error, VResult};
 use napi::bindgen_prelude::*;
 use napi::Env;
@@ -164,6 +165,24 @@ pub struct NativeChannel {
     inner: Arc<Chan>,
     /// Where `connect()` goes, for a channel made by `tcp()` or `unix()`.
     target: Option<SockAddr>,
+}
+
+/// Where a native data path (ramSendPages, pumpFrames, ...) moves its
+/// bytes: a descriptor it may use directly, or a channel whose TLS session
+/// every byte must go through.
+pub(crate) enum Target {
+    Fd(i32),
+    Tls(TlsWire),
+}
+
+/// The one place a data path's `fd | NativeChannel` argument is taken:
+/// a number is checked as an fd, a channel must carry TLS (a plaintext
+/// channel hands out its fd, which goes as a number).
+pub(crate) fn target_arg(t: Either<i32, ClassInstance<NativeChannel>>, name: &str, call: &str) -> VResult<Target> {
+    match t {
+        Either::A(fd) => fd_arg(fd, name, call).map(Target::Fd),
+        Either::B(ch) => TlsWire::of(&ch.inner, call).map(Target::Tls),
+    }
 }
 
 impl NativeChannel {
@@ -599,4 +618,24 @@ impl NativeChannel {
         r.map(|o| o.map(|l| LossRecoveryInfo { rto_min_us: l.rto_min_us, delack_max_us: l.delack_max_us }))
             .map_err(|e| js_error(&env, &e))
     }
+}
+
+/// Plaintext bytes moved through TLS sessions by the native data paths.
+#[napi(object)]
+pub struct TlsDataCounters {
+    /// RAM records (ramSendPages, ramLoadPages).
+    pub ram_sent: f64,
+    pub ram_received: f64,
+    /// Device-state frames (pumpFrames, loadFrames).
+    pub device_sent: f64,
+    pub device_received: f64,
+}
+
+/// Plaintext bytes the native data paths encrypted and decrypted through
+/// TLS sessions since the addon loaded; the buffered path through
+/// JavaScript is not counted.
+#[napi]
+pub fn tls_data_counters() -> TlsDataCounters {
+    let [ram_sent, ram_received, device_sent, device_received] = super::tls_wire::counters().map(|v| v as f64);
+    TlsDataCounters { ram_sent, ram_received, device_sent, device_received }
 }

@@ -117,6 +117,16 @@ enum Need {
     Writable,
 }
 
+/// What [`Session::peek`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    /// Bytes copied (all held, up to the buffer's size).
+    pub n: usize,
+    /// Nothing more will come: a clean end, or a failure that the next
+    /// read past these bytes reports.
+    pub end: bool,
+}
+
 /// What was negotiated, for the JavaScript side to report.
 pub struct Info {
     pub version: String,
@@ -152,15 +162,58 @@ impl ClientSessionStore for Confirm {
     }
 }
 
+/// The connection and the plaintext it gave that nobody took yet.
+struct Conn {
+    c: Connection,
+    /// Decrypted bytes a native reader looked at without taking
+    /// (`ahead[at..]`): the RAM decoder peeks at records and leaves those it
+    /// does not handle for RamLoader, as it does in a plain socket. Every
+    /// read drains it before the connection, so no byte is lost or reordered.
+    ahead: Vec<u8>,
+    at: usize,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.c
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.c
+    }
+}
+
+impl Conn {
+    fn ahead(&self) -> &[u8] {
+        &self.ahead[self.at..]
+    }
+
+    /// Takes `n` bytes of the look-ahead.
+    fn take_ahead(&mut self, n: usize) {
+        self.at += n;
+        if self.at >= self.ahead.len() {
+            self.ahead.clear();
+            self.at = 0;
+        }
+    }
+}
+
 /// One TLS session of one channel.
 pub struct Session {
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
     /// Client only: set once the server showed it accepted us.
     confirm: Option<Arc<Confirm>>,
 }
 
-fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+fn lock(m: &Mutex<Conn>) -> MutexGuard<'_, Conn> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn conn(c: Connection) -> Mutex<Conn> {
+    Mutex::new(Conn { c, ahead: Vec::new(), at: 0 })
 }
 
 impl Session {
@@ -169,9 +222,9 @@ impl Session {
     pub fn new(creds: &Creds, server_name: Option<&str>) -> io::Result<Session> {
         match creds {
             Creds::Server(cfg) => {
-                let mut conn: Connection = ServerConnection::new(cfg.clone()).map_err(|e| from_rustls(&e, true))?.into();
-                conn.set_buffer_limit(Some(SEND_BUFFER));
-                Ok(Session { conn: Mutex::new(conn), confirm: None })
+                let mut c: Connection = ServerConnection::new(cfg.clone()).map_err(|e| from_rustls(&e, true))?.into();
+                c.set_buffer_limit(Some(SEND_BUFFER));
+                Ok(Session { conn: conn(c), confirm: None })
             }
             Creds::Client(cfg) => {
                 let name = server_name.ok_or_else(|| tls_error(libc::EINVAL, "TLS: the destination's name to verify (tls-hostname) is missing"))?;
@@ -179,9 +232,9 @@ impl Session {
                 let confirm = Arc::new(Confirm::default());
                 let mut cfg = (**cfg).clone();
                 cfg.resumption = Resumption::store(confirm.clone());
-                let mut conn: Connection = ClientConnection::new(Arc::new(cfg), name).map_err(|e| from_rustls(&e, true))?.into();
-                conn.set_buffer_limit(Some(SEND_BUFFER));
-                Ok(Session { conn: Mutex::new(conn), confirm: Some(confirm) })
+                let mut c: Connection = ClientConnection::new(Arc::new(cfg), name).map_err(|e| from_rustls(&e, true))?.into();
+                c.set_buffer_limit(Some(SEND_BUFFER));
+                Ok(Session { conn: conn(c), confirm: Some(confirm) })
             }
         }
     }
@@ -295,6 +348,18 @@ impl Session {
             return Ok(Some(0));
         }
         let mut c = lock(&self.conn);
+        if !c.ahead().is_empty() {
+            let n = c.ahead().len().min(buf.len());
+            buf[..n].copy_from_slice(&c.ahead()[..n]);
+            c.take_ahead(n);
+            return Ok(Some(n));
+        }
+        Session::read_plain(&mut c.c, fd, buf, self.confirm.is_some())
+    }
+
+    /// try_read from the connection itself; `client` says which side reads
+    /// (a cut is an end for the source, an error for the destination).
+    fn read_plain(c: &mut Connection, fd: RawFd, buf: &mut [u8], client: bool) -> io::Result<Option<usize>> {
         let mut got = 0;
         loop {
             match c.reader().read(&mut buf[got..]) {
@@ -315,13 +380,13 @@ impl Session {
                 // without close_notify: an end there. The destination reads
                 // the stream, which an attacker must not be able to shorten
                 // unnoticed: an error.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && self.confirm.is_some() => return Ok(Some(0)),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && client => return Ok(Some(0)),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     return Err(tls_error(libc::ECONNRESET, "TLS: the peer closed the connection without close_notify (the stream is truncated)"));
                 }
                 Err(e) => return Err(e),
             }
-            let pulled = match Session::pull(&mut c, fd, false) {
+            let pulled = match Session::pull(c, fd, false) {
                 Err(_) if got > 0 => return Ok(Some(got)),
                 r => r?,
             };
@@ -330,7 +395,7 @@ impl Session {
             }
             // A key update's answer, if any: sent now when there is room,
             // else by the next write.
-            let _ = Session::flush(&mut c, fd);
+            let _ = Session::flush(c, fd);
         }
     }
 
@@ -342,6 +407,64 @@ impl Session {
             }
             end.wait_readable(cancel).await?.not_ready();
         }
+    }
+
+    /// Tops the look-ahead up to `buf.len()` bytes with what the socket
+    /// has now, without waiting, and copies it into `buf` without taking
+    /// it (see [`Conn::ahead`]). An error with bytes still held is kept for
+    /// the read that finds them gone: those bytes come first.
+    pub fn peek(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<Peek> {
+        let mut c = lock(&self.conn);
+        let want = buf.len();
+        let mut end = false;
+        if c.ahead().len() < want {
+            if c.at > 0 {
+                let at = c.at;
+                c.ahead.drain(..at);
+                c.at = 0;
+            }
+            let old = c.ahead.len();
+            c.ahead.resize(want, 0);
+            let Conn { c: conn, ahead, .. } = &mut *c;
+            let r = Session::read_plain(conn, fd, &mut ahead[old..], self.confirm.is_some());
+            let got = match r {
+                Ok(Some(0)) => {
+                    end = true;
+                    0
+                }
+                Ok(Some(n)) => n,
+                Ok(None) => 0,
+                Err(e) if old == 0 => {
+                    ahead.truncate(0);
+                    return Err(e);
+                }
+                Err(_) => {
+                    end = true;
+                    0
+                }
+            };
+            ahead.truncate(old + got);
+        }
+        let n = c.ahead().len().min(want);
+        buf[..n].copy_from_slice(&c.ahead()[..n]);
+        Ok(Peek { n, end })
+    }
+
+    /// Takes `n` bytes a peek showed; false when fewer are held.
+    pub fn discard(&self, n: usize) -> bool {
+        let mut c = lock(&self.conn);
+        if c.ahead().len() < n {
+            return false;
+        }
+        c.take_ahead(n);
+        true
+    }
+
+    /// Encrypts and sends `bufs` from `*off` on until done (true) or the
+    /// socket is full (false), without waiting.
+    pub fn write_some(&self, fd: RawFd, bufs: &[&[u8]], off: &mut usize) -> io::Result<bool> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        Ok(self.write_step(fd, bufs, off, total)? == Need::Done)
     }
 
     /// Encrypts and sends `bufs` from `*off` on until done or the socket is full.

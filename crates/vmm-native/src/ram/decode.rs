@@ -9,10 +9,8 @@
 //! taken as far as it goes and finished from later bytes (`Pending`).
 
 use super::mem::{GuestMem, PageBits, PAGE};
-use super::sock::Sock;
 use crate::error::VResult;
 use std::cell::RefCell;
-use std::time::Duration;
 
 const FLAG_ZERO: u64 = 0x02;
 const FLAG_MEM_SIZE: u64 = 0x04;
@@ -193,6 +191,20 @@ pub enum End {
     ZeroFill { ch: u8 },
 }
 
+/// Where the records come from: the socket itself, or a TLS session's
+/// decrypted look-ahead. Either way a peek takes nothing, so what the
+/// decoder leaves is read next by RamLoader through the channel.
+pub trait Source {
+    /// Copies the bytes there (at least one; 0 when nothing more will
+    /// come) into `buf` without taking them, waiting while there are none.
+    fn peek(&self, buf: &mut [u8], after: u64) -> VResult<usize>;
+    /// Takes `n` bytes a peek showed.
+    fn discard(&self, n: usize, scratch: &mut [u8], after: u64) -> VResult<()>;
+    /// A peek of `have` bytes held less than a record head: waits for more
+    /// (true) unless nothing more can come (false).
+    fn wait_more(&self, have: usize, buf: &mut [u8], after: u64) -> VResult<bool>;
+}
+
 thread_local! {
     // One peek buffer per worker thread, reused by every call on it.
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -200,7 +212,7 @@ thread_local! {
 
 /// Reads records from the socket until EOS or a record for RamLoader;
 /// resolves the bytes taken from the socket and how it ended.
-pub fn load(sock: &Sock, blocks: &[Block], st: &mut State, base: u64) -> VResult<(u64, End)> {
+pub fn load(sock: &dyn Source, blocks: &[Block], st: &mut State, base: u64) -> VResult<(u64, End)> {
     BUF.with(|cell| {
         let mut buf = cell.borrow_mut();
         if buf.len() < PEEK_SIZE {
@@ -222,13 +234,9 @@ pub fn load(sock: &Sock, blocks: &[Block], st: &mut State, base: u64) -> VResult
                 Step::Stop => return Ok((taken, End::Stop)),
                 Step::ZeroFill { ch } => return Ok((taken, End::ZeroFill { ch })),
                 Step::More if used == 0 => {
-                    // Less than a record head is there and poll would not wait
-                    // for more (the socket is readable): wait a little, unless
-                    // nothing more can come.
-                    if sock.peer_done() && sock.peek(&mut buf, taken)? == n {
+                    if !sock.wait_more(n, &mut buf, taken)? {
                         return Ok((taken, End::Eof));
                     }
-                    std::thread::sleep(Duration::from_micros(50));
                 }
                 Step::More => {}
             }

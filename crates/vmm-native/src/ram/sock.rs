@@ -145,9 +145,29 @@ impl Sock {
     }
 
     /// Whether the peer has shut down its side (no more bytes will come).
-    pub fn peer_done(&self) -> bool {
+    fn peer_done(&self) -> bool {
         sys::poll(self.raw(), libc::POLLIN | libc::POLLRDHUP, Some(Duration::ZERO))
             .map(|r| r & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
             .unwrap_or(true)
+    }
+}
+
+impl super::decode::Source for Sock {
+    fn peek(&self, buf: &mut [u8], after: u64) -> VResult<usize> {
+        Sock::peek(self, buf, after)
+    }
+
+    fn discard(&self, n: usize, scratch: &mut [u8], after: u64) -> VResult<()> {
+        Sock::discard(self, n, scratch, after)
+    }
+
+    fn wait_more(&self, have: usize, buf: &mut [u8], after: u64) -> VResult<bool> {
+        // The socket is readable, so poll would not wait for more: wait a
+        // little, unless nothing more can come.
+        if self.peer_done() && Sock::peek(self, buf, after)? == have {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_micros(50));
+        Ok(true)
     }
 }
