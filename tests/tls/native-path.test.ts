@@ -31,7 +31,7 @@ t.test('RAM and device state cross a TLS migration through the native paths, int
   const parameters = { tlsCreds: dir }
   const inc = incoming(dst, 'tcp:127.0.0.1:0', { parameters, onListening: (a) => { address = a } })
   await until('listening', () => address !== '')
-  const stats = await migrate(src, `tcp:${address}`, { parameters: { maxBandwidth: 0, ...parameters } })
+  const stats = await migrate(src, address, { parameters: { maxBandwidth: 0, ...parameters } })
   const res = await inc
   const moved = since(before, native.tlsDataCounters())
   t.equal(stats.status, 'completed')
