@@ -164,16 +164,12 @@ impl encode::Sink for TlsWire {
 }
 
 impl decode::Source for TlsWire {
-    fn peek(&self, buf: &mut [u8], after: u64) -> VResult<usize> {
-        TlsWire::peek(self, buf, after)
+    fn take(&self, after: u64, f: &mut dyn FnMut(&[u8]) -> usize) -> VResult<usize> {
+        TlsWire::take(self, decode::PEEK_SIZE, after, f)
     }
 
-    fn discard(&self, n: usize, _scratch: &mut [u8], after: u64) -> VResult<()> {
-        TlsWire::discard(self, n, after)
-    }
-
-    fn wait_more(&self, have: usize, buf: &mut [u8], after: u64) -> VResult<bool> {
-        TlsWire::wait_more(self, have, buf, after)
+    fn wait_more(&self, have: usize, after: u64) -> VResult<bool> {
+        TlsWire::wait_more(self, have, decode::PEEK_SIZE, after)
     }
 }
 

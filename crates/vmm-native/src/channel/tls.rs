@@ -117,16 +117,6 @@ enum Need {
     Writable,
 }
 
-/// What [`Session::peek`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peek {
-    /// Bytes copied (all held, up to the buffer's size).
-    pub n: usize,
-    /// Nothing more will come: a clean end, or a failure that the next
-    /// read past these bytes reports.
-    pub end: bool,
-}
-
 /// What was negotiated, for the JavaScript side to report.
 pub struct Info {
     pub version: String,
@@ -166,11 +156,13 @@ impl ClientSessionStore for Confirm {
 struct Conn {
     c: Connection,
     /// Decrypted bytes a native reader looked at without taking
-    /// (`ahead[at..]`): the RAM decoder peeks at records and leaves those it
-    /// does not handle for RamLoader, as it does in a plain socket. Every
-    /// read drains it before the connection, so no byte is lost or reordered.
+    /// (`ahead[at..end]`): the RAM decoder parses records in place and
+    /// leaves those it does not handle for RamLoader, as it does in a plain
+    /// socket. Every read drains it before the connection, so no byte is
+    /// lost or reordered. Allocated once, at its first use.
     ahead: Vec<u8>,
     at: usize,
+    end: usize,
 }
 
 impl std::ops::Deref for Conn {
@@ -188,15 +180,15 @@ impl std::ops::DerefMut for Conn {
 
 impl Conn {
     fn ahead(&self) -> &[u8] {
-        &self.ahead[self.at..]
+        &self.ahead[self.at..self.end]
     }
 
     /// Takes `n` bytes of the look-ahead.
     fn take_ahead(&mut self, n: usize) {
-        self.at += n;
-        if self.at >= self.ahead.len() {
-            self.ahead.clear();
+        self.at = (self.at + n).min(self.end);
+        if self.at == self.end {
             self.at = 0;
+            self.end = 0;
         }
     }
 }
@@ -213,7 +205,7 @@ fn lock(m: &Mutex<Conn>) -> MutexGuard<'_, Conn> {
 }
 
 fn conn(c: Connection) -> Mutex<Conn> {
-    Mutex::new(Conn { c, ahead: Vec::new(), at: 0 })
+    Mutex::new(Conn { c, ahead: Vec::new(), at: 0, end: 0 })
 }
 
 impl Session {
@@ -409,55 +401,37 @@ impl Session {
         }
     }
 
-    /// Tops the look-ahead up to `buf.len()` bytes with what the socket
-    /// has now, without waiting, and copies it into `buf` without taking
-    /// it (see [`Conn::ahead`]). An error with bytes still held is kept for
-    /// the read that finds them gone: those bytes come first.
-    pub fn peek(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<Peek> {
+    /// Tops the look-ahead up to `want` bytes with what the socket has now,
+    /// without waiting, and calls `f` with it (empty when there is none)
+    /// and whether nothing more will come; takes the bytes `f` says it used
+    /// (see [`Conn::ahead`]). A failure while bytes are held is kept for the
+    /// read that finds them gone: those bytes come first.
+    pub fn peek_with<R>(&self, fd: RawFd, want: usize, f: impl FnOnce(&[u8], bool) -> (usize, R)) -> io::Result<R> {
         let mut c = lock(&self.conn);
-        let want = buf.len();
-        let mut end = false;
-        if c.ahead().len() < want {
+        let mut over = false;
+        if c.end - c.at < want {
+            if c.ahead.len() < want {
+                c.ahead.resize(want, 0);
+            }
             if c.at > 0 {
-                let at = c.at;
-                c.ahead.drain(..at);
+                let (at, end) = (c.at, c.end);
+                c.ahead.copy_within(at..end, 0);
+                c.end -= at;
                 c.at = 0;
             }
-            let old = c.ahead.len();
-            c.ahead.resize(want, 0);
-            let Conn { c: conn, ahead, .. } = &mut *c;
-            let r = Session::read_plain(conn, fd, &mut ahead[old..], self.confirm.is_some());
-            let got = match r {
-                Ok(Some(0)) => {
-                    end = true;
-                    0
-                }
-                Ok(Some(n)) => n,
-                Ok(None) => 0,
-                Err(e) if old == 0 => {
-                    ahead.truncate(0);
-                    return Err(e);
-                }
-                Err(_) => {
-                    end = true;
-                    0
-                }
-            };
-            ahead.truncate(old + got);
+            let held = c.end;
+            let Conn { c: conn, ahead, end, .. } = &mut *c;
+            match Session::read_plain(conn, fd, &mut ahead[held..want], self.confirm.is_some()) {
+                Ok(Some(0)) => over = true,
+                Ok(Some(n)) => *end += n,
+                Ok(None) => {}
+                Err(e) if held == 0 => return Err(e),
+                Err(_) => over = true,
+            }
         }
-        let n = c.ahead().len().min(want);
-        buf[..n].copy_from_slice(&c.ahead()[..n]);
-        Ok(Peek { n, end })
-    }
-
-    /// Takes `n` bytes a peek showed; false when fewer are held.
-    pub fn discard(&self, n: usize) -> bool {
-        let mut c = lock(&self.conn);
-        if c.ahead().len() < n {
-            return false;
-        }
-        c.take_ahead(n);
-        true
+        let (used, r) = f(c.ahead(), over);
+        c.take_ahead(used);
+        Ok(r)
     }
 
     /// Encrypts and sends `bufs` from `*off` on until done (true) or the
@@ -477,8 +451,13 @@ impl Session {
             if *off >= total {
                 return Ok(Need::Done);
             }
+            // One vectored write of up to a chunk: rustls fills whole records
+            // across the buffers, where a write per buffer made a record of
+            // each (an 8-byte page header, then its page: twice the records,
+            // each with its own overhead on both sides).
             let mut budget = PLAIN_CHUNK;
             let mut pos = 0;
+            let mut slices = Vec::with_capacity(bufs.len().min(2048));
             for b in bufs {
                 if budget == 0 {
                     break;
@@ -488,16 +467,12 @@ impl Session {
                 if *off >= stop {
                     continue;
                 }
-                let from = *off - start;
+                let from = off.saturating_sub(start);
                 let take = (b.len() - from).min(budget);
-                let n = c.writer().write(&b[from..from + take])?;
-                *off += n;
-                budget -= n;
-                if n < take {
-                    // The session's buffer is full: send before taking more.
-                    break;
-                }
+                slices.push(io::IoSlice::new(&b[from..from + take]));
+                budget -= take;
             }
+            *off += c.writer().write_vectored(&slices)?;
         }
     }
 

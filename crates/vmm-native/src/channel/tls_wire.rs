@@ -14,7 +14,7 @@
 use super::cancel::Cancel;
 use super::chan::Chan;
 use super::end::End;
-use super::tls::{as_tls_error, Peek, Session};
+use super::tls::{as_tls_error, Session};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,35 +133,39 @@ impl TlsWire {
         }
     }
 
-    /// Copies what the session holds (reading more if it holds less than
-    /// `buf`) into `buf` without taking it; waits while nothing is there.
-    /// 0 when nothing more will come.
-    pub fn peek(&self, buf: &mut [u8], after: u64) -> Result<usize, NativeError> {
+    /// Calls `f` with the plaintext there (reading more, without waiting,
+    /// while less than `want` is held) and takes as many bytes as it
+    /// returns; waits while there are none. Resolves how many `f` saw, 0
+    /// (`f` not called) when nothing more will come.
+    pub fn take(&self, want: usize, after: u64, f: &mut dyn FnMut(&[u8]) -> usize) -> Result<usize, NativeError> {
         let end = self.end(false, "read", after)?;
         loop {
-            let p = self.session.peek(end.raw(), buf).map_err(|e| self.fail(&e, "read", after))?;
-            if p.n > 0 || p.end {
-                return Ok(p.n);
+            let seen = self
+                .session
+                .peek_with(end.raw(), want, |b, over| match b.len() {
+                    0 => (0, over.then_some((0, 0))),
+                    n => {
+                        let used = f(b);
+                        (used, Some((n, used)))
+                    }
+                })
+                .map_err(|e| self.fail(&e, "read", after))?;
+            match seen {
+                Some((n, used)) => {
+                    COUNTS[self.slot + 1].fetch_add(used as u64, Ordering::Relaxed);
+                    return Ok(n);
+                }
+                None => self.wait(end.raw(), libc::POLLIN, None, "read", after)?,
             }
-            self.wait(end.raw(), libc::POLLIN, None, "read", after)?;
         }
     }
 
-    /// Takes `n` bytes a peek showed.
-    pub fn discard(&self, n: usize, after: u64) -> Result<(), NativeError> {
-        if !self.session.discard(n) {
-            return Err(NativeError::new(libc::EPIPE, "read", self.context("read", after), Some("bytes seen by a peek are gone")));
-        }
-        COUNTS[self.slot + 1].fetch_add(n as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// After a peek of `have` bytes that held less than a record head:
+    /// After `take` showed `have` bytes that held less than a record head:
     /// waits until more is held (true) or nothing more will come (false).
-    pub fn wait_more(&self, have: usize, buf: &mut [u8], after: u64) -> Result<bool, NativeError> {
+    pub fn wait_more(&self, have: usize, want: usize, after: u64) -> Result<bool, NativeError> {
         let end = self.end(false, "read", after)?;
         loop {
-            let Peek { n, end: over } = self.session.peek(end.raw(), buf).map_err(|e| self.fail(&e, "read", after))?;
+            let (n, over) = self.session.peek_with(end.raw(), want, |b, over| (0, (b.len(), over))).map_err(|e| self.fail(&e, "read", after))?;
             if n > have {
                 return Ok(true);
             }
@@ -207,10 +211,12 @@ pub(crate) mod tests {
         let w = TlsWire::of(&src, "test").unwrap();
         let writer = std::thread::spawn(move || w.write_all(&[&sent[..5], &sent[5..]], None, 0));
         let r = TlsWire::of(&dst, "test").unwrap();
-        let mut buf = vec![0u8; 1000];
-        let n = r.peek(&mut buf, 0).unwrap();
-        assert!(n > 0 && buf[..n] == data[..n]);
-        r.discard(3, 0).unwrap();
+        let mut seen = 0;
+        let n = r.take(1000, 0, &mut |b| {
+            seen = b.len();
+            3
+        });
+        assert!(n.unwrap() == seen && seen > 3 && seen <= 1000);
         // What the peek left is what a read of the channel gets next.
         let mut got = data[..3].to_vec();
         let mut b = vec![0u8; 1 << 16];
@@ -223,7 +229,7 @@ pub(crate) mod tests {
         assert!(got == data, "bytes differ");
         // A peek past what came waits; a cancel ends it.
         let cancel = dst.cancel().clone();
-        let waiter = std::thread::spawn(move || r.peek(&mut buf, 7));
+        let waiter = std::thread::spawn(move || r.take(1000, 7, &mut |b| b.len()));
         std::thread::sleep(Duration::from_millis(100));
         cancel.fire();
         let e = waiter.join().unwrap().unwrap_err();
@@ -238,10 +244,8 @@ pub(crate) mod tests {
         // shutdown(2) with no close_notify: what a cut looks like.
         src.shutdown();
         let r = TlsWire::of(&dst, "test").unwrap();
-        let mut buf = vec![0u8; 64];
-        assert_eq!(r.peek(&mut buf, 0).unwrap(), 10);
-        r.discard(10, 0).unwrap();
-        let e = r.peek(&mut buf, 10).unwrap_err();
+        assert_eq!(r.take(64, 0, &mut |b| b.len()).unwrap(), 10);
+        let e = r.take(64, 10, &mut |b| b.len()).unwrap_err();
         assert_eq!(e.errno, libc::ECONNRESET, "{}", e.message);
         assert!(e.message.contains("truncated"), "{}", e.message);
         let (a, _b) = sys::socketpair().unwrap();

@@ -152,19 +152,40 @@ impl Sock {
     }
 }
 
+thread_local! {
+    // One peek buffer per worker thread, reused by every load on it.
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_buf<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < super::decode::PEEK_SIZE {
+            buf.resize(super::decode::PEEK_SIZE, 0);
+        }
+        f(&mut buf)
+    })
+}
+
 impl super::decode::Source for Sock {
-    fn peek(&self, buf: &mut [u8], after: u64) -> VResult<usize> {
-        Sock::peek(self, buf, after)
+    fn take(&self, after: u64, f: &mut dyn FnMut(&[u8]) -> usize) -> VResult<usize> {
+        with_buf(|buf| {
+            let n = self.peek(buf, after)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let used = f(&buf[..n]);
+            if used > 0 {
+                self.discard(used, buf, after)?;
+            }
+            Ok(n)
+        })
     }
 
-    fn discard(&self, n: usize, scratch: &mut [u8], after: u64) -> VResult<()> {
-        Sock::discard(self, n, scratch, after)
-    }
-
-    fn wait_more(&self, have: usize, buf: &mut [u8], after: u64) -> VResult<bool> {
+    fn wait_more(&self, have: usize, after: u64) -> VResult<bool> {
         // The socket is readable, so poll would not wait for more: wait a
         // little, unless nothing more can come.
-        if self.peer_done() && Sock::peek(self, buf, after)? == have {
+        if self.peer_done() && with_buf(|buf| self.peek(buf, after))? == have {
             return Ok(false);
         }
         std::thread::sleep(Duration::from_micros(50));
