@@ -35,9 +35,13 @@ const PLAIN_CHUNK: usize = 256 << 10;
 /// chunk is encrypted whole and goes out in one writev.
 const SEND_BUFFER: usize = PLAIN_CHUNK + (64 << 10);
 
-/// How long a client that finished its handshake waits for the server's
-/// verdict on its certificate (see [`Confirm`]). Ours answers at once.
-const VERDICT_WAIT: Duration = Duration::from_millis(1500);
+/// The ALPN protocol by which a server promises the client its verdict on
+/// the client's certificate (see [`Confirm`]). Ours selects it; a server
+/// that does not (QEMU's GnuTLS, which configures no ALPN) sends no verdict,
+/// and the client then does not wait for one. The selection travels in the
+/// server's EncryptedExtensions, covered by its Finished: nobody between
+/// the two can take it away to make the client skip the wait.
+pub const VERDICT_ALPN: &[u8] = b"x-vmm-migration-verdict";
 
 /// A TLS failure: errno for the JavaScript error's `code`, and the message.
 #[derive(Debug)]
@@ -128,9 +132,10 @@ pub struct Info {
 /// the client's handshake ends before the server has checked the client's
 /// certificate, so a refusal (an expired certificate, a DN outside
 /// tls-authz) would only show as an alert in the middle of the migration.
-/// Our server sends one session ticket once it accepted the client; the
-/// client waits for it or the alert, at most VERDICT_WAIT. Tickets are
-/// never used to resume: nothing is ever handed back.
+/// Our server sends one session ticket once it accepted the client, and
+/// says so in advance ([`VERDICT_ALPN`]); the client then waits for the
+/// ticket or the alert (within the handshake's bound). Tickets are never
+/// used to resume: nothing is ever handed back.
 #[derive(Debug, Default)]
 struct Confirm(AtomicBool);
 
@@ -266,8 +271,7 @@ impl Session {
             if Session::flush(&mut c, fd)? == Need::Writable {
                 return Ok(Need::Writable);
             }
-            let confirmed = self.confirm.as_ref().is_none_or(|c| c.0.load(Ordering::SeqCst));
-            if !c.is_handshaking() && confirmed {
+            if !c.is_handshaking() && !self.verdict_due(&c) {
                 return Ok(Need::Done);
             }
             // Past our Finished, only the server's verdict on our certificate is awaited.
@@ -288,28 +292,20 @@ impl Session {
         }
     }
 
-    /// A client past its handshake that has not heard the server's verdict.
-    fn awaiting_verdict(&self) -> bool {
-        self.confirm.as_ref().is_some_and(|c| !c.0.load(Ordering::SeqCst)) && !lock(&self.conn).is_handshaking()
+    /// A client whose server promised a verdict on its certificate and has
+    /// not given it yet. A server that made no promise gives none (QEMU):
+    /// waiting for it would only cost time, and a refusal by such a server
+    /// shows as an alert on the stream.
+    fn verdict_due(&self, c: &Connection) -> bool {
+        self.confirm.as_ref().is_some_and(|v| !v.0.load(Ordering::SeqCst)) && c.alpn_protocol() == Some(VERDICT_ALPN)
     }
 
     /// Runs the handshake to its end, within `timeout`.
     pub async fn handshake(&self, end: &End, cancel: &Cancel, timeout: Duration) -> io::Result<()> {
         let run = async {
-            let mut verdict_by: Option<tokio::time::Instant> = None;
             loop {
                 match self.handshake_step(end.raw())? {
                     Need::Done => return Ok(()),
-                    Need::Readable if self.awaiting_verdict() => {
-                        // A server that sends no ticket (QEMU's GnuTLS) says
-                        // nothing: after a while, go on without the verdict;
-                        // a refusal then shows as an alert on the stream.
-                        let by = *verdict_by.get_or_insert_with(|| tokio::time::Instant::now() + VERDICT_WAIT);
-                        match tokio::time::timeout_at(by, end.wait_readable(cancel)).await {
-                            Ok(g) => g?.not_ready(),
-                            Err(_) => return Ok(()),
-                        }
-                    }
                     Need::Readable => end.wait_readable(cancel).await?.not_ready(),
                     Need::Writable => end.wait_writable(cancel).await?.not_ready(),
                 }
@@ -317,7 +313,13 @@ impl Session {
         };
         match tokio::time::timeout(timeout, run).await {
             Ok(r) => r,
-            Err(_) => Err(tls_error(libc::ETIMEDOUT, format!("TLS handshake did not finish within {} ms (the peer said too little: is it a TLS peer?)", timeout.as_millis()))),
+            Err(_) => {
+                let c = lock(&self.conn);
+                if !c.is_handshaking() && self.verdict_due(&c) {
+                    return Err(tls_error(libc::ETIMEDOUT, format!("TLS handshake did not finish within {} ms: the destination did not say whether it accepted our certificate (see its log)", timeout.as_millis())));
+                }
+                Err(tls_error(libc::ETIMEDOUT, format!("TLS handshake did not finish within {} ms (the peer said too little: is it a TLS peer?)", timeout.as_millis())))
+            }
         }
     }
 
@@ -618,6 +620,41 @@ pub(crate) mod tests {
         let (_, rc, ..) = pair(&server, &client, "elsewhere.example").await;
         let ec = rc.unwrap_err();
         assert!(ec.to_string().contains("not valid for name"), "{ec}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A server configured as QEMU's: no ALPN, no session ticket.
+    fn like_qemu(server: &Creds, tickets: usize, alpn: bool) -> Creds {
+        let Creds::Server(cfg) = server else { panic!("a server's credentials") };
+        let mut cfg = (**cfg).clone();
+        cfg.send_tls13_tickets = tickets;
+        if !alpn {
+            cfg.alpn_protocols.clear();
+        }
+        Creds::Server(Arc::new(cfg))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_client_waits_for_a_verdict_only_from_a_server_that_promised_one() {
+        let dir = make_creds("verdict", "/O=vmm-migration/CN=source");
+        let client = load(&dir, Role::Client, None).unwrap();
+        let server = load(&dir, Role::Server, None).unwrap();
+        // Ours promises and answers: the client holds its verdict when done.
+        let (rs, rc, _, (c, _b)) = pair(&server, &client, "localhost").await;
+        rs.unwrap();
+        rc.unwrap();
+        assert!(c.confirm.as_ref().unwrap().0.load(Ordering::SeqCst), "the verdict came");
+        // No promise (QEMU): no wait at all, where the client once waited 1.5 s.
+        let start = std::time::Instant::now();
+        let (rs, rc, ..) = pair(&like_qemu(&server, 0, false), &client, "localhost").await;
+        rs.unwrap();
+        rc.unwrap();
+        assert!(start.elapsed() < Duration::from_millis(1000), "took {:?}", start.elapsed());
+        // A promise not kept: the client waits to the handshake's bound, and says why.
+        let (_, rc, ..) = pair(&like_qemu(&server, 0, true), &client, "localhost").await;
+        let e = rc.unwrap_err();
+        assert_eq!(as_tls_error(&e).unwrap().errno, libc::ETIMEDOUT);
+        assert!(e.to_string().contains("did not say whether it accepted our certificate"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -145,6 +145,7 @@ pub fn load(dir: &Path, role: Role, authz: Option<Vec<String>>) -> Result<Creds,
             // One ticket: the client's sign that its certificate was accepted
             // (tls.rs, Confirm). It is never used to resume.
             cfg.send_tls13_tickets = 1;
+            cfg.alpn_protocols = vec![super::tls::VERDICT_ALPN.to_vec()];
             Ok(Creds::Server(Arc::new(cfg)))
         }
         Role::Client => {
@@ -162,6 +163,8 @@ pub fn load(dir: &Path, role: Role, authz: Option<Vec<String>>) -> Result<Creds,
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| bad(&key_path, format!("does not go with {cert_name} ({e})")))?;
             cfg.resumption = rustls::client::Resumption::disabled();
+            // Asks the server to promise its verdict on our certificate (tls.rs, Confirm).
+            cfg.alpn_protocols = vec![super::tls::VERDICT_ALPN.to_vec()];
             Ok(Creds::Client(Arc::new(cfg)))
         }
     }
