@@ -238,6 +238,23 @@ pub(crate) mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_to_a_peer_that_stopped_reading_ends_at_cancel_or_idle_timeout() {
+        let (_dst, src) = tls_pair("wire-stall").await;
+        let w = TlsWire::of(&src, "pumpFrames").unwrap();
+        let big = vec![7u8; 64 << 20];
+        let e = w.write_all(&[&big], Some(Duration::from_millis(300)), 0).unwrap_err();
+        assert_eq!(e.errno, libc::ETIMEDOUT, "{}", e.message);
+        let cancel = src.cancel().clone();
+        let writer = std::thread::spawn(move || w.write_all(&[&big], None, 5));
+        std::thread::sleep(Duration::from_millis(100));
+        src.close();
+        assert!(cancel.fired());
+        let e = writer.join().unwrap().unwrap_err();
+        assert_eq!(e.errno, libc::ECANCELED, "{}", e.message);
+        assert!(e.message.contains("pumpFrames: write on the TLS channel"), "{}", e.message);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cut_without_close_notify_is_an_error_for_the_destination_and_a_plain_channel_is_refused() {
         let (dst, src) = tls_pair("wire-cut").await;
         TlsWire::of(&src, "test").unwrap().write_all(&[b"some bytes"], None, 0).unwrap();
