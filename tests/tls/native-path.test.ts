@@ -1,5 +1,5 @@
 // Under TLS the guest's RAM and the device state still take the native data
-// paths (ramSendPages/ramLoadPages, pumpFrames/loadFrames), encrypted and
+// paths (ramSendPages/ramLoadPages, pumpFrames/loadFrames, fdTransfer), encrypted and
 // decrypted through the channel's TLS session on worker threads, not the
 // buffered path through JavaScript: the addon counts the bytes it moved
 // that way, and those counts must cover most of what the migration moved.
@@ -47,8 +47,10 @@ t.test('RAM and device state cross a TLS migration through the native paths, int
   t.ok(device >= 4 << 20, 'the device saved its state')
   // Frame headers (16 bytes per block) count on the wire, not in bytesSaved.
   t.ok(moved.deviceSent >= device, `the device state was encrypted by pumpFrames (${moved.deviceSent} of ${device})`)
-  // loadFrames takes the frames after the first of each run (the stream reads that one).
-  t.ok(moved.deviceReceived >= device / 2, `and decrypted by loadFrames (${moved.deviceReceived})`)
+  // loadFrames takes the frames after the first of each run, whose payload
+  // the stream moves with fdTransfer, through the session too (but for what
+  // the stream had read ahead with the frame's header).
+  t.ok(moved.deviceReceived >= device * 0.8, `and decrypted by loadFrames and fdTransfer (${moved.deviceReceived})`)
   const ram = stats.transferred - device
   t.ok(moved.ramSent >= ram * 0.8, `most RAM records were encrypted by ramSendPages (${moved.ramSent} of about ${ram})`)
   t.ok(moved.ramReceived >= moved.ramSent * 0.8, `and decrypted by ramLoadPages (${moved.ramReceived})`)

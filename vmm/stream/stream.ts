@@ -17,20 +17,14 @@
 // getters (u8, be16, be32, be64, ...) consume them without awaiting. The
 // async get*() helpers do both for code that is not hot.
 import type { Channel } from '../channel/types.js'
-import type { NativeChannel } from '../../native/index.js'
 import { StreamError, toStreamError } from './errors.js'
 import { RateLimiter } from './rate-limit.js'
 import { realClock, type Clock } from './clock.js'
 import { readFd, writeAllFd } from './fdio.js'
-import { nativeFdTransfer, type FdTransfer } from './transfer.js'
+import { nativeFdTransfer, type FdTransfer, type DirectTarget } from './transfer.js'
 
 export const IO_BUF_SIZE = 32768
-/**
- * What writeDirect/readDirect hand native code: the channel's fd, or under
- * TLS the native channel whose session the bytes must go through (the
- * native calls take either).
- */
-export type DirectTarget = number | NativeChannel
+export type { DirectTarget }
 
 function describeTarget(t: DirectTarget): string {
   return typeof t === 'number' ? `fd ${t}` : 'TLS channel'
@@ -592,7 +586,7 @@ export class MigStream {
         this.rpos += take
         left -= take
       }
-      const src = this.channel.fd
+      const src = this.channel.fd ?? this.channel.tlsNative
       if (left > 0 && this.transfer && src !== undefined && !this.eof) {
         const ahead = await this.channel.quiesce()
         try {
@@ -666,7 +660,7 @@ export class MigStream {
     if (this.err) return 0
     let moved = 0
     try {
-      const dst = this.channel.writeFd
+      const dst = this.channel.writeFd ?? this.channel.tlsNative
       if (this.transfer && dst !== undefined && this.channel.writableLength === 0) {
         while (moved < n) {
           const m = await this.transfer(fd, dst, Math.min(n - moved, 1 << 30))
