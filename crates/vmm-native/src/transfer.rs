@@ -212,3 +212,65 @@ pub fn testing_socket_pair(env: Env) -> Result<Vec<i32>> {
 pub fn shutdown_socket(fd: i32) -> bool {
     fd >= 0 && sys::shutdown(fd).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::tls_wire::tests::tls_pair;
+    use crate::channel::tls_wire::TlsWire;
+
+    fn tls(w: TlsWire) -> Target {
+        Target::Tls(w)
+    }
+
+    /// fd -> TLS channel -> fd: the bytes arrive whole, a transfer stops at
+    /// the length asked (nothing read past it) and at the end of its source.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bytes_move_between_fds_and_a_tls_channel_both_ways() {
+        let (dst, src) = tls_pair("transfer").await;
+        let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 241) as u8).collect();
+        let (r, w) = sys::pipe().unwrap();
+        let feed = data.clone();
+        let feeder = std::thread::spawn(move || {
+            let mut off = 0;
+            while off < feed.len() {
+                off += sys::write(w.as_raw_fd(), &feed[off..]).unwrap();
+            }
+        });
+        let out = TlsWire::of(&src, "fdTransfer").unwrap();
+        let opts = options(None).unwrap();
+        let sender = std::thread::spawn(move || {
+            let st = run_tls(Target::Fd(r.as_raw_fd()), tls(out), u64::MAX, &options(None).unwrap()).unwrap();
+            drop(r);
+            st
+        });
+        let (pr, pw) = sys::pipe().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let mut b = vec![0u8; 1 << 16];
+            loop {
+                match sys::read(pr.as_raw_fd(), &mut b).unwrap() {
+                    0 => return v,
+                    n => v.extend_from_slice(&b[..n]),
+                }
+            }
+        });
+        let a = run_tls(tls(TlsWire::of(&dst, "fdTransfer").unwrap()), Target::Fd(pw.as_raw_fd()), 1_000_000, &opts).unwrap();
+        assert_eq!((a.bytes, a.end), (1_000_000, transfer::End::Limit));
+        let rest = TlsWire::of(&dst, "fdTransfer").unwrap();
+        let second = std::thread::spawn(move || {
+            let b = run_tls(tls(rest), Target::Fd(pw.as_raw_fd()), u64::MAX, &options(None).unwrap());
+            drop(pw);
+            b
+        });
+        feeder.join().unwrap();
+        let s = sender.join().unwrap();
+        assert_eq!((s.bytes, s.end), (2_500_000, transfer::End::Eof));
+        src.close();
+        let b = second.join().unwrap().unwrap();
+        assert_eq!((b.bytes, b.end), (1_500_000, transfer::End::Eof), "the rest, then close_notify: a clean end");
+        assert!(reader.join().unwrap() == data, "bytes differ");
+        let e = run_tls(tls(TlsWire::of(&dst, "fdTransfer").unwrap()), tls(TlsWire::of(&dst, "fdTransfer").unwrap()), 1, &opts).unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL);
+    }
+}
