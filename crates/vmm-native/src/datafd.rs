@@ -360,3 +360,68 @@ mod tests {
         assert!(e.message.contains("truncated"), "{}", e.message);
     }
 }
+
+#[cfg(test)]
+mod speed {
+    use crate::channel::tls_wire::tests::tls_pair;
+    use crate::channel::tls_wire::TlsWire;
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+    use vfio_core::datafd::{self, FrameOptions, LoadFrameOptions};
+    use vmm_sys as sys;
+
+    const DATA_STATE: u64 = 0xffff_ffff_ef10_0004;
+    const TOTAL: usize = 512 << 20;
+
+    /// Not a test: `cargo test --release -p vmm-native speed -- --ignored --nocapture`
+    /// prints how fast device state crosses a socket pair, plain and through TLS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn device_state_rate_plain_and_tls() {
+        for tls in [false, true] {
+            let (dst, src) = tls_pair("speed").await;
+            let (a, b) = sys::socketpair().unwrap();
+            let (r, w) = sys::pipe().unwrap();
+            let feeder = std::thread::spawn(move || {
+                let chunk = vec![5u8; 1 << 20];
+                let mut left = TOTAL;
+                while left > 0 {
+                    let n = sys::write(w.as_raw_fd(), &chunk[..left.min(chunk.len())]).unwrap();
+                    left -= n;
+                }
+            });
+            let (pr, pw) = sys::pipe().unwrap();
+            let drain = std::thread::spawn(move || {
+                let mut b = vec![0u8; 1 << 20];
+                let mut n = 0;
+                loop {
+                    match sys::read(pr.as_raw_fd(), &mut b).unwrap() {
+                        0 => return n,
+                        m => n += m,
+                    }
+                }
+            });
+            let start = Instant::now();
+            let out = TlsWire::of(&src, "pumpFrames").unwrap();
+            let af = a.as_raw_fd();
+            let pump = std::thread::spawn(move || {
+                let d = datafd::DataFd::for_testing(r);
+                let o = FrameOptions { block_size: 1 << 20, max_bytes: u64::MAX, marker: DATA_STATE, idle_timeout: Some(Duration::from_secs(5)), allow_splice: true };
+                let st = if tls { d.pump_frames_to(&out, "tls", &o).unwrap() } else { d.pump_frames(af, &o).unwrap() };
+                out.write_all(&[&1u64.to_be_bytes()], None, 0).unwrap();
+                sys::write(af, &1u64.to_be_bytes()).unwrap();
+                st
+            });
+            let d = datafd::DataFd::for_testing(pw);
+            let o = LoadFrameOptions { marker: DATA_STATE, max_bytes: u64::MAX, idle_timeout: Some(Duration::from_secs(5)), allow_splice: true };
+            let st = if tls { d.load_frames_from(&TlsWire::of(&dst, "loadFrames").unwrap(), "tls", &o).unwrap() } else { d.load_frames(b.as_raw_fd(), &o).unwrap() };
+            d.close();
+            let secs = start.elapsed().as_secs_f64();
+            feeder.join().unwrap();
+            pump.join().unwrap();
+            assert_eq!(drain.join().unwrap(), TOTAL);
+            assert_eq!(st.bytes as usize, TOTAL);
+            println!("{}: {:.0} MB/s ({secs:.2} s)", if tls { "tls" } else { "plain" }, TOTAL as f64 / secs / 1e6);
+        }
+    }
+}
