@@ -6,7 +6,10 @@
 // The guest arrives intact (RAM and device digests).
 import t from 'tap'
 import { MicroVm } from '../../vmm/microvm/index.js'
-import { migrate, incoming } from '../../vmm/migration/index.js'
+import { migrate, incoming, OutgoingMigration } from '../../vmm/migration/index.js'
+import { CANCEL_GRACE_MS } from '../../vmm/migration/outgoing.js'
+import { listen } from '../../vmm/channel/connect.js'
+import { loadTlsCreds } from '../../vmm/channel/tls.js'
 import { native } from '../../vmm/native/addon.js'
 import { creds, noOpenssl, until } from './helpers.js'
 
@@ -54,4 +57,26 @@ t.test('RAM and device state cross a TLS migration through the native paths, int
   const ram = stats.transferred - device
   t.ok(moved.ramSent >= ram * 0.8, `most RAM records were encrypted by ramSendPages (${moved.ramSent} of about ${ram})`)
   t.ok(moved.ramReceived >= moved.ramSent * 0.8, `and decrypted by ramLoadPages (${moved.ramReceived})`)
+})
+
+t.test('a cancel while a TLS destination does not read ends the native send within the grace period', { skip }, async (t) => {
+  const dir = await creds()
+  const src = await MicroVm.create({ role: 'source', ramSize: 64 << 20, vcpu: 'soft', workingSet: 2 << 20, vfio: { stateSize: 4 << 20, dirtyRate: 256 << 10 } })
+  t.teardown(() => src.destroy())
+  const l = await listen('tcp:127.0.0.1:0', { tls: { creds: await loadTlsCreds(dir, 'server') } })
+  t.teardown(() => l.close())
+  const before = native.tlsDataCounters()
+  const out = new OutgoingMigration(src, { parameters: { maxBandwidth: 0, downtimeLimitMs: 1, tlsCreds: dir } })
+  const result = out.start(l.address)
+  result.catch(() => undefined)
+  // Handshaken, never read: the source's native send waits once the socket is full.
+  const stuck = await l.accept()
+  t.teardown(() => stuck.close())
+  await until('the native send to fill the socket', () => native.tlsDataCounters().ramSent > before.ramSent, 30_000)
+  await new Promise(r => setTimeout(r, 300))
+  const t0 = performance.now()
+  out.cancel()
+  await t.rejects(result, { code: 'ECANCELED' })
+  const took = performance.now() - t0
+  t.ok(took < CANCEL_GRACE_MS + 2000, `cancelled in ${took.toFixed(0)} ms (grace ${CANCEL_GRACE_MS} ms)`)
 })
