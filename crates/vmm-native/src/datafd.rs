@@ -418,10 +418,10 @@ mod speed {
             d.close();
             let secs = start.elapsed().as_secs_f64();
             feeder.join().unwrap();
-            pump.join().unwrap();
+            let sent = pump.join().unwrap();
             assert_eq!(drain.join().unwrap(), TOTAL);
             assert_eq!(st.bytes as usize, TOTAL);
-            println!("{}: {:.0} MB/s ({secs:.2} s)", if tls { "tls" } else { "plain" }, TOTAL as f64 / secs / 1e6);
+            println!("{}: {:.0} MB/s ({secs:.2} s, {} frames)", if tls { "tls" } else { "plain" }, TOTAL as f64 / secs / 1e6, sent.frames);
         }
     }
 }
