@@ -444,52 +444,81 @@ impl DataFd {
         let ctx = format!("{}: loadFrames from {label}", self.label);
         self.with_fd("loadFrames", |fd| {
             let to = DataEnd { fd, backend: &*self.backend, label: &self.label };
-            LOAD_BUF.with(|cell| {
-                let mut buf = cell.borrow_mut();
-                if buf.is_empty() {
-                    buf.resize(LOAD_BLOCK, 0);
-                }
-                let mut st = LoadFrameStats { bytes: 0, frames: 0, end: LoadEnd::Limit };
-                while st.bytes < o.max_bytes {
-                    let Some(marker) = wire_be64(from, o, &ctx, &st, true)? else {
-                        st.end = LoadEnd::Eof;
-                        return Ok(st);
-                    };
-                    if marker != o.marker {
-                        st.end = LoadEnd::Marker(marker);
-                        return Ok(st);
+            // Decryption here and the device's writes on a scoped thread, at
+            // once: one buffer filled while the one before goes into the device.
+            let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize, u64)>(LOAD_BUFFERS);
+            let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(LOAD_BUFFERS);
+            for _ in 0..LOAD_BUFFERS {
+                free_tx.send(vec![0u8; LOAD_BLOCK]).expect("the receiver is alive");
+            }
+            let ctx = &ctx;
+            std::thread::scope(move |sc| {
+                let writer = sc.spawn(move || -> Result<()> {
+                    for (buf, n, at) in full_rx {
+                        write_data(&to, &buf[..n], o.idle_timeout, ctx, at)?;
+                        // Err: the reader is done and wants no more buffers.
+                        let _ = free_tx.send(buf);
                     }
-                    let size = wire_be64(from, o, &ctx, &st, false)?.expect("mid-frame end is an error");
-                    let mut left = size;
-                    while left > 0 {
-                        let want = left.min(buf.len() as u64) as usize;
-                        let n = from.read(&mut buf[..want], o.idle_timeout, st.bytes + (size - left))?;
-                        if n == 0 {
-                            return Err(VfioError::new(
-                                libc::ENODATA,
-                                "loadFrames",
-                                format!("{ctx}: frame {} after {} payload bytes", st.frames, st.bytes),
-                                Some(&format!("the channel ended {} bytes into a {size}-byte frame", size - left)),
-                            ));
+                    Ok(())
+                });
+                // None: the writer failed (its error is the one to report).
+                let read = move || -> Result<Option<LoadFrameStats>> {
+                    let mut st = LoadFrameStats { bytes: 0, frames: 0, end: LoadEnd::Limit };
+                    while st.bytes < o.max_bytes {
+                        let Some(marker) = wire_be64(from, o, ctx, &st, true)? else {
+                            st.end = LoadEnd::Eof;
+                            return Ok(Some(st));
+                        };
+                        if marker != o.marker {
+                            st.end = LoadEnd::Marker(marker);
+                            return Ok(Some(st));
                         }
-                        write_data(&to, &buf[..n], o.idle_timeout, &ctx, st.bytes + (size - left))?;
-                        left -= n as u64;
+                        let size = wire_be64(from, o, ctx, &st, false)?.expect("mid-frame end is an error");
+                        let mut left = size;
+                        while left > 0 {
+                            let Ok(mut buf) = free_rx.recv() else { return Ok(None) };
+                            let at = st.bytes + (size - left);
+                            let want = left.min(buf.len() as u64) as usize;
+                            let n = from.read(&mut buf[..want], o.idle_timeout, at)?;
+                            if n == 0 {
+                                return Err(VfioError::new(
+                                    libc::ENODATA,
+                                    "loadFrames",
+                                    format!("{ctx}: frame {} after {} payload bytes", st.frames, st.bytes),
+                                    Some(&format!("the channel ended {} bytes into a {size}-byte frame", size - left)),
+                                ));
+                            }
+                            if full_tx.send((buf, n, at)).is_err() {
+                                return Ok(None);
+                            }
+                            left -= n as u64;
+                        }
+                        st.bytes += size;
+                        st.frames += 1;
                     }
-                    st.bytes += size;
-                    st.frames += 1;
+                    Ok(Some(st))
+                };
+                // The reader's channel ends drop when it returns: the writer
+                // finishes what it was given and ends.
+                let r = read();
+                drop(read);
+                let w = writer.join().unwrap_or_else(|_| Err(VfioError::new(libc::EIO, "loadFrames", ctx, Some("the writer thread panicked"))));
+                match (r, w) {
+                    (Ok(Some(st)), Ok(())) => Ok(st),
+                    (_, Err(e)) => Err(e),
+                    (Err(e), Ok(())) => Err(e),
+                    (Ok(None), Ok(())) => Err(VfioError::new(libc::EIO, "loadFrames", ctx, Some("the writer thread ended without a word"))),
                 }
-                Ok(st)
             })
         })
     }
 }
 
-/// The payload buffer of [`DataFd::load_frames_from`]: a few TLS records.
-const LOAD_BLOCK: usize = 1 << 20;
+/// Buffers of [`DataFd::load_frames_from`] in flight between its threads.
+const LOAD_BUFFERS: usize = 3;
 
-thread_local! {
-    static LOAD_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// One buffer of [`DataFd::load_frames_from`]: many TLS records.
+const LOAD_BLOCK: usize = 1 << 20;
 
 /// All of `data` into the data fd through its backend; EAGAIN waits.
 fn write_data(to: &DataEnd<'_>, mut data: &[u8], idle: Option<Duration>, ctx: &str, done: u64) -> Result<()> {
