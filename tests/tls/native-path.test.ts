@@ -80,3 +80,11 @@ t.test('a cancel while a TLS destination does not read ends the native send with
   const took = performance.now() - t0
   t.ok(took < CANCEL_GRACE_MS + 2000, `cancelled in ${took.toFixed(0)} ms (grace ${CANCEL_GRACE_MS} ms)`)
 })
+
+t.test('a data path refuses what is neither an fd nor a TLS channel, naming the argument', async (t) => {
+  const blocks = [{ memory: new Uint8Array(4096), name: Buffer.from('pc.ram'), firstPage: 0, pages: 1 }]
+  const opts = { cursorBlock: 0, cursorPage: 0, lastSent: -1, maxPages: 1, roundPages: 0 }
+  t.throws(() => native.ramSendPages({} as never, blocks, new Uint32Array(1), opts), { code: 'EINVAL', message: /fd must be an fd number or a TLS NativeChannel, got an object that is no NativeChannel/ })
+  await t.rejects(native.fdTransfer(1.5, 1, 10), { code: 'EINVAL', message: /fromFd must be an fd number or a TLS NativeChannel, got 1\.5/ })
+  await t.rejects(native.fdTransfer(0, 'x' as never, 10), { code: 'EINVAL', message: /toFd must be an fd number or a TLS NativeChannel, got String/ })
+})

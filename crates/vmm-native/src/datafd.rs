@@ -1,7 +1,7 @@
 //! `DataFd`: the migration data fd as a JS object. It owns the fd; every
 //! call runs on a worker thread and `close()` waits for calls in flight.
 
-use crate::channel::js_channel::{target_arg, NativeChannel, Target};
+use crate::channel::js_channel::{target_arg, Target};
 use crate::channel::tls_wire::TlsWire;
 use crate::error::{blocking, fd_arg, len_arg, ms_arg, u64_arg, Blocking};
 use crate::transfer::{options, TransferOptions, TransferStats};
@@ -226,8 +226,8 @@ impl DataFd {
     /// `toFd` may be a non-blocking socket, or a TLS channel (which hands
     /// out no fd): the frames are then encrypted through its session, on
     /// the worker thread.
-    #[napi(ts_return_type = "Promise<PumpFramesResult>")]
-    pub fn pump_frames(&self, to_fd: Either<i32, ClassInstance<NativeChannel>>, opts: PumpFramesOptions) -> AsyncTask<Blocking<PumpFramesResult>> {
+    #[napi(ts_args_type = "toFd: number | NativeChannel, opts: PumpFramesOptions", ts_return_type = "Promise<PumpFramesResult>")]
+    pub fn pump_frames(&self, to_fd: Unknown<'_>, opts: PumpFramesOptions) -> AsyncTask<Blocking<PumpFramesResult>> {
         let d = self.inner.clone();
         let to = target_arg(to_fd, "toFd", "pumpFrames");
         blocking(move || {
@@ -253,8 +253,8 @@ impl DataFd {
     /// the run, which comes back as `next`. `fromFd` may be non-blocking,
     /// or a TLS channel, whose session then decrypts the frames on the
     /// worker thread (what follows them stays there for the channel's reads).
-    #[napi(ts_return_type = "Promise<LoadFramesResult>")]
-    pub fn load_frames(&self, from_fd: Either<i32, ClassInstance<NativeChannel>>, opts: LoadFramesOptions) -> AsyncTask<Blocking<LoadFramesResult>> {
+    #[napi(ts_args_type = "fromFd: number | NativeChannel, opts: LoadFramesOptions", ts_return_type = "Promise<LoadFramesResult>")]
+    pub fn load_frames(&self, from_fd: Unknown<'_>, opts: LoadFramesOptions) -> AsyncTask<Blocking<LoadFramesResult>> {
         let d = self.inner.clone();
         let from = target_arg(from_fd, "fromFd", "loadFrames");
         blocking(move || {

@@ -9,7 +9,7 @@ mod encode;
 mod mem;
 mod sock;
 
-use crate::channel::js_channel::{target_arg, NativeChannel, Target};
+use crate::channel::js_channel::{target_arg, Target};
 use crate::channel::tls_wire::TlsWire;
 use crate::error::{blocking, js_error, len_arg, Blocking, VResult};
 use mem::{GuestMem, PageBits, PAGE};
@@ -179,7 +179,7 @@ enum Wire {
     Tls(TlsWire),
 }
 
-fn wire(target: Either<i32, ClassInstance<NativeChannel>>, call: &str) -> VResult<Wire> {
+fn wire(target: Unknown<'_>, call: &str) -> VResult<Wire> {
     match target_arg(target, "fd", call)? {
         Target::Fd(fd) => Sock::dup(fd, call).map(Wire::Sock),
         Target::Tls(t) => Ok(Wire::Tls(t)),
@@ -195,7 +195,7 @@ struct SendJob {
     sock: Wire,
 }
 
-fn send_job(fd: Either<i32, ClassInstance<NativeChannel>>, blocks: Vec<RamSendBlock>, bitmap: Uint32Array, o: RamSendOptions) -> VResult<SendJob> {
+fn send_job(fd: Unknown<'_>, blocks: Vec<RamSendBlock>, bitmap: Uint32Array, o: RamSendOptions) -> VResult<SendJob> {
     const CALL: &str = "ramSendPages";
     if blocks.is_empty() {
         return Err(bad(CALL, "blocks", "must not be empty"));
@@ -273,8 +273,8 @@ fn run_send(mut j: SendJob) -> VResult<RamSendResult> {
 /// time is up. The socket must have nothing queued by the caller. A TLS
 /// channel is passed as itself (it hands out no fd): the records are then
 /// encrypted through its session on the worker thread.
-#[napi(ts_return_type = "Promise<RamSendResult>")]
-pub fn ram_send_pages(env: Env, fd: Either<i32, ClassInstance<NativeChannel>>, blocks: Vec<RamSendBlock>, bitmap: Uint32Array, options: RamSendOptions) -> Result<AsyncTask<Blocking<RamSendResult>>> {
+#[napi(ts_args_type = "fd: number | NativeChannel, blocks: Array<RamSendBlock>, bitmap: Uint32Array, options: RamSendOptions", ts_return_type = "Promise<RamSendResult>")]
+pub fn ram_send_pages(env: Env, fd: Unknown<'_>, blocks: Vec<RamSendBlock>, bitmap: Uint32Array, options: RamSendOptions) -> Result<AsyncTask<Blocking<RamSendResult>>> {
     match send_job(fd, blocks, bitmap, options) {
         Ok(j) => Ok(blocking(move || run_send(j))),
         Err(e) => Err(js_error(&env, &e)),
@@ -288,7 +288,7 @@ struct LoadJob {
     sock: Wire,
 }
 
-fn load_job(fd: Either<i32, ClassInstance<NativeChannel>>, blocks: Vec<RamLoadBlock>, o: RamLoadOptions) -> VResult<LoadJob> {
+fn load_job(fd: Unknown<'_>, blocks: Vec<RamLoadBlock>, o: RamLoadOptions) -> VResult<LoadJob> {
     const CALL: &str = "ramLoadPages";
     if blocks.is_empty() {
         return Err(bad(CALL, "blocks", "must not be empty"));
@@ -389,8 +389,8 @@ fn run_load(mut j: LoadJob) -> VResult<RamLoadResult> {
 /// head the caller already took. A TLS channel is passed as itself: records
 /// are decrypted on the worker thread, and those left for the caller stay
 /// in the session's look-ahead, which the channel's next read returns first.
-#[napi(ts_return_type = "Promise<RamLoadResult>")]
-pub fn ram_load_pages(env: Env, fd: Either<i32, ClassInstance<NativeChannel>>, blocks: Vec<RamLoadBlock>, options: RamLoadOptions) -> Result<AsyncTask<Blocking<RamLoadResult>>> {
+#[napi(ts_args_type = "fd: number | NativeChannel, blocks: Array<RamLoadBlock>, options: RamLoadOptions", ts_return_type = "Promise<RamLoadResult>")]
+pub fn ram_load_pages(env: Env, fd: Unknown<'_>, blocks: Vec<RamLoadBlock>, options: RamLoadOptions) -> Result<AsyncTask<Blocking<RamLoadResult>>> {
     match load_job(fd, blocks, options) {
         Ok(j) => Ok(blocking(move || run_load(j))),
         Err(e) => Err(js_error(&env, &e)),

@@ -2,7 +2,7 @@
 //! refused) for the stream layer, plus testing helpers that make pipes and
 //! socket pairs, which Node cannot create by itself.
 
-use crate::channel::js_channel::{target_arg, NativeChannel, Target};
+use crate::channel::js_channel::{target_arg, Target};
 use crate::error::{blocking, fd_arg, len_arg, ms_arg, Blocking, VResult};
 use napi::bindgen_prelude::*;
 use napi::Env;
@@ -158,7 +158,7 @@ fn run_tls(from: Target, to: Target, len: u64, opts: &Options) -> VResult<Stats>
 
 /// The arguments of a transfer whose ends may be TLS channels, checked on
 /// the JavaScript thread; the work for the worker thread.
-fn job(from: Either<i32, ClassInstance<NativeChannel>>, to: Either<i32, ClassInstance<NativeChannel>>, length: f64, o: Option<TransferOptions>) -> impl FnOnce() -> VResult<Stats> {
+fn job(from: Unknown<'_>, to: Unknown<'_>, length: f64, o: Option<TransferOptions>) -> impl FnOnce() -> VResult<Stats> {
     let ends = target_arg(from, "fromFd", "fdTransfer").and_then(|f| Ok((f, target_arg(to, "toFd", "fdTransfer")?)));
     move || match ends? {
         (Target::Fd(f), Target::Fd(t)) => run(f, t, length, o),
@@ -171,15 +171,15 @@ fn job(from: Either<i32, ClassInstance<NativeChannel>>, to: Either<i32, ClassIns
 /// must stay open until the Promise settles. Either end may be a TLS
 /// channel (which hands out no fd): its bytes are then decrypted or
 /// encrypted through its session, on the worker thread.
-#[napi(ts_return_type = "Promise<number>")]
-pub fn fd_transfer(from_fd: Either<i32, ClassInstance<NativeChannel>>, to_fd: Either<i32, ClassInstance<NativeChannel>>, length: f64, options: Option<TransferOptions>) -> AsyncTask<Blocking<i64>> {
+#[napi(ts_args_type = "fromFd: number | NativeChannel, toFd: number | NativeChannel, length: number, options?: TransferOptions | undefined | null", ts_return_type = "Promise<number>")]
+pub fn fd_transfer(from_fd: Unknown<'_>, to_fd: Unknown<'_>, length: f64, options: Option<TransferOptions>) -> AsyncTask<Blocking<i64>> {
     let work = job(from_fd, to_fd, length, options);
     blocking(move || Ok(work()?.bytes as i64))
 }
 
 /// `fdTransfer` resolving the full statistics (which path ran, why it stopped).
-#[napi(ts_return_type = "Promise<TransferStats>")]
-pub fn fd_transfer_stats(from_fd: Either<i32, ClassInstance<NativeChannel>>, to_fd: Either<i32, ClassInstance<NativeChannel>>, length: f64, options: Option<TransferOptions>) -> AsyncTask<Blocking<TransferStats>> {
+#[napi(ts_args_type = "fromFd: number | NativeChannel, toFd: number | NativeChannel, length: number, options?: TransferOptions | undefined | null", ts_return_type = "Promise<TransferStats>")]
+pub fn fd_transfer_stats(from_fd: Unknown<'_>, to_fd: Unknown<'_>, length: f64, options: Option<TransferOptions>) -> AsyncTask<Blocking<TransferStats>> {
     let work = job(from_fd, to_fd, length, options);
     blocking(move || Ok(TransferStats::from(work()?)))
 }

@@ -177,11 +177,28 @@ pub(crate) enum Target {
 
 /// The one place a data path's `fd | NativeChannel` argument is taken:
 /// a number is checked as an fd, a channel must carry TLS (a plaintext
-/// channel hands out its fd, which goes as a number).
-pub(crate) fn target_arg(t: Either<i32, ClassInstance<NativeChannel>>, name: &str, call: &str) -> VResult<Target> {
-    match t {
-        Either::A(fd) => fd_arg(fd, name, call).map(Target::Fd),
-        Either::B(ch) => TlsWire::of(&ch.inner, call).map(Target::Tls),
+/// channel hands out its fd, which goes as a number); anything else is
+/// EINVAL naming the argument.
+pub(crate) fn target_arg(v: Unknown<'_>, name: &str, call: &str) -> VResult<Target> {
+    let bad = |what: &str| invalid(call, &format!("{name} must be an fd number or a TLS NativeChannel, got {what}"));
+    let raw = v.value();
+    match v.get_type() {
+        Ok(ValueType::Number) => {
+            // SAFETY: a number value of the env it came with, for this call.
+            let fd = unsafe { f64::from_napi_value(raw.env, raw.value) }.map_err(|_| bad("a number that could not be read"))?;
+            if fd.fract() != 0.0 || !(i32::MIN as f64..=i32::MAX as f64).contains(&fd) {
+                return Err(bad(&format!("{fd}")));
+            }
+            fd_arg(fd as i32, name, call).map(Target::Fd)
+        }
+        Ok(ValueType::Object) => {
+            // SAFETY: an object value of the env it came with; the unwrap
+            // checks the class (its type tag) before it is used.
+            let ch = unsafe { ClassInstance::<NativeChannel>::from_napi_value(raw.env, raw.value) }.map_err(|_| bad("an object that is no NativeChannel"))?;
+            TlsWire::of(&ch.inner, call).map(Target::Tls)
+        }
+        Ok(t) => Err(bad(&format!("{t}"))),
+        Err(_) => Err(bad("a value of unknown type")),
     }
 }
 
