@@ -211,6 +211,7 @@ t.test('exec: outgoing writes to the command, incoming reads its output', async 
   const w = new MigStream(src)
   w.putBufferAsync(Buffer.alloc(300000, 9))
   t.ok(await w.writeDirect(async fd => {
+    if (typeof fd !== 'number') throw new Error('a plaintext channel hands out its fd')
     const tail = Buffer.alloc(1000, 7)
     let off = 0
     while (off < tail.length) {

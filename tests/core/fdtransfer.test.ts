@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process'
 import { connect, listen } from '../../vmm/channel/connect.js'
 import { memoryPair } from '../../vmm/channel/memory.js'
 import { MigStream } from '../../vmm/stream/stream.js'
-import { nativeFdTransfer, type FdTransfer } from '../../vmm/stream/transfer.js'
+import { nativeFdTransfer, type FdTransfer, type DirectTarget } from '../../vmm/stream/transfer.js'
 import { readFd, writeAllFd } from '../../vmm/stream/fdio.js'
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-fd-'))
@@ -20,7 +20,8 @@ function fifo(name: string): number {
 }
 
 /** A JS stand-in with the native contract, so the zero-copy branch runs without the addon. */
-const jsTransfer: FdTransfer & { calls: number } = Object.assign(async (from: number, to: number, n: number) => {
+const jsTransfer: FdTransfer & { calls: number } = Object.assign(async (from: DirectTarget, to: DirectTarget, n: number) => {
+  if (typeof from !== 'number' || typeof to !== 'number') throw new Error('the stand-in moves between fds only')
   jsTransfer.calls++
   const b = Buffer.alloc(Math.min(n, 65536))
   const got = await readFd(from, b, 0, b.length)
@@ -174,7 +175,8 @@ t.test('readDirect hands the fd over only when nothing was read ahead', async t 
   await w.flush()
   t.equal(await r.getBe32(), 7)
   let called = 0
-  const take8 = async (fd: number) => {
+  const take8 = async (fd: DirectTarget) => {
+    if (typeof fd !== 'number') throw new Error('a plaintext channel hands out its fd')
     called++
     const b = Buffer.alloc(8)
     let got = 0

@@ -137,13 +137,18 @@ export class FdChannel implements Channel {
   }
 
   // Under TLS no descriptor is handed out, not even before the handshake
-  // ends: a native transfer on it would put plaintext on the wire.
+  // ends: a native transfer on it would put plaintext on the wire. The
+  // native data paths get the channel itself instead (tlsNative).
   get fd(): number | undefined {
     return this.closed || this.tls ? undefined : this.nat.fd ?? undefined
   }
 
   get writeFd(): number | undefined {
     return this.closed || this.tls ? undefined : this.nat.writeFd ?? undefined
+  }
+
+  get tlsNative(): NativeChannel | undefined {
+    return this.closed || !this.tlsInfo ? undefined : this.nat
   }
 
   /** Settles once the TLS handshake did (at once without TLS); rejects with its error. */

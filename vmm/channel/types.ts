@@ -1,5 +1,6 @@
 // The byte transport under a migration stream (QEMU's QIOChannel). A channel is
 // full duplex: the stream writes one way, the return path reads the other.
+import type { NativeChannel } from '../../native/index.js'
 
 export type ChannelKind = 'tcp' | 'unix' | 'file' | 'exec' | 'fd' | 'memory'
 
@@ -26,6 +27,15 @@ export interface Channel {
    * `writableLength` is 0.
    */
   readonly writeFd: number | undefined
+  /**
+   * A TLS channel, once its handshake is done: the native channel whose
+   * session the native data paths (RAM pages, device-state frames) are
+   * handed instead of an fd, so that they encrypt and decrypt on a worker
+   * thread. Undefined without TLS (those paths take `fd`/`writeFd`). The
+   * same rules apply as to the fds: writes only while `writableLength` is
+   * 0, reads only between `quiesce()` and `resumeReads()`.
+   */
+  readonly tlsNative?: NativeChannel
   /** Bytes accepted by write() that the OS has not taken yet: backpressure. */
   readonly writableLength: number
   /** Read up to `length` bytes into buf at offset. Resolves 0 at end of stream. */

@@ -21,9 +21,15 @@ import { StreamError, toStreamError } from './errors.js'
 import { RateLimiter } from './rate-limit.js'
 import { realClock, type Clock } from './clock.js'
 import { readFd, writeAllFd } from './fdio.js'
-import { nativeFdTransfer, type FdTransfer } from './transfer.js'
+import { nativeFdTransfer, type FdTransfer, type DirectTarget } from './transfer.js'
 
 export const IO_BUF_SIZE = 32768
+export type { DirectTarget }
+
+function describeTarget(t: DirectTarget): string {
+  return typeof t === 'number' ? `fd ${t}` : 'TLS channel'
+}
+
 const READ_BUF_SIZE = 256 << 10
 const BOUNCE_SIZE = 1 << 20
 /** Hard cap on bytes queued but not flushed: a caller that never flushes gets ENOBUFS, not an OOM. */
@@ -90,10 +96,14 @@ export class MigStream {
     this.transfer = opts.fdTransfer === undefined ? nativeFdTransfer() : opts.fdTransfer
   }
 
-  /** Whether native code may move this stream's bytes fd to fd (the channel has an fd and the addon is there). */
+  /**
+   * Whether native code may move this stream's bytes without JavaScript
+   * buffers: the channel has an fd, or a TLS session native code encrypts
+   * through (see writeDirect), and the addon is there.
+   */
   get zeroCopy(): boolean {
     // A local stream's socket may carry descriptors, which only the channel's recvmsg keeps.
-    return this.transfer !== null && this.channel.fd !== undefined && !this.local
+    return this.transfer !== null && (this.channel.fd !== undefined || this.channel.tlsNative !== undefined) && !this.local
   }
 
   // ---- errors -------------------------------------------------------------
@@ -576,7 +586,7 @@ export class MigStream {
         this.rpos += take
         left -= take
       }
-      const src = this.channel.fd
+      const src = this.channel.fd ?? this.channel.tlsNative
       if (left > 0 && this.transfer && src !== undefined && !this.eof) {
         const ahead = await this.channel.quiesce()
         try {
@@ -650,7 +660,7 @@ export class MigStream {
     if (this.err) return 0
     let moved = 0
     try {
-      const dst = this.channel.writeFd
+      const dst = this.channel.writeFd ?? this.channel.tlsNative
       if (this.transfer && dst !== undefined && this.channel.writableLength === 0) {
         while (moved < n) {
           const m = await this.transfer(fd, dst, Math.min(n - moved, 1 << 30))
@@ -698,39 +708,41 @@ export class MigStream {
 
   /**
    * Let `fn` write straight to the channel's fd (native code, off the JS
-   * thread) after everything queued is flushed; `fn` resolves the bytes it
-   * wrote, which are accounted like puts. Resolves false, without calling
-   * `fn`, when the channel has no fd or still holds unwritten bytes: the
+   * thread) after everything queued is flushed, or under TLS through the
+   * channel's session (`fn` gets the native channel); `fn` resolves the
+   * bytes it wrote, which are accounted like puts. Resolves false, without
+   * calling `fn`, when the channel has neither or still holds unwritten bytes: the
    * caller then writes through the stream instead. A throw from `fn` fails
    * the stream (true: the bytes may be half out, so there is no falling back).
    */
-  async writeDirect(fn: (fd: number) => Promise<number>): Promise<boolean> {
+  async writeDirect(fn: (target: DirectTarget) => Promise<number>): Promise<boolean> {
     if (this.err || this.transfer === null) return false
-    const fd = this.channel.writeFd
-    if (fd === undefined) return false
+    const target = this.channel.writeFd ?? this.channel.tlsNative
+    if (target === undefined) return false
     await this.flush()
     if (this.err || this.channel.writableLength !== 0) return false
     try {
-      const n = await fn(fd)
+      const n = await fn(target)
       this.rateLimiter.account(n)
       this.written += n
     } catch (e) {
-      this.setError(e, `writeDirect(fd ${fd})`)
+      this.setError(e, `writeDirect(${describeTarget(target)})`)
     }
     return true
   }
 
   /**
    * Let `fn` read straight from the channel's fd (native code, off the JS
-   * thread) while the stream holds nothing read ahead; `fn` resolves how many
+   * thread), or under TLS through its session (`fn` gets the native
+   * channel), while the stream holds nothing read ahead; `fn` resolves how many
    * bytes it took from the fd, which then count as read. Resolves false,
    * without calling `fn`, when the channel has no fd or bytes were already
    * read ahead of the caller: the caller then reads through the stream. A
    * throw from `fn` fails the stream (true: bytes may be half taken).
    */
-  async readDirect(fn: (fd: number) => Promise<number>): Promise<boolean> {
+  async readDirect(fn: (target: DirectTarget) => Promise<number>): Promise<boolean> {
     if (this.err || this.transfer === null || this.local || this.eof || this.rend > this.rpos) return false
-    const fd = this.channel.fd
+    const fd = this.channel.fd ?? this.channel.tlsNative
     if (fd === undefined) return false
     const ahead = await this.channel.quiesce()
     try {
@@ -742,7 +754,7 @@ export class MigStream {
       try {
         this.consumedBefore += await fn(fd)
       } catch (e) {
-        this.setError(e, `readDirect(fd ${fd})`)
+        this.setError(e, `readDirect(${describeTarget(fd)})`)
       }
       return true
     } finally {

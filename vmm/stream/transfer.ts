@@ -2,10 +2,17 @@
 // addon may be absent or older than this code; then streams use their
 // bounce-buffer fallback.
 import { optionalNative } from '../native/optional.js'
+import type { NativeChannel } from '../../native/index.js'
 
-export type FdTransfer = (fromFd: number, toFd: number, length: number, opts?: { allowSplice?: boolean }) => Promise<number>
+/**
+ * One end of a native transfer: an fd, or under TLS the native channel
+ * whose session the bytes must go through (it hands out no fd).
+ */
+export type DirectTarget = number | NativeChannel
 
-const fdTransfer = optionalNative<(a: number, b: number, n: number, o?: { allowSplice?: boolean }) => Promise<number | bigint>>('fdTransfer')
+export type FdTransfer = (from: DirectTarget, to: DirectTarget, length: number, opts?: { allowSplice?: boolean }) => Promise<number>
+
+const fdTransfer = optionalNative<(a: DirectTarget, b: DirectTarget, n: number, o?: { allowSplice?: boolean }) => Promise<number | bigint>>('fdTransfer')
 const detected: FdTransfer | null = fdTransfer ? (a, b, n, o) => fdTransfer(a, b, n, o).then(Number) : null
 
 /** The native transfer, or null when the addon does not provide one. */

@@ -16,7 +16,7 @@ use vfio_uapi::abi::{vfio_precopy_info, Pod};
 use vfio_uapi::DeviceState;
 
 mod frames;
-pub use frames::{FrameOptions, FrameStats, LoadEnd, LoadFrameOptions, LoadFrameStats, MAX_FRAME_BLOCK};
+pub use frames::{FrameOptions, FrameStats, FrameWire, LoadEnd, LoadFrameOptions, LoadFrameStats, MAX_FRAME_BLOCK};
 
 /// A migration data fd, owned; every call runs through its device's backend.
 pub struct DataFd {

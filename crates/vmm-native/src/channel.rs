@@ -28,4 +28,5 @@ pub mod listen;
 pub mod options;
 pub mod tls;
 pub mod tls_creds;
+pub mod tls_wire;
 pub mod js_tls;

@@ -1,6 +1,8 @@
 //! `DataFd`: the migration data fd as a JS object. It owns the fd; every
 //! call runs on a worker thread and `close()` waits for calls in flight.
 
+use crate::channel::js_channel::{target_arg, Target};
+use crate::channel::tls_wire::TlsWire;
 use crate::error::{blocking, fd_arg, len_arg, ms_arg, u64_arg, Blocking};
 use crate::transfer::{options, TransferOptions, TransferStats};
 use napi::bindgen_prelude::*;
@@ -77,6 +79,16 @@ pub struct LoadFramesResult {
     pub end: String,
     /// The be64 that ended the run, when `end` is 'marker'.
     pub next: Option<BigInt>,
+}
+
+impl datafd::FrameWire for TlsWire {
+    fn write_all(&self, bufs: &[&[u8]], idle: Option<std::time::Duration>, after: u64) -> vfio_core::kernel::Result<()> {
+        TlsWire::write_all(self, bufs, idle, after)
+    }
+
+    fn read(&self, buf: &mut [u8], idle: Option<std::time::Duration>, after: u64) -> vfio_core::kernel::Result<usize> {
+        TlsWire::read(self, buf, idle, after)
+    }
 }
 
 #[napi]
@@ -211,12 +223,15 @@ impl DataFd {
     /// Writes the data fd's bytes to `toFd` as QEMU VFIO frames (be64
     /// marker, be64 size, the bytes), all on a worker thread: spliced fd to
     /// fd where the data fd allows it, else read into reused native buffers.
-    /// `toFd` may be a non-blocking socket.
-    #[napi(ts_return_type = "Promise<PumpFramesResult>")]
-    pub fn pump_frames(&self, to_fd: i32, opts: PumpFramesOptions) -> AsyncTask<Blocking<PumpFramesResult>> {
+    /// `toFd` may be a non-blocking socket, or a TLS channel (which hands
+    /// out no fd): the frames are then encrypted through its session, on
+    /// the worker thread.
+    #[napi(ts_args_type = "toFd: number | NativeChannel, opts: PumpFramesOptions", ts_return_type = "Promise<PumpFramesResult>")]
+    pub fn pump_frames(&self, to_fd: Unknown<'_>, opts: PumpFramesOptions) -> AsyncTask<Blocking<PumpFramesResult>> {
         let d = self.inner.clone();
+        let to = target_arg(to_fd, "toFd", "pumpFrames");
         blocking(move || {
-            let to = fd_arg(to_fd, "toFd", "pumpFrames")?;
+            let to = to?;
             let o = datafd::FrameOptions {
                 block_size: opts.block_size as usize,
                 max_bytes: len_arg(opts.max_bytes, "maxBytes", "pumpFrames")?,
@@ -224,7 +239,10 @@ impl DataFd {
                 idle_timeout: ms_arg(opts.idle_timeout_ms, "idleTimeoutMs", "pumpFrames")?,
                 allow_splice: opts.allow_splice.unwrap_or(true),
             };
-            let st = d.pump_frames(to, &o)?;
+            let st = match &to {
+                Target::Fd(fd) => d.pump_frames(*fd, &o)?,
+                Target::Tls(w) => d.pump_frames_to(w, "the TLS channel", &o)?,
+            };
             Ok(PumpFramesResult { bytes: st.bytes as f64, frames: st.frames.min(u32::MAX as u64) as u32, spliced: st.spliced.min(u32::MAX as u64) as u32, end: st.end.name().to_string() })
         })
     }
@@ -232,12 +250,15 @@ impl DataFd {
     /// Takes frames (be64 marker, be64 size, payload) from `fromFd` while
     /// their marker is `marker` and writes each payload into the data fd
     /// (RESUMING), on a worker thread. Reads nothing past the be64 that ends
-    /// the run, which comes back as `next`. `fromFd` may be non-blocking.
-    #[napi(ts_return_type = "Promise<LoadFramesResult>")]
-    pub fn load_frames(&self, from_fd: i32, opts: LoadFramesOptions) -> AsyncTask<Blocking<LoadFramesResult>> {
+    /// the run, which comes back as `next`. `fromFd` may be non-blocking,
+    /// or a TLS channel, whose session then decrypts the frames on the
+    /// worker thread (what follows them stays there for the channel's reads).
+    #[napi(ts_args_type = "fromFd: number | NativeChannel, opts: LoadFramesOptions", ts_return_type = "Promise<LoadFramesResult>")]
+    pub fn load_frames(&self, from_fd: Unknown<'_>, opts: LoadFramesOptions) -> AsyncTask<Blocking<LoadFramesResult>> {
         let d = self.inner.clone();
+        let from = target_arg(from_fd, "fromFd", "loadFrames");
         blocking(move || {
-            let from = fd_arg(from_fd, "fromFd", "loadFrames")?;
+            let from = from?;
             let o = datafd::LoadFrameOptions {
                 marker: u64_arg(&opts.marker, "marker", "loadFrames")?,
                 max_bytes: match opts.max_bytes {
@@ -247,7 +268,10 @@ impl DataFd {
                 idle_timeout: ms_arg(opts.idle_timeout_ms, "idleTimeoutMs", "loadFrames")?,
                 allow_splice: opts.allow_splice.unwrap_or(true),
             };
-            let st = d.load_frames(from, &o)?;
+            let st = match &from {
+                Target::Fd(fd) => d.load_frames(*fd, &o)?,
+                Target::Tls(w) => d.load_frames_from(w, "the TLS channel", &o)?,
+            };
             let (end, next) = match st.end {
                 datafd::LoadEnd::Marker(m) => ("marker", Some(BigInt::from(m))),
                 datafd::LoadEnd::Limit => ("limit", None),
@@ -255,5 +279,149 @@ impl DataFd {
             };
             Ok(LoadFramesResult { bytes: st.bytes as f64, frames: st.frames.min(u32::MAX as u64) as u32, consumed: st.consumed() as f64, end: end.to_string(), next })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::channel::tls_wire::tests::tls_pair;
+    use crate::channel::tls_wire::TlsWire;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+    use vfio_core::datafd::{self, FrameOptions, LoadEnd, LoadFrameOptions};
+    use vmm_sys as sys;
+
+    const DATA_STATE: u64 = 0xffff_ffff_ef10_0004;
+
+    fn drain(fd: std::os::fd::OwnedFd) -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut b = vec![0u8; 1 << 16];
+        loop {
+            match sys::read(fd.as_raw_fd(), &mut b).unwrap() {
+                0 => return v,
+                n => v.extend_from_slice(&b[..n]),
+            }
+        }
+    }
+
+    /// Device state through a TLS session: frames pumped from one data fd
+    /// arrive whole in the other, the be64 after them ends the load and
+    /// what follows stays for the channel's reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_cross_a_tls_session_and_stop_at_the_next_marker() {
+        let (dst, src) = tls_pair("frames").await;
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 247) as u8).collect();
+        let (r, w) = sys::pipe().unwrap();
+        let feed = data.clone();
+        let feeder = std::thread::spawn(move || {
+            let mut off = 0;
+            while off < feed.len() {
+                off += sys::write(w.as_raw_fd(), &feed[off..]).unwrap();
+            }
+        });
+        let out = TlsWire::of(&src, "pumpFrames").unwrap();
+        let pump = std::thread::spawn(move || {
+            let d = datafd::DataFd::for_testing(r);
+            let o = FrameOptions { block_size: 1 << 20, max_bytes: u64::MAX, marker: DATA_STATE, idle_timeout: Some(Duration::from_secs(5)), allow_splice: true };
+            let st = d.pump_frames_to(&out, "the TLS channel", &o).unwrap();
+            out.write_all(&[&0xffff_ffff_ef10_0001u64.to_be_bytes(), b"rest"], None, 0).unwrap();
+            st
+        });
+        let (pr, pw) = sys::pipe().unwrap();
+        let reader = std::thread::spawn(move || drain(pr));
+        let input = TlsWire::of(&dst, "loadFrames").unwrap();
+        let d = datafd::DataFd::for_testing(pw);
+        let o = LoadFrameOptions { marker: DATA_STATE, max_bytes: u64::MAX, idle_timeout: Some(Duration::from_secs(5)), allow_splice: true };
+        let st = d.load_frames_from(&input, "the TLS channel", &o).unwrap();
+        feeder.join().unwrap();
+        let sent = pump.join().unwrap();
+        assert_eq!((sent.bytes, sent.spliced), (3_000_000, 0));
+        assert_eq!((st.bytes, st.frames, st.end), (3_000_000, sent.frames, LoadEnd::Marker(0xffff_ffff_ef10_0001)));
+        d.close();
+        assert!(reader.join().unwrap() == data, "device state differs");
+        let mut b = [0u8; 16];
+        let n = input.read(&mut b, Some(Duration::from_secs(5)), 0).unwrap();
+        assert_eq!(&b[..n], b"rest");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_cut_by_a_close_without_close_notify_fails_the_load() {
+        let (dst, src) = tls_pair("frames-cut").await;
+        let out = TlsWire::of(&src, "pumpFrames").unwrap();
+        let mut head = DATA_STATE.to_be_bytes().to_vec();
+        head.extend_from_slice(&100u64.to_be_bytes());
+        out.write_all(&[&head, &[1u8; 40]], None, 0).unwrap();
+        src.shutdown();
+        let (_pr, pw) = sys::pipe().unwrap();
+        let d = datafd::DataFd::for_testing(pw);
+        let o = LoadFrameOptions { marker: DATA_STATE, max_bytes: u64::MAX, idle_timeout: Some(Duration::from_secs(5)), allow_splice: true };
+        let e = d.load_frames_from(&TlsWire::of(&dst, "loadFrames").unwrap(), "the TLS channel", &o).unwrap_err();
+        assert_eq!(e.errno, libc::ECONNRESET, "{}", e.message);
+        assert!(e.message.contains("truncated"), "{}", e.message);
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use crate::channel::tls_wire::tests::tls_pair;
+    use crate::channel::tls_wire::TlsWire;
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+    use vfio_core::datafd::{self, FrameOptions, LoadFrameOptions};
+    use vmm_sys as sys;
+
+    const DATA_STATE: u64 = 0xffff_ffff_ef10_0004;
+    const TOTAL: usize = 512 << 20;
+
+    /// Not a test: `cargo test --release -p vmm-native speed -- --ignored --nocapture`
+    /// prints how fast device state crosses a socket pair, plain and through TLS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn device_state_rate_plain_and_tls() {
+        for tls in [false, true] {
+            let (dst, src) = tls_pair("speed").await;
+            let (a, b) = sys::socketpair().unwrap();
+            let (r, w) = sys::pipe().unwrap();
+            let feeder = std::thread::spawn(move || {
+                let chunk = vec![5u8; 1 << 20];
+                let mut left = TOTAL;
+                while left > 0 {
+                    let n = sys::write(w.as_raw_fd(), &chunk[..left.min(chunk.len())]).unwrap();
+                    left -= n;
+                }
+            });
+            let (pr, pw) = sys::pipe().unwrap();
+            let drain = std::thread::spawn(move || {
+                let mut b = vec![0u8; 1 << 20];
+                let mut n = 0;
+                loop {
+                    match sys::read(pr.as_raw_fd(), &mut b).unwrap() {
+                        0 => return n,
+                        m => n += m,
+                    }
+                }
+            });
+            let start = Instant::now();
+            let out = TlsWire::of(&src, "pumpFrames").unwrap();
+            let af = a.as_raw_fd();
+            let pump = std::thread::spawn(move || {
+                let d = datafd::DataFd::for_testing(r);
+                let o = FrameOptions { block_size: 1 << 20, max_bytes: u64::MAX, marker: DATA_STATE, idle_timeout: Some(Duration::from_secs(5)), allow_splice: true };
+                let st = if tls { d.pump_frames_to(&out, "tls", &o).unwrap() } else { d.pump_frames(af, &o).unwrap() };
+                out.write_all(&[&1u64.to_be_bytes()], None, 0).unwrap();
+                sys::write(af, &1u64.to_be_bytes()).unwrap();
+                st
+            });
+            let d = datafd::DataFd::for_testing(pw);
+            let o = LoadFrameOptions { marker: DATA_STATE, max_bytes: u64::MAX, idle_timeout: Some(Duration::from_secs(5)), allow_splice: true };
+            let st = if tls { d.load_frames_from(&TlsWire::of(&dst, "loadFrames").unwrap(), "tls", &o).unwrap() } else { d.load_frames(b.as_raw_fd(), &o).unwrap() };
+            d.close();
+            let secs = start.elapsed().as_secs_f64();
+            feeder.join().unwrap();
+            let sent = pump.join().unwrap();
+            assert_eq!(drain.join().unwrap(), TOTAL);
+            assert_eq!(st.bytes as usize, TOTAL);
+            println!("{}: {:.0} MB/s ({secs:.2} s, {} frames)", if tls { "tls" } else { "plain" }, TOTAL as f64 / secs / 1e6, sent.frames);
+        }
     }
 }

@@ -9,6 +9,8 @@ mod encode;
 mod mem;
 mod sock;
 
+use crate::channel::js_channel::{target_arg, Target};
+use crate::channel::tls_wire::TlsWire;
 use crate::error::{blocking, js_error, len_arg, Blocking, VResult};
 use mem::{GuestMem, PageBits, PAGE};
 use napi::bindgen_prelude::*;
@@ -152,16 +154,48 @@ impl encode::Sink for Sock {
     }
 }
 
+impl encode::Sink for TlsWire {
+    unsafe fn write_all(&mut self, iov: &mut [libc::iovec], after: u64) -> VResult<()> {
+        // SAFETY: each iovec is readable for iov_len bytes until we return
+        // (Sink's contract), and the slices do not outlive this call.
+        let bufs: Vec<&[u8]> = iov.iter().map(|v| unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) }).collect();
+        TlsWire::write_all(self, &bufs, None, after)
+    }
+}
+
+impl decode::Source for TlsWire {
+    fn take(&self, after: u64, f: &mut dyn FnMut(&[u8]) -> usize) -> VResult<usize> {
+        TlsWire::take(self, decode::PEEK_SIZE, after, f)
+    }
+
+    fn wait_more(&self, have: usize, after: u64) -> VResult<bool> {
+        TlsWire::wait_more(self, have, decode::PEEK_SIZE, after)
+    }
+}
+
+/// The socket's dup, or the TLS channel, a RAM call works on.
+enum Wire {
+    Sock(Sock),
+    Tls(TlsWire),
+}
+
+fn wire(target: Unknown<'_>, call: &str) -> VResult<Wire> {
+    match target_arg(target, "fd", call)? {
+        Target::Fd(fd) => Sock::dup(fd, call).map(Wire::Sock),
+        Target::Tls(t) => Ok(Wire::Tls(t)),
+    }
+}
+
 struct SendJob {
     blocks: Vec<RamSendBlock>,
     layout: Vec<(usize, usize)>,
     bitmap: Uint32Array,
     cursor: encode::Cursor,
     limits: encode::Limits,
-    sock: Sock,
+    sock: Wire,
 }
 
-fn send_job(fd: i32, blocks: Vec<RamSendBlock>, bitmap: Uint32Array, o: RamSendOptions) -> VResult<SendJob> {
+fn send_job(fd: Unknown<'_>, blocks: Vec<RamSendBlock>, bitmap: Uint32Array, o: RamSendOptions) -> VResult<SendJob> {
     const CALL: &str = "ramSendPages";
     if blocks.is_empty() {
         return Err(bad(CALL, "blocks", "must not be empty"));
@@ -202,8 +236,7 @@ fn send_job(fd: i32, blocks: Vec<RamSendBlock>, bitmap: Uint32Array, o: RamSendO
         stop_at_clock: o.stop_at_clock.unwrap_or(false),
     };
     let cursor = encode::Cursor { block: cb, page: cp, last_sent: usize::try_from(o.last_sent).ok() };
-    let fd = crate::error::fd_arg(fd, "fd", CALL)?;
-    let sock = Sock::dup(fd, CALL)?;
+    let sock = wire(fd, CALL)?;
     Ok(SendJob { blocks, layout, bitmap, cursor, limits, sock })
 }
 
@@ -218,7 +251,11 @@ fn run_send(mut j: SendJob) -> VResult<RamSendResult> {
         .collect();
     // SAFETY: the saver does not touch its bitmap until this call settles.
     let words = unsafe { j.bitmap.as_mut() };
-    let s = encode::send(&blocks, words, &mut j.cursor, &j.limits, &mut j.sock)?;
+    let sink: &mut dyn encode::Sink = match &mut j.sock {
+        Wire::Sock(s) => s,
+        Wire::Tls(t) => t,
+    };
+    let s = encode::send(&blocks, words, &mut j.cursor, &j.limits, sink)?;
     Ok(RamSendResult {
         normal_pages: s.normal as f64,
         zero_pages: s.zero as f64,
@@ -233,9 +270,11 @@ fn run_send(mut j: SendJob) -> VResult<RamSendResult> {
 /// Sends dirty pages from guest memory to the socket `fd` as QEMU RAM
 /// records, clearing their bits in `bitmap` (RamSaver's send bitmap), until
 /// `maxPages` went, the bitmap has none left, `maxBytes` is reached or the
-/// time is up. The socket must have nothing queued by the caller.
-#[napi(ts_return_type = "Promise<RamSendResult>")]
-pub fn ram_send_pages(env: Env, fd: i32, blocks: Vec<RamSendBlock>, bitmap: Uint32Array, options: RamSendOptions) -> Result<AsyncTask<Blocking<RamSendResult>>> {
+/// time is up. The socket must have nothing queued by the caller. A TLS
+/// channel is passed as itself (it hands out no fd): the records are then
+/// encrypted through its session on the worker thread.
+#[napi(ts_args_type = "fd: number | NativeChannel, blocks: Array<RamSendBlock>, bitmap: Uint32Array, options: RamSendOptions", ts_return_type = "Promise<RamSendResult>")]
+pub fn ram_send_pages(env: Env, fd: Unknown<'_>, blocks: Vec<RamSendBlock>, bitmap: Uint32Array, options: RamSendOptions) -> Result<AsyncTask<Blocking<RamSendResult>>> {
     match send_job(fd, blocks, bitmap, options) {
         Ok(j) => Ok(blocking(move || run_send(j))),
         Err(e) => Err(js_error(&env, &e)),
@@ -246,10 +285,10 @@ struct LoadJob {
     blocks: Vec<RamLoadBlock>,
     state: decode::State,
     base: u64,
-    sock: Sock,
+    sock: Wire,
 }
 
-fn load_job(fd: i32, blocks: Vec<RamLoadBlock>, o: RamLoadOptions) -> VResult<LoadJob> {
+fn load_job(fd: Unknown<'_>, blocks: Vec<RamLoadBlock>, o: RamLoadOptions) -> VResult<LoadJob> {
     const CALL: &str = "ramLoadPages";
     if blocks.is_empty() {
         return Err(bad(CALL, "blocks", "must not be empty"));
@@ -287,8 +326,7 @@ fn load_job(fd: i32, blocks: Vec<RamLoadBlock>, o: RamLoadOptions) -> VResult<Lo
             Some(decode::Pending { block, offset, zero: p.zero, got, at: len_arg(p.at, "pending.at", CALL)? })
         }
     };
-    let fd = crate::error::fd_arg(fd, "fd", CALL)?;
-    let sock = Sock::dup(fd, CALL)?;
+    let sock = wire(fd, CALL)?;
     let state = decode::State { last: usize::try_from(o.last).ok(), pending, normal: 0, zero: 0 };
     Ok(LoadJob { blocks, state, base, sock })
 }
@@ -315,7 +353,11 @@ fn run_load(mut j: LoadJob) -> VResult<RamLoadResult> {
         .zip(&received)
         .map(|((b, &mem), &received)| decode::Block { mem, name: &b.name, received })
         .collect();
-    let (consumed, end) = decode::load(&j.sock, &blocks, &mut j.state, j.base)?;
+    let source: &dyn decode::Source = match &j.sock {
+        Wire::Sock(s) => s,
+        Wire::Tls(t) => t,
+    };
+    let (consumed, end) = decode::load(source, &blocks, &mut j.state, j.base)?;
     let st = &j.state;
     // A failed record is the one still pending.
     let p = st.pending;
@@ -344,11 +386,64 @@ fn run_load(mut j: LoadJob) -> VResult<RamLoadResult> {
 /// Reads RAM records from the socket `fd` into the blocks' memory until EOS
 /// or a record it leaves to the caller (which stays in the socket). Takes
 /// nothing past the records it applied; `pending` finishes a record whose
-/// head the caller already took.
-#[napi(ts_return_type = "Promise<RamLoadResult>")]
-pub fn ram_load_pages(env: Env, fd: i32, blocks: Vec<RamLoadBlock>, options: RamLoadOptions) -> Result<AsyncTask<Blocking<RamLoadResult>>> {
+/// head the caller already took. A TLS channel is passed as itself: records
+/// are decrypted on the worker thread, and those left for the caller stay
+/// in the session's look-ahead, which the channel's next read returns first.
+#[napi(ts_args_type = "fd: number | NativeChannel, blocks: Array<RamLoadBlock>, options: RamLoadOptions", ts_return_type = "Promise<RamLoadResult>")]
+pub fn ram_load_pages(env: Env, fd: Unknown<'_>, blocks: Vec<RamLoadBlock>, options: RamLoadOptions) -> Result<AsyncTask<Blocking<RamLoadResult>>> {
     match load_job(fd, blocks, options) {
         Ok(j) => Ok(blocking(move || run_load(j))),
         Err(e) => Err(js_error(&env, &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::tls_wire::tests::tls_pair;
+    use crate::channel::tls_wire::TlsWire;
+
+    /// RAM records through a TLS session both ways: the encoder's sink
+    /// encrypts, the decoder peeks the decrypted look-ahead, and the record
+    /// it leaves for RamLoader is what the channel's next read returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_cross_a_tls_session_and_what_the_decoder_leaves_is_read_next() {
+        let (dst, src) = tls_pair("ram").await;
+        let pages = 600;
+        let mut ram: Vec<u8> = (0..pages * PAGE).map(|i| (i / PAGE * 7 + i % 13) as u8).collect();
+        ram[5 * PAGE..6 * PAGE].fill(0);
+        let expect = ram.clone();
+        let mut out = TlsWire::of(&src, "ramSendPages").unwrap();
+        let sender = std::thread::spawn(move || {
+            // SAFETY: `ram` outlives the send, which is all this block does.
+            let mem = unsafe { GuestMem::new(ram.as_mut_ptr(), ram.len()) };
+            let blocks = [encode::Block { mem, name: b"pc.ram", first_page: 0, pages }];
+            let mut words = vec![!0u32; pages.div_ceil(32)];
+            let mut cur = encode::Cursor { block: 0, page: 0, last_sent: None };
+            let lim = encode::Limits { max_pages: pages as u64, max_bytes: None, deadline: None, round_pages: 0, stop_at_clock: false };
+            let s = encode::send(&blocks, &mut words, &mut cur, &lim, &mut out).unwrap();
+            // A MEM_SIZE record: not the decoder's, RamLoader's.
+            out.write_all(&[&(8u64 << 20 | 0x04).to_be_bytes(), b"tail"], None, s.bytes).unwrap();
+            s
+        });
+        let mut mem = vec![1u8; pages * PAGE];
+        // SAFETY: `mem` outlives the load.
+        let blocks = [decode::Block { mem: unsafe { GuestMem::new(mem.as_mut_ptr(), mem.len()) }, name: b"pc.ram", received: None }];
+        let mut st = decode::State::default();
+        let input = TlsWire::of(&dst, "ramLoadPages").unwrap();
+        let (consumed, end) = decode::load(&input, &blocks, &mut st, 0).unwrap();
+        let sent = sender.join().unwrap();
+        assert_eq!((end, consumed), (decode::End::Stop, sent.bytes));
+        assert_eq!((st.normal, st.zero), (sent.normal, sent.zero));
+        assert_eq!(st.zero, 1);
+        assert!(mem == expect, "guest memory differs");
+        let mut rest = vec![0u8; 64];
+        let mut got = Vec::new();
+        while got.len() < 12 {
+            let n = input.read(&mut rest, Some(Duration::from_secs(5)), 0).unwrap();
+            got.extend_from_slice(&rest[..n]);
+        }
+        assert_eq!(&got[..8], &(8u64 << 20 | 0x04).to_be_bytes());
+        assert_eq!(&got[8..], b"tail");
     }
 }

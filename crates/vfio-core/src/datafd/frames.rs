@@ -71,9 +71,7 @@ impl DataFd {
     /// `max_bytes` of payload went out ('limit'). `to` may be non-blocking.
     pub fn pump_frames(&self, to: RawFd, o: &FrameOptions) -> Result<FrameStats> {
         let ctx = format!("{}: pumpFrames to fd {to}", self.label);
-        if o.block_size == 0 || o.block_size > MAX_FRAME_BLOCK {
-            return Err(VfioError::invalid("pumpFrames", &ctx, &format!("blockSize must be 1..{MAX_FRAME_BLOCK}, got {}", o.block_size)));
-        }
+        check_block(o, &ctx)?;
         self.with_fd("pumpFrames", |fd| {
             let held = super::hold(to).map_err(|e| VfioError::from_io(&e, "pumpFrames", &ctx))?;
             let to = held.as_raw_fd();
@@ -83,9 +81,27 @@ impl DataFd {
                 }
                 self.splice_refused.store(true, Ordering::Relaxed);
             }
-            if o.max_bytes > o.block_size as u64 {
-                return self.pump_overlapped(fd, to, o, &ctx);
-            }
+            self.pump_read(fd, To::Fd(to), o, &ctx)
+        })
+    }
+
+    /// [`DataFd::pump_frames`] to a channel that is no descriptor (a TLS
+    /// session, `label` in messages): the data fd is read into native
+    /// buffers, never spliced, and each frame goes through `to`.
+    pub fn pump_frames_to(&self, to: &dyn FrameWire, label: &str, o: &FrameOptions) -> Result<FrameStats> {
+        let ctx = format!("{}: pumpFrames to {label}", self.label);
+        check_block(o, &ctx)?;
+        self.with_fd("pumpFrames", |fd| self.pump_read(fd, To::Wire(to), o, &ctx))
+    }
+
+    /// The pump that reads the data fd: overlapped with the writes when
+    /// more than one block may go, else one block at a time.
+    fn pump_read(&self, fd: RawFd, to: To<'_>, o: &FrameOptions, ctx: &str) -> Result<FrameStats> {
+        if o.max_bytes > o.block_size as u64 {
+            return self.pump_overlapped(fd, to, o, ctx);
+        }
+        {
+            let ctx = ctx.to_string();
             FRAME_BUF.with(|cell| {
                 let mut buf = cell.borrow_mut();
                 if buf.len() < o.block_size {
@@ -105,13 +121,13 @@ impl DataFd {
                             return Ok(st);
                         }
                     };
-                    write_frame(to, &header(o.marker, n), &buf[..n], o, &ctx, st.bytes)?;
+                    to.frame(&header(o.marker, n), &buf[..n], o, &ctx, st.bytes)?;
                     st.bytes += n as u64;
                     st.frames += 1;
                 }
                 Ok(st)
             })
-        })
+        }
     }
 
     /// The splice path; None when the data fd refuses splice before any
@@ -212,7 +228,7 @@ impl DataFd {
     /// scoped reader thread fills one buffer while this thread writes the
     /// other. The reader applies the limit itself, so it never reads a block
     /// that would not be sent.
-    fn pump_overlapped(&self, fd: RawFd, to: RawFd, o: &FrameOptions, ctx: &str) -> Result<FrameStats> {
+    fn pump_overlapped(&self, fd: RawFd, to: To<'_>, o: &FrameOptions, ctx: &str) -> Result<FrameStats> {
         enum Msg {
             Block(Vec<u8>, usize),
             End(transfer::End),
@@ -256,7 +272,7 @@ impl DataFd {
                 match full_rx.recv() {
                     Ok(Msg::Block(buf, n)) => {
                         // On error, returning drops full_rx and free_tx, which ends the reader.
-                        write_frame(to, &header(o.marker, n), &buf[..n], o, ctx, st.bytes)?;
+                        to.frame(&header(o.marker, n), &buf[..n], o, ctx, st.bytes)?;
                         st.bytes += n as u64;
                         st.frames += 1;
                         let _ = free_tx.send(buf);
@@ -292,6 +308,41 @@ impl DataFd {
             }
         }
     }
+}
+
+/// A channel the frames go to or come from that is no descriptor of its
+/// own: a TLS session, whose bytes must all be encrypted and decrypted.
+/// Its calls wait by themselves (for room, for bytes, at most `idle`) and
+/// say in their errors what failed; `after` is payload moved before, for
+/// those messages.
+pub trait FrameWire {
+    /// Writes all of `bufs`.
+    fn write_all(&self, bufs: &[&[u8]], idle: Option<Duration>, after: u64) -> Result<()>;
+    /// Reads at least one byte into `buf`, never more; 0 at a clean end.
+    fn read(&self, buf: &mut [u8], idle: Option<Duration>, after: u64) -> Result<usize>;
+}
+
+/// Where the pump writes its frames.
+#[derive(Clone, Copy)]
+enum To<'a> {
+    Fd(RawFd),
+    Wire(&'a dyn FrameWire),
+}
+
+impl To<'_> {
+    fn frame(&self, head: &[u8; 16], data: &[u8], o: &FrameOptions, ctx: &str, done: u64) -> Result<()> {
+        match *self {
+            To::Fd(fd) => write_frame(fd, head, data, o, ctx, done),
+            To::Wire(w) => w.write_all(&[head, data], o.idle_timeout, done),
+        }
+    }
+}
+
+fn check_block(o: &FrameOptions, ctx: &str) -> Result<()> {
+    if o.block_size == 0 || o.block_size > MAX_FRAME_BLOCK {
+        return Err(VfioError::invalid("pumpFrames", ctx, &format!("blockSize must be 1..{MAX_FRAME_BLOCK}, got {}", o.block_size)));
+    }
+    Ok(())
 }
 
 fn header(marker: u64, n: usize) -> [u8; 16] {
@@ -382,6 +433,126 @@ impl DataFd {
             Ok(st)
         })
     }
+}
+
+impl DataFd {
+    /// [`DataFd::load_frames`] from a channel that is no descriptor (a TLS
+    /// session, `label` in messages): each payload is read from `from` into
+    /// a native buffer and written into the data fd. As there, nothing past
+    /// the be64 that ends the run is taken from `from`.
+    pub fn load_frames_from(&self, from: &dyn FrameWire, label: &str, o: &LoadFrameOptions) -> Result<LoadFrameStats> {
+        let ctx = format!("{}: loadFrames from {label}", self.label);
+        self.with_fd("loadFrames", |fd| {
+            let to = DataEnd { fd, backend: &*self.backend, label: &self.label };
+            // Decryption here and the device's writes on a scoped thread, at
+            // once: one buffer filled while the one before goes into the device.
+            let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize, u64)>(LOAD_BUFFERS);
+            let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(LOAD_BUFFERS);
+            for _ in 0..LOAD_BUFFERS {
+                free_tx.send(vec![0u8; LOAD_BLOCK]).expect("the receiver is alive");
+            }
+            let ctx = &ctx;
+            std::thread::scope(move |sc| {
+                let writer = sc.spawn(move || -> Result<()> {
+                    for (buf, n, at) in full_rx {
+                        write_data(&to, &buf[..n], o.idle_timeout, ctx, at)?;
+                        // Err: the reader is done and wants no more buffers.
+                        let _ = free_tx.send(buf);
+                    }
+                    Ok(())
+                });
+                // None: the writer failed (its error is the one to report).
+                let read = move || -> Result<Option<LoadFrameStats>> {
+                    let mut st = LoadFrameStats { bytes: 0, frames: 0, end: LoadEnd::Limit };
+                    while st.bytes < o.max_bytes {
+                        let Some(marker) = wire_be64(from, o, ctx, &st, true)? else {
+                            st.end = LoadEnd::Eof;
+                            return Ok(Some(st));
+                        };
+                        if marker != o.marker {
+                            st.end = LoadEnd::Marker(marker);
+                            return Ok(Some(st));
+                        }
+                        let size = wire_be64(from, o, ctx, &st, false)?.expect("mid-frame end is an error");
+                        let mut left = size;
+                        while left > 0 {
+                            let Ok(mut buf) = free_rx.recv() else { return Ok(None) };
+                            let at = st.bytes + (size - left);
+                            let want = left.min(buf.len() as u64) as usize;
+                            let n = from.read(&mut buf[..want], o.idle_timeout, at)?;
+                            if n == 0 {
+                                return Err(VfioError::new(
+                                    libc::ENODATA,
+                                    "loadFrames",
+                                    format!("{ctx}: frame {} after {} payload bytes", st.frames, st.bytes),
+                                    Some(&format!("the channel ended {} bytes into a {size}-byte frame", size - left)),
+                                ));
+                            }
+                            if full_tx.send((buf, n, at)).is_err() {
+                                return Ok(None);
+                            }
+                            left -= n as u64;
+                        }
+                        st.bytes += size;
+                        st.frames += 1;
+                    }
+                    Ok(Some(st))
+                };
+                // The reader's channel ends drop when it returns: the writer
+                // finishes what it was given and ends.
+                let r = read();
+                drop(read);
+                let w = writer.join().unwrap_or_else(|_| Err(VfioError::new(libc::EIO, "loadFrames", ctx, Some("the writer thread panicked"))));
+                match (r, w) {
+                    (Ok(Some(st)), Ok(())) => Ok(st),
+                    (_, Err(e)) => Err(e),
+                    (Err(e), Ok(())) => Err(e),
+                    (Ok(None), Ok(())) => Err(VfioError::new(libc::EIO, "loadFrames", ctx, Some("the writer thread ended without a word"))),
+                }
+            })
+        })
+    }
+}
+
+/// Buffers of [`DataFd::load_frames_from`] in flight between its threads.
+const LOAD_BUFFERS: usize = 3;
+
+/// One buffer of [`DataFd::load_frames_from`]: many TLS records.
+const LOAD_BLOCK: usize = 1 << 20;
+
+/// All of `data` into the data fd through its backend; EAGAIN waits.
+fn write_data(to: &DataEnd<'_>, mut data: &[u8], idle: Option<Duration>, ctx: &str, done: u64) -> Result<()> {
+    let at = || format!("{ctx}: data fd after {done} payload bytes");
+    while !data.is_empty() {
+        match to.write(data) {
+            Ok(0) => return Err(VfioError::new(libc::EIO, "write", at(), Some("the data fd took no bytes"))),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => wait_ready(to.fd, libc::POLLOUT, idle).map_err(|e| match e.raw_os_error() {
+                Some(libc::ETIMEDOUT) => VfioError::new(libc::ETIMEDOUT, "poll", at(), Some("the data fd took nothing within the idle timeout")),
+                _ => VfioError::from_io(&e, "poll", at()),
+            })?,
+            Err(e) => return Err(VfioError::from_io(&e, "write", at())),
+        }
+    }
+    Ok(())
+}
+
+/// [`read_be64`] from a [`FrameWire`].
+fn wire_be64(from: &dyn FrameWire, o: &LoadFrameOptions, ctx: &str, st: &LoadFrameStats, boundary: bool) -> Result<Option<u64>> {
+    let mut b = [0u8; 8];
+    let mut got = 0;
+    while got < 8 {
+        match from.read(&mut b[got..], o.idle_timeout, st.bytes)? {
+            0 if got == 0 && boundary => return Ok(None),
+            0 => {
+                let at = format!("{ctx}: frame {} after {} payload bytes", st.frames, st.bytes);
+                return Err(VfioError::new(libc::ENODATA, "read", at, Some(&format!("the channel ended inside a frame header ({got} of 8 bytes)"))));
+            }
+            n => got += n,
+        }
+    }
+    Ok(Some(u64::from_be_bytes(b)))
 }
 
 /// Exactly 8 bytes from `from` as a be64. None when the channel ends before

@@ -14,6 +14,7 @@ use super::options::{self, Keepalive, Options};
 use super::child;
 use super::js_tls::NativeTlsCreds;
 use super::tls::{as_tls_error, Session};
+use super::tls_wire::TlsWire;
 use crate::error::{fd_arg, js_error, VResult};
 use napi::bindgen_prelude::*;
 use napi::Env;
@@ -164,6 +165,41 @@ pub struct NativeChannel {
     inner: Arc<Chan>,
     /// Where `connect()` goes, for a channel made by `tcp()` or `unix()`.
     target: Option<SockAddr>,
+}
+
+/// Where a native data path (ramSendPages, pumpFrames, ...) moves its
+/// bytes: a descriptor it may use directly, or a channel whose TLS session
+/// every byte must go through.
+pub(crate) enum Target {
+    Fd(i32),
+    Tls(TlsWire),
+}
+
+/// The one place a data path's `fd | NativeChannel` argument is taken:
+/// a number is checked as an fd, a channel must carry TLS (a plaintext
+/// channel hands out its fd, which goes as a number); anything else is
+/// EINVAL naming the argument.
+pub(crate) fn target_arg(v: Unknown<'_>, name: &str, call: &str) -> VResult<Target> {
+    let bad = |what: &str| invalid(call, &format!("{name} must be an fd number or a TLS NativeChannel, got {what}"));
+    let raw = v.value();
+    match v.get_type() {
+        Ok(ValueType::Number) => {
+            // SAFETY: a number value of the env it came with, for this call.
+            let fd = unsafe { f64::from_napi_value(raw.env, raw.value) }.map_err(|_| bad("a number that could not be read"))?;
+            if fd.fract() != 0.0 || !(i32::MIN as f64..=i32::MAX as f64).contains(&fd) {
+                return Err(bad(&format!("{fd}")));
+            }
+            fd_arg(fd as i32, name, call).map(Target::Fd)
+        }
+        Ok(ValueType::Object) => {
+            // SAFETY: an object value of the env it came with; the unwrap
+            // checks the class (its type tag) before it is used.
+            let ch = unsafe { ClassInstance::<NativeChannel>::from_napi_value(raw.env, raw.value) }.map_err(|_| bad("an object that is no NativeChannel"))?;
+            TlsWire::of(&ch.inner, call).map(Target::Tls)
+        }
+        Ok(t) => Err(bad(&format!("{t}"))),
+        Err(_) => Err(bad("a value of unknown type")),
+    }
 }
 
 impl NativeChannel {
@@ -599,4 +635,24 @@ impl NativeChannel {
         r.map(|o| o.map(|l| LossRecoveryInfo { rto_min_us: l.rto_min_us, delack_max_us: l.delack_max_us }))
             .map_err(|e| js_error(&env, &e))
     }
+}
+
+/// Plaintext bytes moved through TLS sessions by the native data paths.
+#[napi(object)]
+pub struct TlsDataCounters {
+    /// RAM records (ramSendPages, ramLoadPages).
+    pub ram_sent: f64,
+    pub ram_received: f64,
+    /// Device-state frames (pumpFrames, loadFrames).
+    pub device_sent: f64,
+    pub device_received: f64,
+}
+
+/// Plaintext bytes the native data paths encrypted and decrypted through
+/// TLS sessions since the addon loaded; the buffered path through
+/// JavaScript is not counted.
+#[napi]
+pub fn tls_data_counters() -> TlsDataCounters {
+    let [ram_sent, ram_received, device_sent, device_received] = super::tls_wire::counters().map(|v| v as f64);
+    TlsDataCounters { ram_sent, ram_received, device_sent, device_received }
 }

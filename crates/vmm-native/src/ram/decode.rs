@@ -9,10 +9,7 @@
 //! taken as far as it goes and finished from later bytes (`Pending`).
 
 use super::mem::{GuestMem, PageBits, PAGE};
-use super::sock::Sock;
 use crate::error::VResult;
-use std::cell::RefCell;
-use std::time::Duration;
 
 const FLAG_ZERO: u64 = 0x02;
 const FLAG_MEM_SIZE: u64 = 0x04;
@@ -20,7 +17,6 @@ const FLAG_PAGE: u64 = 0x08;
 const FLAG_EOS: u64 = 0x10;
 const FLAG_CONTINUE: u64 = 0x20;
 const SUPPORTED: u64 = FLAG_ZERO | FLAG_MEM_SIZE | FLAG_PAGE | FLAG_EOS | FLAG_CONTINUE;
-const PEEK_SIZE: usize = 512 << 10;
 
 pub struct Block<'a> {
     pub mem: GuestMem,
@@ -193,47 +189,48 @@ pub enum End {
     ZeroFill { ch: u8 },
 }
 
-thread_local! {
-    // One peek buffer per worker thread, reused by every call on it.
-    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+/// Where the records come from: the socket itself, or a TLS session's
+/// decrypted look-ahead. Either way only the bytes the decoder used are
+/// taken, so what it leaves is read next by RamLoader through the channel.
+pub trait Source {
+    /// Calls `f` with the bytes there (waiting while there are none) and
+    /// takes as many as it returns. Resolves how many `f` saw, 0 (`f` not
+    /// called) when nothing more will come.
+    fn take(&self, after: u64, f: &mut dyn FnMut(&[u8]) -> usize) -> VResult<usize>;
+    /// `take` showed `have` bytes, less than a record head: waits for more
+    /// (true) unless nothing more can come (false).
+    fn wait_more(&self, have: usize, after: u64) -> VResult<bool>;
 }
 
-/// Reads records from the socket until EOS or a record for RamLoader;
-/// resolves the bytes taken from the socket and how it ended.
-pub fn load(sock: &Sock, blocks: &[Block], st: &mut State, base: u64) -> VResult<(u64, End)> {
-    BUF.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < PEEK_SIZE {
-            buf.resize(PEEK_SIZE, 0);
+/// Most bytes one look at the source parses.
+pub const PEEK_SIZE: usize = 512 << 10;
+
+/// Reads records from the source until EOS or a record for RamLoader;
+/// resolves the bytes taken and how it ended.
+pub fn load(src: &dyn Source, blocks: &[Block], st: &mut State, base: u64) -> VResult<(u64, End)> {
+    let mut taken = 0u64;
+    loop {
+        let (mut used, mut step) = (0, Step::More);
+        let n = src.take(taken, &mut |buf| {
+            (used, step) = parse(buf, base + taken, blocks, st);
+            used
+        })?;
+        if n == 0 {
+            return Ok((taken, if st.pending.is_some() { End::Truncated } else { End::Eof }));
         }
-        let mut taken = 0u64;
-        loop {
-            let n = sock.peek(&mut buf, taken)?;
-            if n == 0 {
-                return Ok((taken, if st.pending.is_some() { End::Truncated } else { End::Eof }));
-            }
-            let (used, step) = parse(&buf[..n], base + taken, blocks, st);
-            if used > 0 {
-                sock.discard(used, &mut buf, taken)?;
-                taken += used as u64;
-            }
-            match step {
-                Step::Eos => return Ok((taken, End::Eos)),
-                Step::Stop => return Ok((taken, End::Stop)),
-                Step::ZeroFill { ch } => return Ok((taken, End::ZeroFill { ch })),
-                Step::More if used == 0 => {
-                    // Less than a record head is there and poll would not wait
-                    // for more (the socket is readable): wait a little, unless
-                    // nothing more can come.
-                    if sock.peer_done() && sock.peek(&mut buf, taken)? == n {
-                        return Ok((taken, End::Eof));
-                    }
-                    std::thread::sleep(Duration::from_micros(50));
+        taken += used as u64;
+        match step {
+            Step::Eos => return Ok((taken, End::Eos)),
+            Step::Stop => return Ok((taken, End::Stop)),
+            Step::ZeroFill { ch } => return Ok((taken, End::ZeroFill { ch })),
+            Step::More if used == 0 => {
+                if !src.wait_more(n, taken)? {
+                    return Ok((taken, End::Eof));
                 }
-                Step::More => {}
             }
+            Step::More => {}
         }
-    })
+    }
 }
 
 #[cfg(test)]

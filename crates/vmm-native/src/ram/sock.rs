@@ -145,9 +145,50 @@ impl Sock {
     }
 
     /// Whether the peer has shut down its side (no more bytes will come).
-    pub fn peer_done(&self) -> bool {
+    fn peer_done(&self) -> bool {
         sys::poll(self.raw(), libc::POLLIN | libc::POLLRDHUP, Some(Duration::ZERO))
             .map(|r| r & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
             .unwrap_or(true)
+    }
+}
+
+thread_local! {
+    // One peek buffer per worker thread, reused by every load on it.
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_buf<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < super::decode::PEEK_SIZE {
+            buf.resize(super::decode::PEEK_SIZE, 0);
+        }
+        f(&mut buf)
+    })
+}
+
+impl super::decode::Source for Sock {
+    fn take(&self, after: u64, f: &mut dyn FnMut(&[u8]) -> usize) -> VResult<usize> {
+        with_buf(|buf| {
+            let n = self.peek(buf, after)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let used = f(&buf[..n]);
+            if used > 0 {
+                self.discard(used, buf, after)?;
+            }
+            Ok(n)
+        })
+    }
+
+    fn wait_more(&self, have: usize, after: u64) -> VResult<bool> {
+        // The socket is readable, so poll would not wait for more: wait a
+        // little, unless nothing more can come.
+        if self.peer_done() && with_buf(|buf| self.peek(buf, after))? == have {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_micros(50));
+        Ok(true)
     }
 }
