@@ -78,4 +78,32 @@ pub mod sock {
             self.arrived.get() == self.data.len()
         }
     }
+
+    /// The decoder's view of it, as vmm-native's socket gives it (ram/sock.rs):
+    /// a peek that the parse looks at, then the bytes it used taken.
+    impl crate::decode::Source for Sock {
+        fn take(&self, after: u64, f: &mut dyn FnMut(&[u8]) -> usize) -> VResult<usize> {
+            let mut buf = vec![0u8; self.data.len().clamp(1, crate::decode::PEEK_SIZE)];
+            let n = self.peek(&mut buf, after)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let used = f(&buf[..n]);
+            if used > 0 {
+                self.discard(used, &mut buf, after)?;
+            }
+            Ok(n)
+        }
+
+        fn wait_more(&self, have: usize, after: u64) -> VResult<bool> {
+            // Each peek lets one more chunk arrive: only the end stops it.
+            if self.peer_done() {
+                let mut buf = vec![0u8; self.data.len().clamp(1, crate::decode::PEEK_SIZE)];
+                if self.peek(&mut buf, after)? == have {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    }
 }
