@@ -32,14 +32,16 @@ for (const verdict of ['blackhole', 'cut'] as const) {
   )
 }
 trials.push(
-  { name: 'source killed in pre-copy', fault: { kind: 'kill', side: 'source', at: { who: 'source', event: 'status', status: 'active', delayMs: 200 } }, source: ['dead'], destination: ['failed'] },
+  // 64 MiB at 16 MiB/s: four seconds of pre-copy, so a kill 200 ms into it lands there (one CI run
+  // on an idle machine finished the whole migration before such a kill, without the cap).
+  { name: 'source killed in pre-copy', fault: { kind: 'kill', side: 'source', at: { who: 'source', event: 'status', status: 'active', delayMs: 200 } }, source: ['dead'], destination: ['failed'], sourceArgs: ['--max-bandwidth', '16M'] },
   { name: 'source killed at the switchover', fault: { kind: 'kill', side: 'source', at: { who: 'source', event: 'status', status: 'device' } }, source: ['dead'], destination: ['failed', 'unknown'] },
   // The destination's copy is then the only one: it must keep it.
   { name: 'source killed while READY is lost', fault: { kind: 'kill-after-trip', side: 'source', trigger: before('ready') }, source: ['dead'], destination: ['unknown'], quick: true },
   { name: 'source killed once the destination is ready', fault: { kind: 'kill', side: 'source', at: { who: 'destination', event: 'ready' } }, source: ['dead'], destination: ['ran', 'unknown'] },
   { name: 'source killed after GO, GO lost', fault: { kind: 'kill-after-trip', side: 'source', trigger: before('go') }, source: ['dead'], destination: ['unknown'] },
   { name: 'source killed after GO arrived', fault: { kind: 'kill', side: 'source', at: { who: 'destination', event: 'starting' } }, source: ['dead'], destination: ['ran'] },
-  { name: 'destination killed in pre-copy', fault: { kind: 'kill', side: 'destination', at: { who: 'source', event: 'status', status: 'active', delayMs: 200 } }, source: ['resumed'], destination: ['dead'] },
+  { name: 'destination killed in pre-copy', fault: { kind: 'kill', side: 'destination', at: { who: 'source', event: 'status', status: 'active', delayMs: 200 } }, source: ['resumed'], destination: ['dead'], sourceArgs: ['--max-bandwidth', '16M'] },
   { name: 'destination killed at the switchover', fault: { kind: 'kill', side: 'destination', at: { who: 'source', event: 'status', status: 'device' } }, source: ['resumed'], destination: ['dead'] },
   // A kill at an event of the destination lands a little after it: GO, the
   // start and STARTED may all have happened by then (then the guest ran

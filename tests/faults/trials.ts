@@ -65,6 +65,12 @@ export interface TrialSpec {
   destination: DestEnd[]
   /** Part of the quick form (npm test). */
   quick?: boolean
+  /**
+   * More arguments for the source. A fault at a time inside pre-copy needs
+   * a pre-copy that surely outlasts it: on an idle machine 64 MiB over the
+   * lab's veth pair is sent in well under the 200 ms such a trial waits.
+   */
+  sourceArgs?: string[]
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -110,7 +116,7 @@ export async function runTrial(t: Test, spec: TrialSpec): Promise<void> {
   const dst = lab.spawn(lab.dst, ['incoming', `tcp:${ADDR_DST}:${PORT}`, '--events', '--run-after', '300', '--incoming-timeout', '60000', ...COMMON], 'destination')
   await dst.next('listening', 30_000)
   const t0 = performance.now()
-  const src = lab.spawn(lab.src, ['migrate', `tcp:${ADDR_DST}:${PORT}`, '--events', '--run', '300', '--after-failure', '300', ...COMMON], 'source')
+  const src = lab.spawn(lab.src, ['migrate', `tcp:${ADDR_DST}:${PORT}`, '--events', '--run', '300', '--after-failure', '300', ...COMMON, ...(spec.sourceArgs ?? [])], 'source')
   const proc = (s: Side) => (s === 'source' ? src : dst)
   const killed = { source: false, destination: false }
   let faultAt = 0
