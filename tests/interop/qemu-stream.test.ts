@@ -21,9 +21,9 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import * as net from 'node:net'
 import { QmpClient } from '../../bench/lib/qmp.js'
 import { stopProcess, track, killChildren } from '../../bench/lib/proc.js'
+import { freePort } from '../../bench/lib/qemu.js'
 import { analyzeFile, toJson, type Analysis, type SectionInfo } from '../../vmm/cli/analyze.js'
 import { run } from '../../vmm/cli/main.js'
 import { connect, listen } from '../../vmm/channel/connect.js'
@@ -730,9 +730,7 @@ if (!found.version) {
       const blocks = await ramBlocks(q)
       const sent = new Map<string, Buffer>()
       for (const b of blocks) sent.set(b.name, await randomRam(b.length))
-      const port = await new Promise<number>((res, rej) => {
-        const s = net.createServer().once('error', rej).listen(0, '127.0.0.1', () => { const p = (s.address() as net.AddressInfo).port; s.close(() => res(p)) })
-      })
+      const port = await freePort()
       // QEMU takes tls-creds only before it listens: -incoming defer, then migrate-incoming.
       await q.qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0' })
       await q.qmp.execute('migrate-incoming', { uri: `tcp:127.0.0.1:${port}` })

@@ -284,25 +284,13 @@ impl DataFd {
 
 #[cfg(test)]
 mod tests {
-    use crate::channel::tls_wire::tests::tls_pair;
+    use crate::channel::tls_wire::tests::{drain, fed_pipe, tls_pair};
     use crate::channel::tls_wire::TlsWire;
-    use std::os::fd::AsRawFd;
     use std::time::Duration;
     use vfio_core::datafd::{self, FrameOptions, LoadEnd, LoadFrameOptions};
     use vmm_sys as sys;
 
     const DATA_STATE: u64 = 0xffff_ffff_ef10_0004;
-
-    fn drain(fd: std::os::fd::OwnedFd) -> Vec<u8> {
-        let mut v = Vec::new();
-        let mut b = vec![0u8; 1 << 16];
-        loop {
-            match sys::read(fd.as_raw_fd(), &mut b).unwrap() {
-                0 => return v,
-                n => v.extend_from_slice(&b[..n]),
-            }
-        }
-    }
 
     /// Device state through a TLS session: frames pumped from one data fd
     /// arrive whole in the other, the be64 after them ends the load and
@@ -311,14 +299,7 @@ mod tests {
     async fn frames_cross_a_tls_session_and_stop_at_the_next_marker() {
         let (dst, src) = tls_pair("frames").await;
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 247) as u8).collect();
-        let (r, w) = sys::pipe().unwrap();
-        let feed = data.clone();
-        let feeder = std::thread::spawn(move || {
-            let mut off = 0;
-            while off < feed.len() {
-                off += sys::write(w.as_raw_fd(), &feed[off..]).unwrap();
-            }
-        });
+        let (r, feeder) = fed_pipe(data.clone());
         let out = TlsWire::of(&src, "pumpFrames").unwrap();
         let pump = std::thread::spawn(move || {
             let d = datafd::DataFd::for_testing(r);

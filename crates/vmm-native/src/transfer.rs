@@ -216,7 +216,7 @@ pub fn shutdown_socket(fd: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::tls_wire::tests::tls_pair;
+    use crate::channel::tls_wire::tests::{drain, fed_pipe, tls_pair};
     use crate::channel::tls_wire::TlsWire;
 
     fn tls(w: TlsWire) -> Target {
@@ -229,14 +229,7 @@ mod tests {
     async fn bytes_move_between_fds_and_a_tls_channel_both_ways() {
         let (dst, src) = tls_pair("transfer").await;
         let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 241) as u8).collect();
-        let (r, w) = sys::pipe().unwrap();
-        let feed = data.clone();
-        let feeder = std::thread::spawn(move || {
-            let mut off = 0;
-            while off < feed.len() {
-                off += sys::write(w.as_raw_fd(), &feed[off..]).unwrap();
-            }
-        });
+        let (r, feeder) = fed_pipe(data.clone());
         let out = TlsWire::of(&src, "fdTransfer").unwrap();
         let opts = options(None).unwrap();
         let sender = std::thread::spawn(move || {
@@ -245,16 +238,7 @@ mod tests {
             st
         });
         let (pr, pw) = sys::pipe().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let mut b = vec![0u8; 1 << 16];
-            loop {
-                match sys::read(pr.as_raw_fd(), &mut b).unwrap() {
-                    0 => return v,
-                    n => v.extend_from_slice(&b[..n]),
-                }
-            }
-        });
+        let reader = std::thread::spawn(move || drain(pr));
         let a = run_tls(tls(TlsWire::of(&dst, "fdTransfer").unwrap()), Target::Fd(pw.as_raw_fd()), 1_000_000, &opts).unwrap();
         assert_eq!((a.bytes, a.end), (1_000_000, transfer::End::Limit));
         let rest = TlsWire::of(&dst, "fdTransfer").unwrap();

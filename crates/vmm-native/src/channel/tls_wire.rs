@@ -184,6 +184,31 @@ pub(crate) mod tests {
     use crate::channel::tls::tests::make_creds;
     use crate::channel::tls_creds::{load, Role};
 
+    /// A pipe whose write end a thread fills with `data` and closes: (read
+    /// end, the thread).
+    pub(crate) fn fed_pipe(data: Vec<u8>) -> (std::os::fd::OwnedFd, std::thread::JoinHandle<()>) {
+        let (r, w) = sys::pipe().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let mut off = 0;
+            while off < data.len() {
+                off += sys::write(std::os::fd::AsRawFd::as_raw_fd(&w), &data[off..]).unwrap();
+            }
+        });
+        (r, feeder)
+    }
+
+    /// Everything `fd` yields until its end.
+    pub(crate) fn drain(fd: std::os::fd::OwnedFd) -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut b = vec![0u8; 1 << 16];
+        loop {
+            match sys::read(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut b).unwrap() {
+                0 => return v,
+                n => v.extend_from_slice(&b[..n]),
+            }
+        }
+    }
+
     /// A handshaken pair of TLS channels over a socket pair: (server, client).
     pub(crate) async fn tls_pair(name: &str) -> (Arc<Chan>, Arc<Chan>) {
         let dir = make_creds(name, "/O=vmm-migration/CN=source");
