@@ -32,8 +32,8 @@ export const MSG = {
   ready: { dir: 'return', hex: '01030000', offsets: [0, 8, 12] },
   /** GO: "VMHO", be16 1, be16 0. The source sends nothing else after the stream's end. */
   go: { dir: 'forward', hex: '564d484f00010000', offsets: [0] },
-  /** STARTED: RESUME_OK, be16 0x100, be16 length 24. */
-  started: { dir: 'return', hex: '01000018', offsets: [0, 12] },
+  /** STARTED: RESUME_OK, be16 0x100, be16 length 32. */
+  started: { dir: 'return', hex: '01000020', offsets: [0, 12] },
 } as const
 
 type Msg = keyof typeof MSG

@@ -65,6 +65,11 @@ for (const uri of ['unix:SOCK', 'tcp:127.0.0.1:0']) {
     t.equal(src.emus[0].state, 'STOP')
     t.equal(stats.downtimeMeasured, true, 'downtime measured end to end over the return path')
     t.ok(stats.downtime! >= 0)
+    // A UNIX socket's peer shares this host's CLOCK_MONOTONIC: the downtime
+    // ends at its start of the guest; over TCP, when STARTED got back here.
+    t.equal(stats.downtimeClock, uri.startsWith('unix') ? 'shared' : 'return')
+    const ph = stats.downtimePhases!
+    t.ok(Math.abs(ph.stopMs + ph.sendMs + ph.readyMs + ph.startMs - stats.downtime!) < 0.01, 'the phases add up to the downtime')
     t.ok(stats.transferred >= 4 << 20)
     t.ok(stats.vfio?.source0.precopyBytes! > 0, 'pre-copy used')
     t.ok(stats.iterations >= 1)

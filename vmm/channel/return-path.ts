@@ -52,6 +52,11 @@ export interface ResumeTiming {
   resumedAtMs: number
   /** Destination's verification before the guest ran, microseconds (0 when it did none or did not say). */
   verificationUs?: number
+  /**
+   * The destination's CLOCK_MONOTONIC (process.hrtime) when its guest ran,
+   * ns; 0n when not said. Only a peer on the same host shares that clock.
+   */
+  startedMonoNs?: bigint
 }
 
 export class ReturnPathWriter {
@@ -111,10 +116,11 @@ export class ReturnPathWriter {
   }
 
   resumeOk(t: ResumeTiming): Promise<void> {
-    const b = Buffer.alloc(24)
+    const b = Buffer.alloc(32)
     b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(t.loadTimeUs))), 0)
     b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(t.resumedAtMs))), 8)
     b.writeBigUInt64BE(BigInt(Math.max(0, Math.round(t.verificationUs ?? 0))), 16)
+    b.writeBigUInt64BE(t.startedMonoNs !== undefined && t.startedMonoNs > 0n ? t.startedMonoNs : 0n, 24)
     return this.send(RpMsg.RESUME_OK, b)
   }
 }
@@ -140,11 +146,13 @@ export class ReturnPathReader {
   }
 
   static resumeTiming(m: RpMessage): ResumeTiming {
-    if (m.type !== RpMsg.RESUME_OK || (m.data.length !== 16 && m.data.length !== 24)) throw new StreamError('EINVAL', 'not a RESUME_OK message')
+    // 16 and 24 bytes: what earlier versions of ours sent.
+    if (m.type !== RpMsg.RESUME_OK || (m.data.length !== 16 && m.data.length !== 24 && m.data.length !== 32)) throw new StreamError('EINVAL', 'not a RESUME_OK message')
     return {
       loadTimeUs: Number(m.data.readBigUInt64BE(0)),
       resumedAtMs: Number(m.data.readBigUInt64BE(8)),
-      verificationUs: m.data.length === 24 ? Number(m.data.readBigUInt64BE(16)) : 0,
+      verificationUs: m.data.length >= 24 ? Number(m.data.readBigUInt64BE(16)) : 0,
+      startedMonoNs: m.data.length >= 32 ? m.data.readBigUInt64BE(24) : 0n,
     }
   }
 }

@@ -84,7 +84,12 @@ export class KvmVcpu extends WorkloadVcpu implements Vcpu {
   }
 
   start(): Promise<void> {
-    return call(() => this.m.start())
+    try {
+      this.m.start()
+      return Promise.resolve()
+    } catch (e) {
+      return Promise.reject(fromNative(e))
+    }
   }
 
   async pause(): Promise<StopInfo> {

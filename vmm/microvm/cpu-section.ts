@@ -3,7 +3,7 @@
 // RAM travels in the "ram" section; this is only what the vCPU holds.
 import type { MigStream } from '../stream/stream.js'
 import type { SaveVMHandlers } from '../savevm/registry.js'
-import type { Vcpu, VcpuKind } from '../machine/index.js'
+import type { Vcpu, VcpuKind, VcpuState } from '../machine/index.js'
 import { VmmError } from '../core/errors.js'
 
 /** Far above both blobs (KVM's with xsave is a few KiB); a larger length means a corrupt stream. */
@@ -25,10 +25,14 @@ export function stateKind(bytes: Uint8Array): VcpuKind | undefined {
   return MAGICS[Buffer.from(bytes.buffer, bytes.byteOffset, 8).toString('latin1')]
 }
 
-export function cpuSectionHandlers(vcpu: Vcpu): SaveVMHandlers {
+/**
+ * `taken`: the state already being read since the VM stopped, if it is
+ * (the vCPU does not run again before the section is saved).
+ */
+export function cpuSectionHandlers(vcpu: Vcpu, taken?: () => Promise<VcpuState> | undefined): SaveVMHandlers {
   return {
     async saveState(f: MigStream) {
-      const s = await vcpu.getState()
+      const s = await (taken?.() ?? vcpu.getState())
       f.putBe32(s.bytes.length)
       f.putBuffer(s.bytes)
     },

@@ -4,7 +4,7 @@
 // sections that carry all of it. Implements MigratableVm for the orchestrator.
 import type { EmulatedDevice, EmulatedDeviceOptions } from '../../native/index.js'
 import { native } from '../native/addon.js'
-import { createVcpu, readCtl, CTL, PAGE_SIZE, MachineError, type Vcpu, type VcpuKind, type WorkloadParams } from '../machine/index.js'
+import { createVcpu, readCtl, CTL, PAGE_SIZE, MachineError, type Vcpu, type VcpuKind, type VcpuState, type WorkloadParams } from '../machine/index.js'
 import { Vm } from '../runstate/index.js'
 import { SaveVMRegistry } from '../savevm/registry.js'
 import { VfioMigrationSet } from '../vfio/vfio-set.js'
@@ -100,6 +100,13 @@ export class MicroVm implements MigratableVm {
   private ramMigration: RamMigration | undefined
   /** Source: the verification taken for the proof section, with the guest stopped before the handover. */
   private atSwitchover: Verification | undefined
+  /**
+   * Source: what the switchover's sections will ask for, started the moment
+   * the VM stopped for it (vCPU and devices both), so that these native
+   * calls overlap the RAM section's end instead of following it, one round
+   * trip through the thread pool after another, in the downtime.
+   */
+  private atStop: { cpu: Promise<VcpuState>; check: Promise<Verification> } | undefined
 
   private constructor(
     readonly role: 'source' | 'dest',
@@ -148,7 +155,7 @@ export class MicroVm implements MigratableVm {
   private async wire(opts: MicroVmOptions): Promise<void> {
     const reg = this.registry
     reg.register({ idstr: 'microvm-timer', instanceId: 0, vmsd: this.timer.vmsd, state: this.timer.regs })
-    reg.register({ idstr: 'cpu', instanceId: 0, versionId: 1, handlers: cpuSectionHandlers(this.vcpu) })
+    reg.register({ idstr: 'cpu', instanceId: 0, versionId: 1, handlers: cpuSectionHandlers(this.vcpu, () => this.atStop?.cpu) })
     if (this.emu) await this.vfio.add(this.emu.device(), { idstr: VFIO_IDSTR })
     // Device DMA is the VFIO set's own dirty log of this RAM section.
     this.ramMigration = registerRam(reg, {
@@ -163,15 +170,21 @@ export class MicroVm implements MigratableVm {
       handlers: proofSectionHandlers(
         async (f) => {
           this.atSwitchover = undefined
+          const check = this.atStop?.check
           if (!f.local) {
-            const [ramDigest, deviceDigest] = await Promise.all([this.ramProof ? this.ramDigest() : '', this.deviceDigest()])
+            const [ramDigest, deviceDigest] = await Promise.all([this.ramProof ? this.ramDigest() : '', check ? check.then(v => v.deviceDigest) : this.deviceDigest()])
             return { ramDigest, deviceDigest }
           }
           // All of verify(), kept: after a local migration's GO the
           // destination runs on these very pages, so this side may not read
           // them again to report what it sent. Its checksum region costs
           // this downtime some ms (a copying migration reads it after).
-          const v = (this.atSwitchover = await this.verify(this.ramProof))
+          let v = await (check ?? this.verify(false))
+          if (this.ramProof) {
+            const t0 = performance.now()
+            v = { ...v, ramDigest: await this.ramDigest(), hashMs: v.hashMs + performance.now() - t0 }
+          }
+          this.atSwitchover = v
           return { ramDigest: v.ramDigest, deviceDigest: v.deviceDigest }
         },
         (p) => (this.proof = p),
@@ -183,6 +196,18 @@ export class MicroVm implements MigratableVm {
       priority: 100,
       cb: (running) => (running ? this.onStart() : this.onStop()),
     }))
+    // After every handler of the stop, devices included: their digest is
+    // only meaningful once they stopped too.
+    const onVmStop = (state: string) => {
+      if (state !== 'finish-migrate') return
+      const atStop = { cpu: this.vcpu.getState(), check: this.verify(false) }
+      // Awaited by the sections, or never if the migration fails first.
+      atStop.cpu.catch(() => undefined)
+      atStop.check.catch(() => undefined)
+      this.atStop = atStop
+    }
+    this.vm.on('stop', onVmStop)
+    this.removeHandlers.push(() => this.vm.off('stop', onVmStop))
     if (opts.verifyBeforeStart) {
       this.removeHandlers.push(this.vm.addChangeStateHandler({
         name: 'microvm-verify',
@@ -204,6 +229,7 @@ export class MicroVm implements MigratableVm {
   }
 
   private async onStart(): Promise<void> {
+    this.atStop = undefined
     this.timer.start()
     await this.runner.vmStart()
     if (this.emu && this.dmaRate > 0 && !this.dmaStarted) {

@@ -434,13 +434,14 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
       }
       if (resolvedResult) return resolvedResult
       await vm.vmStart()
+      const startedMonoNs = process.hrtime.bigint()
       started = true
       const resumed = now()
       this.set('completed')
       const verificationMs = this.machine.verificationMs?.() ?? 0
       // The handover's STARTED; without it, what QEMU's source learns from SHUT.
       // The guest runs whatever becomes of this message: a stuck link must not hold up the result.
-      if (rp && rpOpen) await bounded(rp.resumeOk({ loadTimeUs: (loaded - t0) * 1000, resumedAtMs: Date.now(), verificationUs: verificationMs * 1000 }), this.lastWordMs())
+      if (rp && rpOpen) await bounded(rp.resumeOk({ loadTimeUs: (loaded - t0) * 1000, resumedAtMs: Date.now(), verificationUs: verificationMs * 1000, startedMonoNs }), this.lastWordMs())
       return { status: 'completed', loadTimeMs: loaded - t0, resumeTimeMs: resumed - loaded, verificationMs, sections: res.sections, handover }
     } catch (e) {
       if (started) throw e

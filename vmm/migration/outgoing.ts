@@ -91,7 +91,9 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
   private error: string | undefined
   private acked = false
   private ackWaiters: (() => void)[] = []
-  private resumed: { ok: boolean; at: number; errno?: number; verificationUs?: number } | null = null
+  private resumed: { ok: boolean; at: number; errno?: number; verificationUs?: number; startedMonoNs?: bigint } | null = null
+  private stopMonoNs = 0n
+  private downtimeClock: MigrationStats['downtimeClock']
   private resumeWaiters: (() => void)[] = []
   private rpClosed = false
   /** The destination's own words for its failure (FAIL_REASON), if it sent them. */
@@ -311,6 +313,7 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
       setupTime: Math.round(this.setupTime),
       downtime: this.downtime === undefined ? undefined : Math.round(this.downtime * 1000) / 1000,
       downtimeMeasured: this.downtime === undefined ? undefined : this.downtimeMeasured,
+      downtimeClock: this.downtime === undefined || !this.downtimeMeasured ? undefined : this.downtimeClock,
       downtimeVerification: this.downtime !== undefined && this.downtimeMeasured
         ? Math.round(Math.min(this.downtime, (this.resumed?.verificationUs ?? 0) / 1000) * 1000) / 1000
         : undefined,
@@ -329,9 +332,24 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
     }
   }
 
+  /**
+   * The downtime as the guest had it: from the stop here to its start there,
+   * on CLOCK_MONOTONIC, when the destination said when and shares that clock
+   * (a UNIX socket's peer runs on this kernel). STARTED's own trip back is
+   * then not counted. A time namespace can give the peer another
+   * CLOCK_MONOTONIC: a figure outside (0, what the return trip measured] is
+   * not believed.
+   */
+  private sharedClockDowntime(channel: Channel, roundTrip: number): number | undefined {
+    const at = this.resumed?.startedMonoNs
+    if (!at || (channel.kind !== 'unix' && !this.local)) return undefined
+    const ms = Number(at - this.stopMonoNs) / 1e6
+    return ms > 0 && ms <= roundTrip ? ms : undefined
+  }
+
   private downtimePhases(): DowntimePhases | undefined {
     const m = this.marks
-    const end = this.resumed?.ok ? this.resumed.at : 0
+    const end = this.resumed?.ok ? (this.downtime !== undefined ? m.stopped + this.downtime : this.resumed.at) : 0
     if (!m.stopped || !m.eof || !end) return undefined
     const r = (x: number) => Math.round(x * 1000) / 1000
     const ready = this.readyAt || m.go || end
@@ -368,7 +386,8 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
         } else if (m.type === RpMsg.READY) {
           this.readyAt ||= now()
         } else if (m.type === RpMsg.RESUME_OK) {
-          this.resumed = { ok: true, at: now(), verificationUs: ReturnPathReader.resumeTiming(m).verificationUs }
+          const timing = ReturnPathReader.resumeTiming(m)
+          this.resumed = { ok: true, at: now(), verificationUs: timing.verificationUs, startedMonoNs: timing.startedMonoNs }
         } else if (m.type === RpMsg.LOAD_PROGRESS && m.data.length === 8) {
           this.destLoaded = Number(m.data.readBigUInt64BE(0))
         } else if (m.type === RpMsg.FAIL_REASON) {
@@ -667,6 +686,7 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
       // QEMU's order with the pause: active, VM stopped, pre-switchover, device.
       if (!pause) this.set('device')
       stoppedAt = now()
+      this.stopMonoNs = process.hrtime.bigint()
       this.marks.stopped = stoppedAt
       await vm.vmStopForceState('finish-migrate')
       this.marks.stopDone = now()
@@ -706,6 +726,12 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
       if (rp) {
         if (!this.resumed!.ok) throw new MigrationError(`destination failed to start the VM: ${this.remoteReason ?? `errno ${this.resumed!.errno}`}`, 'EREMOTEIO')
         this.downtime = this.resumed!.at - stoppedAt
+        this.downtimeClock = 'return'
+        const shared = this.sharedClockDowntime(f.channel, this.downtime)
+        if (shared !== undefined) {
+          this.downtime = shared
+          this.downtimeClock = 'shared'
+        }
         this.downtimeMeasured = true
       } else {
         this.downtime = now() - stoppedAt

@@ -178,7 +178,11 @@ export interface DowntimePhases {
    * destination loading and checking what it got, READY crossing back.
    */
   readyMs: number
-  /** READY until STARTED arrived: GO crossing, the destination starting the guest, STARTED crossing back. */
+  /**
+   * READY until the guest ran there: GO crossing, the destination starting
+   * the guest, and, unless the clocks are shared (downtimeClock), STARTED
+   * crossing back.
+   */
   startMs: number
 }
 
@@ -192,6 +196,13 @@ export interface MigrationStats {
   downtime?: number
   /** Whether `downtime` was measured end to end (true) or only on the source side (false). */
   downtimeMeasured?: boolean
+  /**
+   * Where a measured `downtime` ends: 'shared' at the destination's own
+   * start of the guest, on the host's CLOCK_MONOTONIC that a UNIX socket's
+   * peer shares; 'return' when STARTED (or QEMU's SHUT) reached the source,
+   * which adds that message's trip.
+   */
+  downtimeClock?: 'shared' | 'return'
   /**
    * The part of a measured `downtime` the destination spent on its own
    * verification before the guest ran, ms, as it reported (0: none); the

@@ -81,6 +81,9 @@ export class RamLoader {
     const short: string[] = []
     for (const b of this.layout.blocks) {
       const bits = this.received.get(b)!
+      // This runs in the downtime: a memcmp, not a walk over a million bits
+      // in JavaScript that has not been compiled yet (3 ms at 4 GiB).
+      if (allReceived(bits, b.pages)) continue
       let missing = 0
       let first = -1
       for (let i = 0; i < bits.length; i++) {
@@ -324,4 +327,13 @@ export class RamLoader {
       )
     }
   }
+}
+
+/** Whether the first `pages` bits of `bits` are all set. */
+function allReceived(bits: Uint8Array, pages: number): boolean {
+  const whole = pages >>> 3
+  const view = Buffer.from(bits.buffer, bits.byteOffset, whole)
+  if (whole > 0 && !view.equals(Buffer.alloc(whole, 0xff))) return false
+  const rest = pages & 7
+  return rest === 0 || (bits[whole] & ((1 << rest) - 1)) === (1 << rest) - 1
 }

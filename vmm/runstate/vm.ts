@@ -93,6 +93,10 @@ export class Vm extends typedEmitter<VmEvents>() {
     super()
     if (!isRunState(initial)) throw new TypeError(`unknown run state ${String(initial)}`)
     this.current = initial
+    // The first run() of an AsyncLocalStorage turns on Node's async tracking
+    // (~0.7 ms here): pay it now, not in the first transition, which on a
+    // migration's destination is the start of the guest, inside the downtime.
+    this.inside.run({ from: initial, to: initial, active: false }, () => undefined)
   }
 
   get state(): RunState {
