@@ -306,17 +306,23 @@ t.test('KVM', { skip: noKvm }, async (t) => {
   t.test('the source withdraws after READY (ABORT): the destination closes them, the source runs on', async (t) => {
     const { src, dst, iommu, got, fdBase } = await pair(t)
     const cancel = new AbortController()
-    // Cancelled as the destination is about to send READY: once READY is
+    // Cancelled as the destination is about to send READY (once READY is
     // out, the source may read it and send GO before any callback of the
-    // destination's runs (both are in this process), and GO cannot be withdrawn.
+    // destination's runs: both are in this process), and READY written only
+    // after the source sent ABORT and closed: the write fails (EPIPE), and
+    // that must not hide the ABORT already received (it once did, and the
+    // destination went to handover-unknown).
+    let sourceDone!: Promise<unknown>
     const check = dst.checkIncoming.bind(dst)
     dst.checkIncoming = async () => {
       await check()
       cancel.abort()
+      await sourceDone.catch(() => undefined)
     }
     const d = await destination(dst)
-    await t.rejects(migrate(src, d.address, { local: true, signal: cancel.signal }), /cancel/i)
-    await t.rejects(d.done, { message: /ABORT|cancel/ })
+    sourceDone = migrate(src, d.address, { local: true, signal: cancel.signal })
+    await t.rejects(sourceDone, /cancel/i)
+    await t.rejects(d.done, { message: /ABORT/ })
     await stillRunning(t, src)
     t.equal(got.closed, true)
     t.same([...iommu.owner.values()], ['src'])

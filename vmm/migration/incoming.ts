@@ -330,7 +330,11 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
     const caps = this.capabilities
     if (vm.state === 'prelaunch') vm.runstateSet('inmigrate')
     this.set('active')
-    const rp = hasReturnPath(f.channel) ? new ReturnPathWriter(f) : null
+    // The return path writes through a stream of its own over the same
+    // channel, as QEMU's does (qemu_file_get_return_path): its sticky error
+    // (READY written to a source that has gone) must not stop the reads of
+    // what that source said before it went (ABORT). The channel stays f's to close.
+    const rp = hasReturnPath(f.channel) ? new ReturnPathWriter(new MigStream(f.channel, { local: f.local })) : null
     // QEMU's destination answers only once the source opened the return
     // path: a peer that did not (a file's reader, `exec:cat`) is not listening.
     let rpOpen = false
