@@ -335,6 +335,8 @@ t.test('the link timeout reaches the kernel on TCP only', async t => {
     t.ok(lr.rtoMinUs <= 20_000 && lr.delackMaxUs <= 20_000, `a lost segment is resent after ${lr.rtoMinUs} us, an ACK held at most ${lr.delackMaxUs} us, not 200 ms`)
     t.ok((b as InstanceType<typeof FdChannel>).lossRecovery()!.rtoMinUs <= 20_000, 'on the accepted side too')
   }
+  const ls = a.linkStats?.()
+  t.ok(ls && ls.rtoUs > 0 && ls.rttUs >= 0 && ls.totalRetrans === 0, `TCP_INFO read: ${JSON.stringify(ls)}`)
   t.equal(a.setLinkTimeout?.(0), false, '0 sets nothing')
   await a.close()
   await b.close()
@@ -343,6 +345,7 @@ t.test('the link timeout reaches the kernel on TCP only', async t => {
   const [c, d] = await Promise.all([connect(ul.address), ul.accept()])
   t.equal(c.setLinkTimeout?.(15000), false, 'a unix socket has no network to time out')
   t.equal((c as InstanceType<typeof FdChannel>).lossRecovery(), null, 'nor a retransmission timeout')
+  t.equal(c.linkStats?.(), null, 'nor TCP_INFO')
   await c.close()
   await d.close()
   await ul.close()

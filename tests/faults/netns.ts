@@ -183,10 +183,16 @@ export class Lab {
     // One wire packet per skb: else the hooks see 64 KiB GSO batches, and
     // 1% of batches is neither 1% of packets nor how a lossy link behaves.
     for (const e of [this.src, this.dst]) await sh(['ip', '-n', e.ns, 'link', 'set', 'dev', e.dev, 'gso_max_segs', '1'])
-    await this.nft(`table inet lablo {
-  chain out { type filter hook output priority 10; policy accept; oifname "${this.src.dev}" numgen random mod 100 < ${percent} counter drop; }
-  chain in { type filter hook input priority 10; policy accept; iifname "${this.src.dev}" numgen random mod 100 < ${percent} counter drop; }
+    // Each direction loses its packets where they arrive, as on a wire: a
+    // drop in the sender's own output hook fails its transmit call, and TCP
+    // then waits for its probe timer, 200 ms at least whatever the
+    // socket's RTO (tcp_probe0_base), where a lost packet on a real link
+    // is found by SACK/RACK within a few round trips.
+    for (const e of [this.src, this.dst]) {
+      await this.nft(e, `table inet lablo {
+  chain in { type filter hook input priority 10; policy accept; iifname "${e.dev}" numgen random mod 100 < ${percent} counter drop; }
 }`)
+    }
   }
 
   /**
@@ -213,7 +219,7 @@ export class Lab {
     // The resets a cut sends pass the same hooks (to the local side through
     // output, to the peer through output too): they must not be cut themselves.
     const resets = verdict === 'cut' ? 'tcp flags rst accept' : ''
-    await this.nft(`table inet lab {
+    await this.nft(this.src, `table inet lab {
   set tripped { type inet_proto; flags dynamic; }
   chain out { type filter hook output priority 0; policy accept;
     ${resets}
@@ -230,8 +236,12 @@ export class Lab {
 
   /** Packets the loss rules dropped so far, both directions. */
   async lost(): Promise<number> {
-    const out = await this.exec(this.src, ['nft', 'list', 'table', 'inet', 'lablo'])
-    return [...out.matchAll(/counter packets (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0)
+    let n = 0
+    for (const e of [this.src, this.dst]) {
+      const out = await this.exec(e, ['nft', 'list', 'table', 'inet', 'lablo'])
+      n += [...out.matchAll(/counter packets (\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0)
+    }
+    return n
   }
 
   /** Whether an armed trigger went off (the set has its element). */
@@ -242,11 +252,13 @@ export class Lab {
 
   /** Lift every fault (the lab's tables); shaping stays. */
   async heal(): Promise<void> {
-    for (const table of ['lab', 'lablo']) await this.exec(this.src, ['nft', 'delete', 'table', 'inet', table]).catch(() => undefined)
+    for (const e of [this.src, this.dst]) {
+      for (const table of ['lab', 'lablo']) await this.exec(e, ['nft', 'delete', 'table', 'inet', table]).catch(() => undefined)
+    }
   }
 
-  private nft(ruleset: string): Promise<string> {
-    return sh(['ip', 'netns', 'exec', this.src.ns, 'nft', '-f', '-'], ruleset)
+  private nft(where: End, ruleset: string): Promise<string> {
+    return sh(['ip', 'netns', 'exec', where.ns, 'nft', '-f', '-'], ruleset)
   }
 
   /** Kill what runs inside, then remove both namespaces (the veth pair goes with them). */

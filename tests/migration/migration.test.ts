@@ -9,7 +9,7 @@ import { SaveVMRegistry } from '../../vmm/savevm/registry.js'
 import { VfioMigrationSet } from '../../vmm/vfio/vfio-set.js'
 import { listen } from '../../vmm/channel/connect.js'
 import {
-  migrate, incoming, OutgoingMigration, MigrationError, AutoConverge, BandwidthMeter, thresholdBytes, expectedDowntimeMs,
+  migrate, incoming, OutgoingMigration, MigrationError, AutoConverge, BandwidthMeter, thresholdBytes, expectedDowntimeMs, handoverReserveMs,
   type MigratableVm, type MigrationCapabilities,
 } from '../../vmm/migration/index.js'
 import { CANCEL_GRACE_MS } from '../../vmm/migration/outgoing.js'
@@ -236,6 +236,11 @@ t.test('the switchover and throttle rules on numbers', async t => {
   t.equal(thresholdBytes({ pending: 0, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 0, reserveMs: 400 }), 0, 'a reserve past the limit leaves no room')
   t.equal(expectedDowntimeMs({ pending: 5000, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 0, reserveMs: 40 }), 45)
   t.equal(expectedDowntimeMs({ pending: 0, bytesPerMs: 1000, downtimeLimitMs: 300, availSwitchoverBandwidth: 0, reserveMs: 40 }), 40, 'nothing to send still costs the checks')
+  // The handover's messages: two round trips with four deviations each, plus
+  // an RTO for the stream's tail, READY and GO once the link has lost a segment.
+  t.equal(handoverReserveMs(null), 0, 'no TCP underneath: nothing measured')
+  t.equal(handoverReserveMs({ rttUs: 1000, rttVarUs: 500, rtoUs: 12000, totalRetrans: 0 }), 6, 'a clean link: two round trips')
+  t.equal(handoverReserveMs({ rttUs: 1000, rttVarUs: 500, rtoUs: 12000, totalRetrans: 3 }), 42, 'a lossy one: and three RTOs')
   const a = new AutoConverge({ cpuThrottleInitial: 20, cpuThrottleIncrement: 10, maxCpuThrottle: 35 })
   t.equal(a.period(100, 1000), 0, 'dirtying slower than half the link: no throttle')
   t.equal(a.period(600, 1000), 0, 'first high period')

@@ -14,7 +14,7 @@
 // takeFds, for a local migration); once it accepts them, every read waits
 // on the runtime, so its recvmsg never runs on this thread.
 import type { NativeChannel, TlsInfo } from '../../native/index.js'
-import type { Channel, ChannelKind } from './types.js'
+import type { Channel, ChannelKind, LinkStats } from './types.js'
 import { StreamError, toStreamError } from '../stream/errors.js'
 
 /** The buffer lend() reads into: about what loopback TCP has ready per wake-up. */
@@ -347,6 +347,16 @@ export class FdChannel implements Channel {
     if (this.closed) return null
     try {
       return this.nat.lossRecovery()
+    } catch (e) {
+      throw toStreamError(e, `${this.description}: getsockopt`)
+    }
+  }
+
+  /** See Channel.linkStats. */
+  linkStats(): LinkStats | null {
+    if (this.closed) return null
+    try {
+      return this.nat.linkStats()
     } catch (e) {
       throw toStreamError(e, `${this.description}: getsockopt`)
     }

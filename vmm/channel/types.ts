@@ -71,6 +71,12 @@ export interface Channel {
    * where there is no network to time out.
    */
   setLinkTimeout?(ms: number): boolean
+  /**
+   * What the kernel measured of the connection (TCP_INFO): round trip, its
+   * deviation, the retransmission timeout (all µs) and the retransmissions
+   * so far. Null or absent where there is no TCP underneath.
+   */
+  linkStats?(): LinkStats | null
   /** Release the channel. Idempotent. */
   close(): Promise<void>
   /**
@@ -92,4 +98,12 @@ export interface Channel {
  */
 export function hasReturnPath(c: Channel): boolean {
   return c.duplex ?? (c.kind === 'tcp' || c.kind === 'unix' || c.kind === 'memory')
+}
+
+/** See Channel.linkStats. */
+export interface LinkStats {
+  rttUs: number
+  rttVarUs: number
+  rtoUs: number
+  totalRetrans: number
 }

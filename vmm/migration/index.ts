@@ -1,5 +1,5 @@
 export { OutgoingMigration, migrate, localRefusal, type OutgoingOptions } from './outgoing.js'
 export { incoming, IncomingMigration, type IncomingOptions, type IncomingResult, type IncomingEvents } from './incoming.js'
 export { MigrationError } from './errors.js'
-export { AutoConverge, BandwidthMeter, thresholdBytes, expectedDowntimeMs } from './convergence.js'
+export { AutoConverge, BandwidthMeter, thresholdBytes, expectedDowntimeMs, handoverReserveMs, type LinkMeasure } from './convergence.js'
 export * from './types.js'

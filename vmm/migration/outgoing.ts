@@ -21,7 +21,7 @@ import { SaveVM } from '../savevm/save.js'
 import type { SaveVMRegistry } from '../savevm/registry.js'
 import { MigCmd } from '../savevm/constants.js'
 import { typedEmitter } from '../core/events.js'
-import { AutoConverge, BandwidthMeter, expectedDowntimeMs, thresholdBytes } from './convergence.js'
+import { AutoConverge, BandwidthMeter, expectedDowntimeMs, handoverReserveMs, thresholdBytes } from './convergence.js'
 import { MigrationError } from './errors.js'
 import {
   DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS, type MigratableVm, type MigrationCapabilities, type MigrationEvents,
@@ -620,7 +620,10 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
         // most half of it: checks that alone outlast the limit (a digest of
         // gigabytes of RAM) would otherwise hold pre-copy back for ever; the
         // expected downtime in the stats then shows the limit is not held.
-        const reserveMs = Math.min(this.destCheckMs, p.downtimeLimitMs / 2)
+        // So do the handover's own messages, which a lossy link can hold
+        // up by a retransmission timeout each (handoverReserveMs).
+        const linkMs = handoverReserveMs(f.channel.linkStats?.())
+        const reserveMs = Math.min(this.destCheckMs + linkMs, p.downtimeLimitMs / 2)
         const bw = meter.bytesPerMs
         const backlog = this.destLoaded >= 0 ? Math.max(0, f.transferred - this.destLoaded) : 0
         let pending = save.pendingEstimate().precopyOnly + backlog
@@ -646,7 +649,7 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
           lastSyncAt = ts
           input.pending = pending
           this.remaining = pending
-          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs })
+          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs + linkMs })
           const rateKnown = bw > 0 || p.availSwitchoverBandwidth > 0
           const fits = rateKnown ? pending <= thresholdBytes(input) : pending === 0
           if (fits && (!this.capabilities.switchoverAck || this.acked)) break
@@ -661,7 +664,7 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
           }
         } else {
           this.remaining = pending
-          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs })
+          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs + linkMs })
         }
         this.emit('progress', this.stats())
         if (p.xMaxIterations > 0 && this.iterations >= p.xMaxIterations) {

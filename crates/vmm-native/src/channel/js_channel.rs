@@ -148,6 +148,19 @@ fn options_of(o: &ChannelOptions) -> VResult<Options> {
     })
 }
 
+/// What the kernel measured of a TCP connection (TCP_INFO).
+#[napi(object)]
+pub struct LinkStatsInfo {
+    /// Smoothed round trip, microseconds.
+    pub rtt_us: u32,
+    /// Its mean deviation, microseconds.
+    pub rtt_var_us: u32,
+    /// The retransmission timeout now, microseconds.
+    pub rto_us: u32,
+    /// Segments sent again so far: above 0, the link loses packets.
+    pub total_retrans: u32,
+}
+
 /// What a TLS handshake settled.
 #[napi(object)]
 pub struct TlsInfo {
@@ -633,6 +646,21 @@ impl NativeChannel {
             options::loss_recovery(end.owned()).map_err(|e| fail(&e, "getsockopt"))
         })();
         r.map(|o| o.map(|l| LossRecoveryInfo { rto_min_us: l.rto_min_us, delack_max_us: l.delack_max_us }))
+            .map_err(|e| js_error(&env, &e))
+    }
+
+    /// TCP_INFO's round trip, its deviation, the RTO and the retransmissions
+    /// so far; null on a UNIX socket or a pipe. A getsockopt: it never waits.
+    #[napi]
+    pub fn link_stats(&self, env: Env) -> Result<Option<LinkStatsInfo>> {
+        let r = (|| {
+            let end = self.inner.rx().or_else(|_| self.inner.tx()).map_err(|e| fail(&e, "getsockopt"))?;
+            if end.kind() != Kind::Socket {
+                return Ok(None);
+            }
+            options::link_stats(end.owned()).map_err(|e| fail(&e, "getsockopt"))
+        })();
+        r.map(|o| o.map(|l| LinkStatsInfo { rtt_us: l.rtt_us, rtt_var_us: l.rtt_var_us, rto_us: l.rto_us, total_retrans: l.total_retrans }))
             .map_err(|e| js_error(&env, &e))
     }
 }

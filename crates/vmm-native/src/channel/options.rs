@@ -119,6 +119,37 @@ pub fn loss_recovery(fd: &OwnedFd) -> io::Result<Option<LossRecovery>> {
     }
 }
 
+/// What the kernel has measured of a TCP connection (TCP_INFO): the parts a
+/// switchover budget needs to know what one more message costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Smoothed round trip, microseconds.
+    pub rtt_us: u32,
+    /// Its mean deviation, microseconds.
+    pub rtt_var_us: u32,
+    /// The retransmission timeout now, microseconds.
+    pub rto_us: u32,
+    /// Segments sent again over the connection's life: above 0, the link loses packets.
+    pub total_retrans: u32,
+}
+
+/// TCP_INFO of `fd`, or Ok(None) when it is not a TCP socket.
+pub fn link_stats(fd: &OwnedFd) -> io::Result<Option<LinkStats>> {
+    if !is_tcp(fd) {
+        return Ok(None);
+    }
+    // SAFETY: tcp_info is plain integers, for which all zeroes is a value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: fd is an open socket; info and len are valid for the kernel to
+    // write, len holding info's size (the kernel writes at most that much).
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Some(LinkStats { rtt_us: info.tcpi_rtt, rtt_var_us: info.tcpi_rttvar, rto_us: info.tcpi_rto, total_retrans: info.tcpi_total_retrans }))
+}
+
 /// Whether `fd` is a TCP socket (IPv4 or IPv6).
 pub fn is_tcp(fd: &OwnedFd) -> bool {
     matches!(SockRef::from(fd).domain(), Ok(d) if d == Domain::IPV4 || d == Domain::IPV6)
@@ -189,6 +220,24 @@ mod tests {
         assert!(apply(&fd, &off).unwrap());
         assert!(!s.keepalive().unwrap());
         assert_eq!(s.tcp_user_timeout().unwrap(), None);
+    }
+
+    #[test]
+    fn link_stats_of_a_tcp_connection_and_none_for_a_unix_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut a, _) = l.accept().unwrap();
+        use std::io::{Read, Write};
+        c.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        a.read_exact(&mut buf).unwrap();
+        let fd: OwnedFd = c.into();
+        let s = link_stats(&fd).unwrap().expect("TCP");
+        // An RTO is never below the kernel's floor (200 ms by default here).
+        assert!(s.rto_us >= 200_000, "{s:?}");
+        assert_eq!(s.total_retrans, 0, "loopback loses nothing: {s:?}");
+        let (u, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(link_stats(&u.into()).unwrap(), None);
     }
 
     #[test]
