@@ -161,6 +161,19 @@ t.test('no VFIO device: no DMA window, the workload gets the room', async (t) =>
   t.notOk(m.registry.entries().some((e) => e.idstr.endsWith('/vfio')))
 })
 
+t.test('the switchover work each side announces: hashing RAM, only where it is done', async (t) => {
+  const src = await MicroVm.create({ role: 'source', ramSize: RAM, vcpu: 'soft', vfio: false, autostart: false })
+  t.teardown(() => src.destroy())
+  t.ok((await src.expectedSaveMs()) > 0, 'a source with the RAM proof hashes RAM in the downtime')
+  t.equal(await src.expectedCheckMs(), 0, 'a source checks nothing before a start')
+  const bare = await MicroVm.create({ role: 'source', ramSize: RAM, vcpu: 'soft', vfio: false, autostart: false, ramProof: false })
+  t.teardown(() => bare.destroy())
+  t.equal(await bare.expectedSaveMs(), 0, 'without it, nothing')
+  const dst = await MicroVm.create({ role: 'dest', ramSize: RAM, vcpu: 'soft', vfio: false, verifyBeforeStart: true })
+  t.teardown(() => dst.destroy())
+  t.ok((await dst.expectedCheckMs()) > 0, 'a verifying destination hashes RAM before it starts')
+})
+
 t.test('bad options are refused with the option named', async (t) => {
   await t.rejects(MicroVm.create({ role: 'x' as 'source', ramSize: RAM }), /role/)
   await t.rejects(MicroVm.create({ role: 'source', ramSize: 3 << 20, vcpu: 'soft' }), /multiple of 2 MiB/)

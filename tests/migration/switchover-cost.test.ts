@@ -23,3 +23,16 @@ for (const checkMs of [120, 10_000]) {
     t.ok(most >= checkMs, `expected downtime ${most} ms counts the ${checkMs} ms of checks`)
   })
 }
+
+t.test("the source's own switchover work (expectedSaveMs): counted in the expected downtime too", { timeout: 60_000 }, async (t) => {
+  const l = await listen(`unix:${join(mkdtempSync(join(tmpdir(), 'cost-')), 'l')}`)
+  t.teardown(() => l.close())
+  const src = await makeVm('source')
+  const out = new OutgoingMigration({ ...src, expectedSaveMs: async () => 150 }, { parameters })
+  let most = 0
+  out.on('progress', (s) => { most = Math.max(most, s.expectedDowntime) })
+  const [r, s] = await Promise.all([new IncomingMigration(await makeVm('dest'), { parameters }).start(l), out.start(l.address)])
+  t.equal(r.status, 'completed')
+  t.equal(s.status, 'completed')
+  t.ok(most >= 150, `expected downtime ${most} ms counts the source's 150 ms`)
+})

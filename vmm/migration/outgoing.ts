@@ -116,6 +116,8 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
   private readyAt = 0
   /** What the destination said its checks after the stream will take, ms (RpMsg.SWITCHOVER_COST). */
   private destCheckMs = 0
+  /** This side's own switchover work, ms (MigratableVm.expectedSaveMs). */
+  private saveCostMs = 0
   /** now() at each step of the switchover, for MigrationStats.downtimePhases. */
   private marks: { stopped: number; stopDone: number; eof: number; go: number } = { stopped: 0, stopDone: 0, eof: 0, go: 0 }
   private watchdog: LinkWatchdog | null = null
@@ -565,6 +567,10 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
       // that, a destination slower than the link (a device that takes its
       // time to absorb state) would still be chewing on pre-copy data during
       // the downtime, and the limit would not hold.
+      // Known before the first switchover decision in all but the smallest
+      // migrations; a machine whose estimate fails budgets nothing for it.
+      this.saveCostMs = 0
+      this.machine.expectedSaveMs?.().then((ms) => { if (Number.isFinite(ms) && ms > 0) this.saveCostMs = ms }, () => undefined)
       const meter = new BandwidthMeter()
       let lastSyncPending = -1
       let sentSinceSync = 0
@@ -604,10 +610,15 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
         // An idle round says how much there was to send, not how fast the
         // link is: leave it out of the measurement.
         const idle = sent === 0 && !done
-        if (idle || t - sampleAt >= 20) {
+        // A window in which no LOAD_PROGRESS arrived (it comes every 20 ms
+        // of the destination's clock, not ours) is not a window without
+        // bytes: its time goes to the next window, the one that sees them.
+        // Dropped, the next window's rate was two reports' bytes over one
+        // window's time: a link faster than it is.
+        const moved = progress() - sampleBytes
+        if (idle || (t - sampleAt >= 20 && moved > 0)) {
           // The destination reports its progress late, so a ping's bytes
           // show up in some later window: take them out of the one they reach.
-          const moved = progress() - sampleBytes
           const pingSeen = Math.min(pingBytes, Math.max(0, moved))
           pingBytes -= pingSeen
           if (!idle) meter.sample(moved - pingSeen, t - sampleAt)
@@ -616,14 +627,15 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
         }
         this.mbps = (meter.bytesPerMs * 1000 * 8) / 1e6
         // The destination's checks before it starts the guest are downtime
-        // too, so they take their share of the limit before data does. At
+        // too, and so is this side's own work (the microVM's proof), so they
+        // take their share of the limit before data does. At
         // most half of it: checks that alone outlast the limit (a digest of
         // gigabytes of RAM) would otherwise hold pre-copy back for ever; the
         // expected downtime in the stats then shows the limit is not held.
         // So do the handover's own messages, which a lossy link can hold
         // up by a retransmission timeout each (handoverReserveMs).
         const linkMs = handoverReserveMs(f.channel.linkStats?.())
-        const reserveMs = Math.min(this.destCheckMs + linkMs, p.downtimeLimitMs / 2)
+        const reserveMs = Math.min(this.destCheckMs + this.saveCostMs + linkMs, p.downtimeLimitMs / 2)
         const bw = meter.bytesPerMs
         const backlog = this.destLoaded >= 0 ? Math.max(0, f.transferred - this.destLoaded) : 0
         let pending = save.pendingEstimate().precopyOnly + backlog
@@ -649,7 +661,7 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
           lastSyncAt = ts
           input.pending = pending
           this.remaining = pending
-          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs + linkMs })
+          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs + this.saveCostMs + linkMs })
           const rateKnown = bw > 0 || p.availSwitchoverBandwidth > 0
           const fits = rateKnown ? pending <= thresholdBytes(input) : pending === 0
           if (fits && (!this.capabilities.switchoverAck || this.acked)) break
@@ -664,7 +676,7 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
           }
         } else {
           this.remaining = pending
-          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs + linkMs })
+          this.expected = expectedDowntimeMs({ ...input, reserveMs: this.destCheckMs + this.saveCostMs + linkMs })
         }
         this.emit('progress', this.stats())
         if (p.xMaxIterations > 0 && this.iterations >= p.xMaxIterations) {

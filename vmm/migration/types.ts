@@ -162,6 +162,12 @@ export interface MigratableVm {
    * then keeps that much of the downtime limit free of data.
    */
   expectedCheckMs?(): Promise<number>
+  /**
+   * Source: how long this VMM's own work in the switchover takes beyond
+   * sending state, ms (the microVM hashes its RAM for the proof section).
+   * The switchover budget keeps that much of the downtime limit free of data.
+   */
+  expectedSaveMs?(): Promise<number>
 }
 
 /**
