@@ -372,6 +372,7 @@ export class IncomingMigration extends typedEmitter<IncomingEvents>() {
       : undefined
     // The kernel bounds a dead TCP link by the same figure (TCP_USER_TIMEOUT, keepalive).
     f.channel.setLinkTimeout?.(p.linkTimeoutMs)
+    f.linkTimeoutMs = p.linkTimeoutMs
     // Reading a file never stalls; a socket or a pipe can, forever.
     const watchdog = f.channel.kind === 'file' ? null : new LinkWatchdog(f, p.linkTimeoutMs, () => f.bytesRead, 'source')
     watchdog?.arm()

@@ -533,6 +533,7 @@ export class OutgoingMigration extends typedEmitter<MigrationEvents>() {
       // The kernel bounds a dead TCP link by the same figure as the watchdog (TCP_USER_TIMEOUT, keepalive).
       channel.setLinkTimeout?.(p.linkTimeoutMs)
       const f = (this.f = new MigStream(channel, { maxBandwidth: p.maxBandwidth, local: this.local }))
+      f.linkTimeoutMs = p.linkTimeoutMs
       const rp = hasReturnPath(channel)
       // A save (no return path) is not a handover: nobody could say READY.
       const handover = rp && this.capabilities.handover

@@ -60,6 +60,11 @@ export class MigStream {
    * the stream's back (a plain read(2) would drop passed descriptors).
    */
   local: boolean
+  /**
+   * The migration's link timeout, ms (0: none): how long native code moving
+   * this stream's bytes may wait for the channel before it gives up.
+   */
+  linkTimeoutMs = 0
   readonly rateLimiter: RateLimiter
   private err: StreamError | null = null
   private readonly maxPending: number

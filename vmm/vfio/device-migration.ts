@@ -98,8 +98,13 @@ function errCode(e: unknown): string {
 
 const isPrecopy = (s: DeviceState) => s === 'PRE_COPY' || s === 'PRE_COPY_P2P'
 
-/** Longest a native frame loop waits on the channel: a stalled peer fails the step instead of hanging it. */
+/**
+ * Longest a native frame loop waits on the channel: the migration's link
+ * timeout (MigStream.linkTimeoutMs), or this where it has none, so that a
+ * stalled peer fails the step instead of hanging it.
+ */
 const IDLE_TIMEOUT_MS = 100_000
+const idleTimeoutMs = (f: MigStream) => (f.linkTimeoutMs > 0 ? f.linkTimeoutMs : IDLE_TIMEOUT_MS)
 /** Payload per native load step; the destination's stream position (its reported progress) moves between steps. */
 const LOAD_STEP = 8 << 20
 
@@ -396,7 +401,7 @@ export class VfioDeviceMigration extends typedEmitter<VfioDeviceEvents>() {
       const used = await f.writeDirect(async sock => {
         try {
           const maxBytes = room ? room(sent) : tracing() ? this.blockSize : Number.MAX_SAFE_INTEGER
-          const r = await fd.pumpFrames(sock, { blockSize: this.blockSize, maxBytes, marker: VFIO_MIG_FLAG_DEV_DATA_STATE, idleTimeoutMs: IDLE_TIMEOUT_MS, allowSplice: this.allowSplice })
+          const r = await fd.pumpFrames(sock, { blockSize: this.blockSize, maxBytes, marker: VFIO_MIG_FLAG_DEV_DATA_STATE, idleTimeoutMs: idleTimeoutMs(f), allowSplice: this.allowSplice })
           end = r.end
           sent += r.bytes
           // accountBlock of a sum equals accountBlock of each block in turn.
@@ -647,7 +652,7 @@ export class VfioDeviceMigration extends typedEmitter<VfioDeviceEvents>() {
       let r: LoadFramesResult | null = null
       const used = await f.readDirect(async sock => {
         // maxBytes 1 ends the call after one frame, so a trace listener sees each.
-        r = await fd.loadFrames(sock, { marker: VFIO_MIG_FLAG_DEV_DATA_STATE, maxBytes: tracing() ? 1 : LOAD_STEP, idleTimeoutMs: IDLE_TIMEOUT_MS, allowSplice: this.allowSplice })
+        r = await fd.loadFrames(sock, { marker: VFIO_MIG_FLAG_DEV_DATA_STATE, maxBytes: tracing() ? 1 : LOAD_STEP, idleTimeoutMs: idleTimeoutMs(f), allowSplice: this.allowSplice })
         return r.consumed
       })
       if (!used) return null
