@@ -634,33 +634,31 @@ impl NativeChannel {
         r.map_err(|e| js_error(&env, &e))
     }
 
+    /// `get` on the channel's socket (a getsockopt: it never waits); None on
+    /// a pipe, or where `get` finds nothing (not TCP, an older kernel).
+    fn sockopt<T>(&self, get: impl FnOnce(&std::os::fd::OwnedFd) -> std::io::Result<Option<T>>) -> VResult<Option<T>> {
+        let end = self.inner.rx().or_else(|_| self.inner.tx()).map_err(|e| fail(&e, "getsockopt"))?;
+        if end.kind() != Kind::Socket {
+            return Ok(None);
+        }
+        get(end.owned()).map_err(|e| fail(&e, "getsockopt"))
+    }
+
     /// The socket's loss recovery (see ChannelOptions.lossRecoveryMs);
     /// null on a UNIX socket, a pipe, or a kernel without the options.
     #[napi]
     pub fn loss_recovery(&self, env: Env) -> Result<Option<LossRecoveryInfo>> {
-        let r = (|| {
-            let end = self.inner.rx().or_else(|_| self.inner.tx()).map_err(|e| fail(&e, "getsockopt"))?;
-            if end.kind() != Kind::Socket {
-                return Ok(None);
-            }
-            options::loss_recovery(end.owned()).map_err(|e| fail(&e, "getsockopt"))
-        })();
-        r.map(|o| o.map(|l| LossRecoveryInfo { rto_min_us: l.rto_min_us, delack_max_us: l.delack_max_us }))
+        self.sockopt(options::loss_recovery)
+            .map(|o| o.map(|l| LossRecoveryInfo { rto_min_us: l.rto_min_us, delack_max_us: l.delack_max_us }))
             .map_err(|e| js_error(&env, &e))
     }
 
     /// TCP_INFO's round trip, its deviation, the RTO and the retransmissions
-    /// so far; null on a UNIX socket or a pipe. A getsockopt: it never waits.
+    /// so far; null on a UNIX socket or a pipe.
     #[napi]
     pub fn link_stats(&self, env: Env) -> Result<Option<LinkStatsInfo>> {
-        let r = (|| {
-            let end = self.inner.rx().or_else(|_| self.inner.tx()).map_err(|e| fail(&e, "getsockopt"))?;
-            if end.kind() != Kind::Socket {
-                return Ok(None);
-            }
-            options::link_stats(end.owned()).map_err(|e| fail(&e, "getsockopt"))
-        })();
-        r.map(|o| o.map(|l| LinkStatsInfo { rtt_us: l.rtt_us, rtt_var_us: l.rtt_var_us, rto_us: l.rto_us, total_retrans: l.total_retrans }))
+        self.sockopt(options::link_stats)
+            .map(|o| o.map(|l| LinkStatsInfo { rtt_us: l.rtt_us, rtt_var_us: l.rtt_var_us, rto_us: l.rto_us, total_retrans: l.total_retrans }))
             .map_err(|e| js_error(&env, &e))
     }
 }
